@@ -1,0 +1,165 @@
+"""Self-describing, pickle-free checkpoints: a run directory holding `model.safetensors`
+(weights, with the metadata JSON embedded in the header so weights and description are replaced
+together, atomically) and `meta.json` (the same metadata, for people and tools)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from .models import FlowerNet, Preprocessing, build_model
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = "model.safetensors"
+META = "meta.json"
+FORMAT = "flowerdemo-checkpoint"
+FORMAT_VERSION = 1
+_META_KEY = "flowerdemo"
+
+
+class CheckpointError(ValueError):
+    """A path that is not a usable flowerdemo checkpoint."""
+
+
+@dataclass
+class Classifier:
+    """A loaded checkpoint: the model in eval mode plus what is needed to use it."""
+
+    model: FlowerNet
+    classes: tuple[str, ...]
+    preprocessing: Preprocessing
+    meta: dict[str, Any]
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def library_versions() -> dict[str, str]:
+    import timm
+    import torchvision
+
+    from . import __version__
+
+    return {"flowerdemo": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "timm": timm.__version__, "python": platform.python_version()}
+
+
+def new_run_dir(root: str | Path, model: str) -> Path:
+    """A fresh, uniquely named run directory under `root`."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for i in range(1000):
+        path = root / (f"{stamp}-{model}" + (f"-{i}" if i else ""))
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise CheckpointError(f"could not create a run directory under {root}")
+
+
+def save_checkpoint(run_dir: str | Path, model: FlowerNet, meta: dict[str, Any], half: bool = False) -> Path:
+    """Write weights + metadata atomically (temp file, then rename): a crash leaves the old pair."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta, "weights_dtype": "float16" if half else "float32"}
+    text = json.dumps(meta, indent=2, default=str)
+    tensors = {}
+    for key, value in model.state_dict().items():
+        value = value.detach().to("cpu")
+        if half and value.is_floating_point():
+            value = value.half()
+        tensors[key] = value.contiguous()
+    for name, write in ((WEIGHTS, lambda p: save_file(tensors, str(p), metadata={_META_KEY: text})),
+                        (META, lambda p: p.write_text(text))):
+        tmp = run_dir / f".{name}.tmp-{os.getpid()}"
+        write(tmp)
+        os.replace(tmp, run_dir / name)
+    return run_dir
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """Metadata of a checkpoint (run directory or .safetensors file), from the weights file header."""
+    weights = _weights_path(path)
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            header = f.metadata() or {}
+    except Exception as exc:
+        raise CheckpointError(f"{weights} is not a readable safetensors file: {exc}") from exc
+    if _META_KEY not in header:
+        raise CheckpointError(f"{weights} has no flowerdemo metadata; only checkpoints written by flowerdemo load here")
+    meta = json.loads(header[_META_KEY])
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{weights}: unknown checkpoint format {meta.get('format')!r}")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"{weights} was written by a newer flowerdemo (format {meta['format_version']}); upgrade")
+    missing = [k for k in ("architecture", "classes", "head", "preprocessing") if k not in meta]
+    if missing:
+        raise CheckpointError(f"{weights}: metadata lacks {', '.join(missing)}")
+    return meta
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Classifier:
+    """Rebuild the model from the file alone: no network, no pickle (safetensors holds only tensors)."""
+    weights = _weights_path(path)
+    meta = read_meta(weights)
+    head = meta["head"]
+    model = build_model(meta["architecture"], len(meta["classes"]), pretrained=False,
+                        head=head["kind"], hidden=head["hidden"], dropout=head["dropout"])
+    state = load_file(str(weights))
+    expected = model.state_dict()
+    try:
+        model.load_state_dict({k: v.to(expected[k].dtype) if k in expected else v for k, v in state.items()})
+    except RuntimeError as exc:
+        raise CheckpointError(f"{weights}: weights do not fit {meta['architecture']}: {exc}") from exc
+    model.to(device).eval()
+    return Classifier(model, tuple(meta["classes"]), Preprocessing.from_dict(meta["preprocessing"]), meta,
+                      weights.parent)
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Run directories under `root` that hold a readable checkpoint, newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for weights in root.glob(f"*/{WEIGHTS}"):
+        try:
+            read_meta(weights)
+        except (CheckpointError, ValueError, OSError) as exc:
+            log.warning("ignoring %s: %s", weights.parent, exc)
+            continue
+        found.append(weights.parent)
+    return sorted(found, key=lambda p: (p.joinpath(WEIGHTS).stat().st_mtime, p.name), reverse=True)
+
+
+def _weights_path(path: str | Path) -> Path:
+    path = Path(path)
+    weights = path / WEIGHTS if path.is_dir() else path
+    if not weights.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: expected a run directory containing {WEIGHTS} "
+                              f"or a .safetensors file")
+    return weights
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(text: str) -> str:
+    """A file-system-safe version of `text` (for run names typed by users)."""
+    return _SAFE.sub("-", text).strip("-.") or "run"

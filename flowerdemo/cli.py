@@ -1,0 +1,134 @@
+"""Command line: `python -m flowerdemo train | evaluate | predict`. Prints what the core returns."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import logging
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+from . import config as config_module
+from .config import AugmentConfig, TrainConfig
+
+log = logging.getLogger("flowerdemo")
+
+
+def _field_help(cls: type) -> dict[str, str]:
+    """The inline comment of each dataclass field: one source for the code and for --help."""
+    out = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
+        if m:
+            out[m.group(1)] = m.group(2).replace("%", "%%")
+    return out
+
+
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    helps = _field_help(TrainConfig)
+    choices = {"mode": config_module.MODES, "optimizer": config_module.OPTIMIZERS, "schedule": config_module.SCHEDULES,
+               "freeze": config_module.FREEZE, "head": config_module.HEADS}
+    g = p.add_argument_group("training options (defaults in brackets)")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "augment":
+            continue
+        default = f.default
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=helps.get(f.name, ""))
+        else:
+            g.add_argument(flag, type=type(default), default=default, choices=choices.get(f.name),
+                           help=f"{helps.get(f.name, '')} [{default}]")
+    a = p.add_argument_group("augmentations (each switchable, e.g. --no-rotation)")
+    aug_help = _field_help(AugmentConfig)
+    for f in dataclasses.fields(AugmentConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            a.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=aug_help.get(f.name, ""))
+        else:
+            a.add_argument(flag, type=type(f.default), default=f.default, help=f"{aug_help.get(f.name, '')} [{f.default}]")
+    a.add_argument("--no-augment", action="store_true", help="turn every augmentation off (centre crop only)")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    aug = AugmentConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AugmentConfig)})
+    if args.no_augment:
+        aug = dataclasses.replace(AugmentConfig.none(), crop_scale_min=aug.crop_scale_min)
+    kwargs = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "augment"}
+    return TrainConfig(**kwargs, augment=aug)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .explain import CAM_METHODS
+    from .models import MODELS
+
+    parser = argparse.ArgumentParser(prog="python -m flowerdemo", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="fine-tune a model on a folder of class sub-folders",
+                       description="Fine-tune an ImageNet CNN on an ImageFolder dataset; writes a checkpoint run dir. "
+                                   f"Models: {', '.join(MODELS)}.")
+    src = t.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", type=Path, help="folder with one sub-folder per class (or train/ and val/), or a .zip of one")
+    src.add_argument("--download-flowers", action="store_true",
+                     help="download the public 5-class TensorFlow flowers archive (needs a network) and train on it")
+    t.add_argument("--out", type=Path, default=Path("checkpoints"), help="where run directories are written [checkpoints]")
+    t.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "flowerdemo",
+                   help="download cache for --download-flowers [~/.cache/flowerdemo]")
+    _add_config_options(t)
+
+    e = sub.add_parser("evaluate", help="accuracy, per-class metrics and confusion matrix of a checkpoint on a folder")
+    e.add_argument("--checkpoint", type=Path, help="run directory or .safetensors file [newest under checkpoints/]")
+    e.add_argument("--data", type=Path, required=True, help="ImageFolder dataset (or .zip) with the checkpoint's classes")
+    e.add_argument("--split", choices=("all", "val"), default="all",
+                   help="all images, or only the validation part of the split the checkpoint was trained with [all]")
+    e.add_argument("--batch-size", type=int, default=64, help="images per forward pass [64]")
+
+    pr = sub.add_parser("predict", help="top-k classes and a Grad-CAM overlay for image files")
+    pr.add_argument("images", nargs="+", type=Path, help="image files (jpg, png, webp, bmp, gif)")
+    pr.add_argument("--checkpoint", type=Path, help="run directory or .safetensors file [newest under checkpoints/]")
+    pr.add_argument("--top-k", type=int, default=5, help="how many classes to print [5]")
+    pr.add_argument("--tta", action="store_true", help="average with the mirrored image (test-time augmentation)")
+    pr.add_argument("--cam", default="gradcam", choices=[*CAM_METHODS, "none"], help="CAM method, or none [gradcam]")
+    pr.add_argument("--target", help="class to explain [the predicted class]")
+    pr.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in the overlay [0.5]")
+    pr.add_argument("--out", type=Path, help="folder for the overlays [next to each input image]")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    from .commands import run_evaluate, run_predict, run_train
+
+    try:
+        if args.command == "train":
+            return run_train(args, config_from_args(args))
+        if args.command == "evaluate":
+            return run_evaluate(args)
+        return run_predict(args)
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+    except (ValueError, RuntimeError, OSError) as exc:  # our errors say what was wrong and what is accepted
+        log.error("%s", exc)
+        return 2
+
+
+def resolve_data(path: Path, workdir: str | None = None) -> Path:
+    """A folder as is; a .zip extracted safely into a temporary folder."""
+    from .archive import extract_zip
+    from .dataset import find_dataset_root
+
+    if path.suffix.lower() == ".zip":
+        dest = Path(workdir or tempfile.mkdtemp(prefix="flowerdemo-"))
+        return find_dataset_root(extract_zip(path, dest / "data"))
+    return path
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

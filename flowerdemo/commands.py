@@ -1,0 +1,141 @@
+"""What each CLI sub-command does: call the core, print its results."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import threading
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .config import TrainConfig
+from .events import CheckpointSaved, EpochEnd, Finished, Progress, RunStarted, Stopped
+
+log = logging.getLogger("flowerdemo")
+
+
+def run_train(args: argparse.Namespace, cfg: TrainConfig) -> int:
+    from .cli import resolve_data
+    from .engine import train
+    from .metrics import format_report
+
+    with tempfile.TemporaryDirectory(prefix="flowerdemo-") as work:
+        if args.download_flowers:
+            from .download import download_flowers
+
+            data = download_flowers(args.cache_dir)
+        else:
+            data = resolve_data(args.data, work)
+        stop = threading.Event()
+        bar: tqdm | None = None
+        stage = None
+        events = train(cfg, data, out_dir=args.out, stop=stop)
+        try:
+            for ev in events:
+                if isinstance(ev, Progress):
+                    if bar is None or stage != (ev.stage, ev.epoch):
+                        if bar is not None:
+                            bar.close()
+                        stage = (ev.stage, ev.epoch)
+                        label = f"epoch {ev.epoch}/{cfg.epochs}" if ev.stage == "train" else ev.stage
+                        bar = tqdm(total=ev.total, desc=label, leave=False, unit="batch" if ev.epoch else "step")
+                    bar.n = ev.done
+                    bar.refresh()
+                    continue
+                if bar is not None:
+                    bar.close()
+                    bar, stage = None, None
+                if isinstance(ev, RunStarted):
+                    log.info("run %s | %s | %s mode | %s | %d classes: %s | %d train / %d val images%s",
+                             ev.run_dir, ev.device, ev.mode, ev.model, len(ev.classes), ", ".join(ev.classes),
+                             ev.n_train, ev.n_val, f" | {ev.skipped} file(s) skipped" if ev.skipped else "")
+                elif isinstance(ev, EpochEnd):
+                    log.info("epoch %3d/%d  train loss %.4f acc %.2f%%  val loss %.4f acc %.2f%%  lr %.2e  %.1fs  %.0f img/s%s",
+                             ev.epoch, ev.epochs, ev.train_loss, 100 * ev.train_acc, ev.val_loss, 100 * ev.val_acc,
+                             ev.lr, ev.seconds, ev.images_per_s, "  *best*" if ev.is_best else "")
+                elif isinstance(ev, CheckpointSaved):
+                    log.debug("saved %s (epoch %d)", ev.path, ev.epoch)
+                elif isinstance(ev, Stopped):
+                    log.warning("stopped at epoch %d: %s", ev.epoch, ev.reason)
+                elif isinstance(ev, Finished):
+                    log.info("best val acc %.2f%% at epoch %d, %.1f s; checkpoint: %s\n%s", 100 * ev.best_val_acc,
+                             ev.best_epoch, ev.seconds, ev.run_dir, format_report(ev.report))
+        except KeyboardInterrupt:
+            stop.set()  # finish the current batch, keep the best checkpoint
+            log.warning("interrupted: the best checkpoint so far is kept")
+            events.close()
+            return 130
+    return 0
+
+
+def _checkpoint(path: Path | None):
+    from .checkpoints import CheckpointError, list_checkpoints, load_checkpoint
+
+    if path is None:
+        found = list_checkpoints("checkpoints")
+        if not found:
+            raise CheckpointError("no checkpoint under checkpoints/: train one with `python -m flowerdemo train --data DIR` "
+                                  "or pass --checkpoint")
+        path = found[0]
+    return load_checkpoint(path)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .cli import resolve_data
+    from .dataset import DatasetError, scan_dataset
+    from .engine import autocast_for, resolve_device
+    from .loops import loss_and_accuracy, predict_tensors
+    from .metrics import classification_report, format_report
+    from .tensorcache import decode_samples
+
+    clf = _checkpoint(args.checkpoint)
+    cfg = clf.meta.get("config", {})
+    with tempfile.TemporaryDirectory(prefix="flowerdemo-") as work:
+        split = scan_dataset(resolve_data(args.data, work), val_fraction=cfg.get("val_fraction", 0.2), seed=cfg.get("seed", 0))
+        unknown = [c for c in split.classes if c not in clf.classes]
+        if unknown:
+            raise DatasetError(f"classes {unknown} are not known to the checkpoint, which has: {', '.join(clf.classes)}")
+        remap = torch.tensor([clf.classes.index(c) for c in split.classes])
+        samples = split.val if args.split == "val" else split.train + split.val
+        data, bad = decode_samples(samples, clf.preprocessing.resize_size)
+        data.labels = remap[data.labels]
+        device = resolve_device("auto")
+        clf.model.to(device)
+        autocast, _ = autocast_for(device, True)
+        p = clf.preprocessing
+        logits = predict_tensors(clf.model, data, size=p.input_size, mean=p.mean, std=p.std, device=device,
+                                 autocast=autocast, batch_size=args.batch_size)
+    loss, acc = loss_and_accuracy(logits, data.labels)
+    report = classification_report(data.labels, logits.argmax(1), clf.classes)
+    print(f"checkpoint {clf.path}\ndata {split.root} ({args.split}: {len(data)} images, "
+          f"{len(bad) + len(split.skipped)} skipped)\nloss {loss:.4f}\n{format_report(report)}")
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from .explain import explain, heatmap_image
+    from .predict import predict
+
+    clf = _checkpoint(args.checkpoint)
+    failures = 0
+    for path in args.images:
+        try:
+            probs = predict(clf, path, top_k=args.top_k, tta=args.tta)
+        except ValueError as exc:
+            log.error("%s: %s", path, exc)
+            failures += 1
+            continue
+        print(f"{path}: " + ", ".join(f"{k} {v:.1%}" for k, v in probs.items()))
+        if args.cam != "none":
+            ex = explain(clf, path, method=args.cam, target=args.target, alpha=args.alpha)
+            out_dir = args.out or path.parent
+            out_dir.mkdir(parents=True, exist_ok=True)
+            overlay = out_dir / f"{path.stem}.{args.cam}.png"
+            ex.overlay.save(overlay)
+            heatmap_image(ex.heatmap).save(out_dir / f"{path.stem}.{args.cam}.heatmap.png")
+            print(f"  {args.cam} for '{ex.class_name}' -> {overlay}")
+    return 1 if failures else 0

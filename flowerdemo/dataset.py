@@ -1,0 +1,256 @@
+"""Scan an ImageFolder-style dataset and make a deterministic, stratified train/val split."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from flowerdemo.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, check_image_header, is_image_file
+
+logger = logging.getLogger(__name__)
+
+IGNORED_NAMES = frozenset({"__macosx", "thumbs.db", "desktop.ini", "__pycache__"})
+VAL_DIR_NAMES = ("val", "valid", "validation")
+LAYOUT = "root/<class>/<image> (or root/train/<class>/<image> + root/val/<class>/<image>)"
+_ACCEPTED_EXT = " ".join(sorted(IMAGE_EXTENSIONS))
+
+
+class DatasetError(ValueError):
+    """The dataset folder cannot be used (message says what is wrong and what is accepted)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image file."""
+
+    path: Path
+    label: int
+
+
+@dataclass(frozen=True)
+class DatasetSplit:
+    """Result of scan_dataset: classes, train/val samples and every file that was not used."""
+
+    root: Path
+    classes: tuple[str, ...]
+    train: tuple[Sample, ...]
+    val: tuple[Sample, ...]
+    skipped: tuple[tuple[Path, str], ...]
+    presplit: bool
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes."""
+        return len(self.classes)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Images per class: {"train": {cls: n}, "val": {cls: n}} (every class listed, zeros included)."""
+        out: dict[str, dict[str, int]] = {}
+        for split, samples in (("train", self.train), ("val", self.val)):
+            c = Counter(s.label for s in samples)
+            out[split] = {name: c.get(i, 0) for i, name in enumerate(self.classes)}
+        return out
+
+    def summary(self) -> str:
+        """One human-readable paragraph: classes, per-class counts, split kind and skipped files."""
+        counts = self.counts()
+        per_class = ", ".join(f"{c} {counts['train'][c]}/{counts['val'][c]}" for c in self.classes)
+        how = "using the given train/val folders" if self.presplit else "stratified random split"
+        text = (
+            f"{len(self.classes)} classes, {len(self.train)} training and {len(self.val)} validation images "
+            f"({how}) from {self.root}. Per class (train/val): {per_class}."
+        )
+        if self.skipped:
+            examples = "; ".join(f"{p.name}: {why}" for p, why in self.skipped[:3])
+            text += f" Skipped {len(self.skipped)} file(s), e.g. {examples}."
+        return text
+
+
+def _ignored(name: str) -> bool:
+    return name.startswith(".") or name.lower() in IGNORED_NAMES
+
+
+def _visible(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(sub-folders, files) of `folder`, sorted, without hidden/OS-junk entries."""
+    dirs, files = [], []
+    with os.scandir(folder) as it:
+        for entry in it:
+            if _ignored(entry.name):
+                continue
+            (dirs if entry.is_dir(follow_symlinks=True) else files).append(Path(entry.path))
+    return sorted(dirs), sorted(files)
+
+
+def _require_dir(path: str | os.PathLike) -> Path:
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise DatasetError(f"dataset folder {root} does not exist; expected a folder laid out as {LAYOUT}")
+    if not root.is_dir():
+        raise DatasetError(f"{root} is not a folder; expected a folder laid out as {LAYOUT}")
+    return root
+
+
+def find_dataset_root(path: str | os.PathLike) -> Path:
+    """Descend through single wrapping folders (e.g. a zip's "flower_photos/") to the class folders."""
+    root = _require_dir(path)
+    for _ in range(16):
+        dirs, files = _visible(root)
+        if len(dirs) != 1 or any(is_image_file(f) for f in files):
+            break
+        if dirs[0].name.lower() == "train":  # a lone train/ folder is a layout, not a wrapper
+            break
+        sub_dirs, sub_files = _visible(dirs[0])
+        if not sub_dirs and any(is_image_file(f) for f in sub_files):
+            break  # the lone folder holds images itself: it is a (single) class, not a wrapper
+        root = dirs[0]
+    return root
+
+
+def _scan_class(folder: Path, max_pixels: int, skipped: list[tuple[Path, str]]) -> list[Path]:
+    """Usable image files anywhere under a class folder; the rest go to `skipped` with a reason."""
+    good: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not _ignored(d))
+        for name in sorted(filenames):
+            if _ignored(name):
+                continue
+            path = Path(dirpath) / name
+            if not is_image_file(path):
+                skipped.append((path, f"not an image file (extension '{path.suffix}'; accepted: {_ACCEPTED_EXT})"))
+                continue
+            try:
+                check_image_header(path, max_pixels=max_pixels)
+            except ImageError as exc:
+                skipped.append((path, exc.problem))
+                continue
+            good.append(path)
+    return good
+
+
+def _loose_files(files: list[Path], where: str, skipped: list[tuple[Path, str]]) -> None:
+    for f in files:
+        skipped.append((f, f"loose file in {where}, not inside a class folder"))
+
+
+def _split_class(files: list[Path], name: str, val_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+    if len(files) < 2:
+        raise DatasetError(
+            f"class '{name}' has {len(files)} usable image(s); each class needs at least 2 "
+            f"(one for training, one for validation) with extensions {_ACCEPTED_EXT}"
+        )
+    order = sorted(files, key=lambda p: p.as_posix())
+    random.Random(f"{seed}/{name}").shuffle(order)
+    n_val = min(max(round(len(order) * val_fraction), 1), len(order) - 1)
+    return order[n_val:], order[:n_val]
+
+
+def _sample_key(s: Sample) -> tuple[int, str]:
+    return s.label, s.path.as_posix()
+
+
+def _classes_in(folder: Path, where: str, skipped: list[tuple[Path, str]]) -> list[Path]:
+    dirs, files = _visible(folder)
+    _loose_files(files, where, skipped)
+    return dirs
+
+
+def _require_classes(dirs: list[Path], folder: Path) -> None:
+    if not dirs:
+        raise DatasetError(f"no class folders found in {folder}; expected the layout {LAYOUT}")
+    if len(dirs) < 2:
+        raise DatasetError(
+            f"only one class folder found in {folder} ('{dirs[0].name}'); at least 2 classes are needed, "
+            f"laid out as {LAYOUT}"
+        )
+
+
+def _scan_presplit(
+    train_dir: Path, val_dir: Path, max_pixels: int, skipped: list[tuple[Path, str]]
+) -> tuple[tuple[str, ...], list[Sample], list[Sample]]:
+    """Classes and samples of a root/train/<class> + root/val/<class> layout, used as given."""
+    class_dirs = _classes_in(train_dir, train_dir.name + "/", skipped)
+    _require_classes(class_dirs, train_dir)
+    classes = tuple(d.name for d in class_dirs)
+    val_dirs = {d.name: d for d in _classes_in(val_dir, val_dir.name + "/", skipped)}
+    unknown = sorted(set(val_dirs) - set(classes))
+    if unknown:
+        raise DatasetError(
+            f"{val_dir.name}/ has class folder(s) {unknown} that are not in {train_dir.name}/; the validation "
+            f"classes must be a subset of the training classes {list(classes)}"
+        )
+    missing = [c for c in classes if c not in val_dirs]
+    if missing:
+        logger.warning("Validation folder %s has no folder for class(es) %s", val_dir, missing)
+    train: list[Sample] = []
+    val: list[Sample] = []
+    for label, d in enumerate(class_dirs):
+        imgs = _scan_class(d, max_pixels, skipped)
+        if not imgs:
+            raise DatasetError(
+                f"class '{d.name}' has 0 usable training images in {d}; each class needs at least 1 training "
+                f"image with one of the extensions {_ACCEPTED_EXT}"
+            )
+        train += [Sample(p, label) for p in imgs]
+        if d.name in val_dirs:
+            val += [Sample(p, label) for p in _scan_class(val_dirs[d.name], max_pixels, skipped)]
+    if not val:
+        raise DatasetError(f"{val_dir} contains no usable images; put images in {val_dir.name}/<class>/<image>")
+    return classes, train, val
+
+
+def scan_dataset(
+    path: str | os.PathLike,
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> DatasetSplit:
+    """Scan an ImageFolder dataset (optionally pre-split into train/ and val/) and split it."""
+    if not 0.0 < val_fraction < 1.0:
+        raise DatasetError(f"val_fraction must be strictly between 0 and 1, got {val_fraction}")
+    root = find_dataset_root(path)
+    dirs, files = _visible(root)
+    if not dirs and not files:
+        raise DatasetError(f"dataset folder {root} is empty; expected the layout {LAYOUT}")
+    skipped: list[tuple[Path, str]] = []
+    _loose_files(files, "the dataset root", skipped)
+    by_name = {d.name.lower(): d for d in dirs}
+    train_dir = by_name.get("train")
+    val_dir = next((by_name[n] for n in VAL_DIR_NAMES if n in by_name), None)
+    presplit = train_dir is not None and val_dir is not None
+    if presplit:
+        assert train_dir is not None and val_dir is not None
+        extra = [d.name for d in dirs if d not in (train_dir, val_dir)]
+        if extra:
+            logger.info("Pre-split dataset %s: ignoring folders %s", root, extra)
+        classes, train, val = _scan_presplit(train_dir, val_dir, max_pixels, skipped)
+    else:
+        class_root = root
+        if train_dir is not None:  # train/ (and maybe test/) without val/: split train/ itself
+            logger.warning("%s has train/ but no val/ (or valid/, validation/) folder; splitting train/", root)
+            class_root = train_dir
+            dirs = _classes_in(train_dir, "train/", skipped)
+        _require_classes(dirs, class_root)
+        classes = tuple(d.name for d in dirs)
+        train, val = [], []
+        for label, d in enumerate(dirs):
+            tr, va = _split_class(_scan_class(d, max_pixels, skipped), d.name, val_fraction, seed)
+            train += [Sample(p, label) for p in tr]
+            val += [Sample(p, label) for p in va]
+    result = DatasetSplit(
+        root=root,
+        classes=classes,
+        train=tuple(sorted(train, key=_sample_key)),
+        val=tuple(sorted(val, key=_sample_key)),
+        skipped=tuple(sorted(skipped, key=lambda t: t[0].as_posix())),
+        presplit=presplit,
+    )
+    if skipped:
+        examples = "; ".join(f"{p}: {why}" for p, why in result.skipped[:3])
+        logger.warning("Skipped %d file(s) in %s, e.g. %s", len(skipped), root, examples)
+    logger.info("%s", result.summary())
+    return result

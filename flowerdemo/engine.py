@@ -1,0 +1,205 @@
+"""The training engine: `train(config, data)` is a generator of typed events.
+
+Device and precision are chosen once. Both modes (full fine-tuning, frozen-feature fast mode)
+share one driver: per epoch it trains, scores the validation split, keeps the best weights and
+writes them atomically. Stopping = setting `stop` (honoured within one batch) or closing the
+generator; either way the best checkpoint on disk stays loadable.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import nullcontext
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import Generator
+
+import torch
+
+from .augment import BatchAugment
+from .checkpoints import library_versions, new_run_dir, save_checkpoint
+from .config import TrainConfig
+from .dataset import DatasetSplit, scan_dataset
+from .events import CheckpointSaved, EpochEnd, Event, Finished, Progress, RunStarted, Stopped
+from .fastmode import FastTrainer
+from .loops import loss_and_accuracy, predict_tensors, train_one_epoch
+from .metrics import classification_report
+from .models import FlowerNet, Preprocessing, build_model, freeze, frozen_modules
+from .optim import head_lr, make_optimizer, make_scheduler
+from .tensorcache import ImageTensors, decode_samples
+
+log = logging.getLogger(__name__)
+DECODE_CHUNK = 256
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} asked for CUDA, but no GPU is available; use 'auto' or 'cpu'")
+    return device
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def resolve_mode(cfg: TrainConfig, device: torch.device) -> str:
+    """auto: full fine-tuning on a GPU, frozen-feature fast mode on a CPU."""
+    return cfg.mode if cfg.mode != "auto" else ("full" if device.type == "cuda" else "fast")
+
+
+def autocast_for(device: torch.device, enabled: bool) -> tuple[callable, torch.amp.GradScaler]:
+    """bf16 autocast where supported, else fp16 with a loss scaler; plain fp32 on CPU."""
+    if device.type != "cuda" or not enabled:
+        return nullcontext, torch.amp.GradScaler("cuda", enabled=False)
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return partial(torch.autocast, "cuda", dtype=dtype), torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+
+
+class FullTrainer:
+    """Fine-tunes the whole network (minus frozen stages) on augmented batches from the cache."""
+
+    def __init__(self, model: FlowerNet, cfg: TrainConfig, train: ImageTensors, val: ImageTensors,
+                 prep: Preprocessing, device: torch.device, stop: threading.Event | None) -> None:
+        self.model, self.cfg, self.train, self.val, self.prep, self.device, self.stop = model, cfg, train, val, prep, device, stop
+        freeze(model, cfg.freeze, cfg.frozen_stages)
+        self.frozen = frozen_modules(model)
+        self.channels_last = cfg.channels_last and device.type == "cuda"
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.forward_model = torch.compile(model) if cfg.compile else model
+        self.autocast, self.scaler = autocast_for(device, cfg.amp)
+        self.augment = BatchAugment(cfg.augment, prep.input_size, prep.mean, prep.std)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.aug_generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+        self.steps_per_epoch = max(1, len(train) // cfg.batch_size)
+        self.opt = make_optimizer(model, cfg, device)
+        self.sched = make_scheduler(self.opt, cfg, self.steps_per_epoch)
+
+    def prepare(self) -> Generator[Progress, None, None]:
+        if self.device.type == "cuda":  # the whole uint8 cache lives on the GPU: no loader, no copies
+            self.train, self.val = self.train.to(self.device), self.val.to(self.device)
+            torch.backends.cudnn.benchmark = True
+        return
+        yield  # a generator like the fast trainer's
+
+    def epoch(self, epoch: int) -> Generator[Progress, None, dict[str, float]]:
+        return (yield from train_one_epoch(
+            self.forward_model, self.train, self.augment, self.opt, self.sched, epoch=epoch,
+            batch_size=self.cfg.batch_size, device=self.device, autocast=self.autocast, scaler=self.scaler,
+            grad_clip=self.cfg.grad_clip, label_smoothing=self.cfg.label_smoothing, generator=self.generator,
+            aug_generator=self.aug_generator, channels_last=self.channels_last, frozen=self.frozen, stop=self.stop))
+
+    def val_logits(self) -> torch.Tensor:
+        return predict_tensors(self.forward_model, self.val, size=self.prep.input_size, mean=self.prep.mean,
+                               std=self.prep.std, device=self.device, autocast=self.autocast,
+                               batch_size=max(128, self.cfg.batch_size * 4), channels_last=self.channels_last)
+
+
+def _decode(split: DatasetSplit, size: int, workers: int) -> Generator[Progress, None, tuple[ImageTensors, ImageTensors, list]]:
+    parts: dict[str, list[ImageTensors]] = {"train": [], "val": []}
+    skipped: list = []
+    total = len(split.train) + len(split.val)
+    done = 0
+    for name, samples in (("train", split.train), ("val", split.val)):
+        for start in range(0, len(samples), DECODE_CHUNK):
+            tensors, bad = decode_samples(samples[start:start + DECODE_CHUNK], size, workers)
+            parts[name].append(tensors)
+            skipped += bad
+            done += len(samples[start:start + DECODE_CHUNK])
+            yield Progress("decode", done, total)
+
+    def cat(items: list[ImageTensors]) -> ImageTensors:
+        return ImageTensors(torch.cat([t.images for t in items]), torch.cat([t.labels for t in items]),
+                            tuple(p for t in items for p in t.paths))
+
+    return cat(parts["train"]), cat(parts["val"]), skipped
+
+
+def train(cfg: TrainConfig, data: str | Path | DatasetSplit, out_dir: str | Path = "checkpoints",
+          stop: threading.Event | None = None) -> Generator[Event, None, None]:
+    """Fine-tune `cfg.model` on `data` (a folder, or an already scanned split), yielding events."""
+    t_start = time.perf_counter()
+    split = data if isinstance(data, DatasetSplit) else scan_dataset(data, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    mode = resolve_mode(cfg, device)
+    model = build_model(cfg.model, len(split.classes), cfg.pretrained, cfg.head, cfg.head_hidden, cfg.head_dropout).to(device)
+    prep = model.spec.preprocessing.with_size(cfg.image_size)
+    train_data, val_data, bad = yield from _decode(split, prep.resize_size, cfg.workers)
+    if len(train_data) < 2 or len(val_data) < 1:
+        raise ValueError(f"only {len(train_data)} training and {len(val_data)} validation images could be decoded; "
+                         "need at least 2 and 1")
+    run_dir = new_run_dir(out_dir, cfg.model)
+    yield RunStarted(run_dir, describe_device(device), mode, cfg.model, split.classes, len(train_data), len(val_data),
+                     cfg.epochs, len(split.skipped) + len(bad))
+    trainer_cls = FastTrainer if mode == "fast" else FullTrainer
+    trainer = trainer_cls(model, cfg, train_data, val_data, prep, device, stop)
+    yield from trainer.prepare()
+
+    meta = {"architecture": cfg.model, "classes": list(split.classes),
+            "head": {"kind": cfg.head, "hidden": cfg.head_hidden, "dropout": cfg.head_dropout},
+            "preprocessing": prep.to_dict(), "config": cfg.to_dict(), "mode": mode, "device": describe_device(device),
+            "data": {"root": str(split.root), "counts": split.counts(), "presplit": split.presplit,
+                     "skipped": len(split.skipped) + len(bad)},
+            "versions": library_versions()}
+    history: list[dict[str, float]] = []
+    best_acc, best_epoch, best_state, saved = -1.0, 0, None, False
+    stopped_at = 0
+    for epoch in range(1, cfg.epochs + 1):
+        stats = yield from trainer.epoch(epoch)
+        if stats["stopped"] and saved:
+            stopped_at = epoch
+            break
+        val_loss, val_acc = loss_and_accuracy(trainer.val_logits(), val_data.labels)
+        is_best = val_acc > best_acc
+        if is_best:
+            best_acc, best_epoch = val_acc, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        elapsed = time.perf_counter() - t_start
+        row = EpochEnd(epoch, cfg.epochs, stats["loss"], stats["acc"], val_loss, val_acc, head_lr(trainer.opt),
+                       stats["seconds"], elapsed, stats["images"] / max(stats["seconds"], 1e-9), best_acc, is_best)
+        history.append(row.as_row())
+        yield row
+        if is_best:
+            save_checkpoint(run_dir, model, {**meta, "created": _now(), "history": history,
+                                             "metrics": {"best_val_acc": best_acc, "best_epoch": best_epoch}})
+            saved = True
+            yield CheckpointSaved(run_dir, epoch, val_acc)
+        if stats["stopped"]:
+            stopped_at = epoch
+            break
+    if stopped_at:
+        yield Stopped(stopped_at, "stop requested")
+
+    model.load_state_dict(best_state)
+    logits = trainer.val_logits()
+    report = classification_report(val_data.labels, logits.argmax(1), split.classes)
+    mistakes = _mistakes(logits, val_data, split.classes)
+    seconds = time.perf_counter() - t_start
+    metrics = {"best_val_acc": best_acc, "best_epoch": best_epoch, "epochs_run": len(history),
+               "seconds": round(seconds, 2), "stopped": bool(stopped_at), **report}
+    save_checkpoint(run_dir, model, {**meta, "created": _now(), "history": history, "metrics": metrics,
+                                     "mistakes": list(mistakes)})
+    yield Finished(run_dir, best_acc, best_epoch, len(history), seconds, bool(stopped_at), report, mistakes)
+
+
+def _mistakes(logits: torch.Tensor, data: ImageTensors, classes: tuple[str, ...], limit: int = 12) -> tuple[dict, ...]:
+    """The most confidently wrong validation predictions (for the app's gallery)."""
+    probs = logits.softmax(1)
+    conf, pred = probs.max(1)
+    wrong = (pred != data.labels).nonzero().flatten().tolist()
+    wrong.sort(key=lambda i: -float(conf[i]))
+    return tuple({"path": str(data.paths[i]), "true": classes[int(data.labels[i])], "pred": classes[int(pred[i])],
+                  "confidence": round(float(conf[i]), 4)} for i in wrong[:limit])
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,75 @@
+"""Typed events yielded by `flowerdemo.engine.train`. The CLI prints them; the app plots them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    run_dir: Path
+    device: str  # e.g. "cpu", "cuda:0 (NVIDIA H100)"
+    mode: str  # "full" or "fast"
+    model: str
+    classes: tuple[str, ...]
+    n_train: int
+    n_val: int
+    epochs: int
+    skipped: int  # files in the dataset folder that could not be used
+
+
+@dataclass(frozen=True)
+class Progress:
+    stage: str  # "decode" | "features" | "train" | "val"
+    done: int
+    total: int
+    epoch: int = 0  # 1-based; 0 before training starts
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    epoch: int  # 1-based
+    epochs: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float  # learning rate of the head at the end of the epoch
+    seconds: float  # this epoch's wall time
+    elapsed: float  # since the run started, data preparation included
+    images_per_s: float  # training images per second in this epoch
+    best_val_acc: float
+    is_best: bool
+
+    def as_row(self) -> dict[str, float]:
+        return {k: getattr(self, k) for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")}
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    path: Path  # the run directory
+    epoch: int
+    val_acc: float
+
+
+@dataclass(frozen=True)
+class Stopped:
+    epoch: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    run_dir: Path | None  # None when stopped before anything could be saved
+    best_val_acc: float
+    best_epoch: int
+    epochs_run: int
+    seconds: float
+    stopped: bool
+    report: dict[str, Any] = field(default_factory=dict)  # accuracy, per-class P/R/F1, confusion matrix
+    mistakes: tuple[dict[str, Any], ...] = ()  # worst validation errors: path, true, pred, confidence
+
+
+Event = RunStarted | Progress | EpochEnd | CheckpointSaved | Stopped | Finished

@@ -1,0 +1,99 @@
+"""Grad-CAM (and friends, from pytorch-grad-cam) on a loaded classifier: where did the model look?"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from pytorch_grad_cam import (EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM)
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from .checkpoints import Classifier
+from .predict import prepare_image
+
+CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "scorecam": ScoreCAM,
+               "eigencam": EigenCAM, "layercam": LayerCAM, "xgradcam": XGradCAM}
+_LOCK = threading.Lock()  # CAM hooks live on the shared model: one explanation at a time
+
+
+class ExplainError(ValueError):
+    """Unknown CAM method or target class."""
+
+
+@dataclass
+class Explanation:
+    heatmap: np.ndarray  # float32 (H, W) in [0, 1] at the (decoded) image size; 0 outside the model's crop
+    overlay: Image.Image  # the image with the heatmap blended in, same size
+    class_name: str
+    class_index: int
+    probabilities: dict[str, float]  # all classes, most likely first
+    method: str
+
+
+def resolve_target(clf: Classifier, target: str | int | None, predicted: int) -> int:
+    if target is None or target == "":
+        return predicted
+    if isinstance(target, str):
+        if target not in clf.classes:
+            raise ExplainError(f"unknown class {target!r}; this model knows: {', '.join(clf.classes)}")
+        return clf.classes.index(target)
+    if not 0 <= int(target) < len(clf.classes):
+        raise ExplainError(f"class index {target} out of range 0..{len(clf.classes) - 1}")
+    return int(target)
+
+
+def explain(clf: Classifier, image, method: str = "gradcam", target: str | int | None = None,
+            alpha: float = 0.5, max_side: int | None = None) -> Explanation:
+    """CAM for `target` (default: the predicted class). Hooks are released after the call."""
+    if method not in CAM_METHODS:
+        raise ExplainError(f"unknown CAM method {method!r}; choose one of: {', '.join(CAM_METHODS)}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ExplainError(f"alpha (heatmap opacity) must be in [0, 1], got {alpha}")
+    prepared = prepare_image(image, clf.preprocessing, max_side=max_side)
+    model = clf.model
+    x = prepared.tensor.to(next(model.parameters()).device)
+    with _LOCK:
+        with torch.no_grad():
+            probs = model.eval()(x).float().softmax(1)[0].cpu()
+        index = resolve_target(clf, target, int(probs.argmax()))
+        # a backbone frozen in training has requires_grad=False: CAM needs gradients at the target layer
+        flags = [p.requires_grad for p in model.parameters()]
+        for p in model.parameters():
+            p.requires_grad_(True)
+        try:
+            with CAM_METHODS[method](model=model, target_layers=[model.target_layer]) as cam:
+                if hasattr(cam, "batch_size"):
+                    cam.batch_size = 32  # ScoreCAM: bounded memory per forward
+                grayscale = cam(input_tensor=x, targets=[ClassifierOutputTarget(index)])[0]
+        finally:
+            for p, flag in zip(model.parameters(), flags):
+                p.requires_grad_(flag)
+    heatmap = _place(np.nan_to_num(grayscale.astype(np.float32)), prepared.original.size, prepared.box)
+    rgb = np.asarray(prepared.original, dtype=np.float32) / 255.0
+    overlay = show_cam_on_image(rgb, heatmap, use_rgb=True, image_weight=1.0 - alpha)
+    order = probs.argsort(descending=True).tolist()
+    return Explanation(heatmap, Image.fromarray(overlay), clf.classes[index], index,
+                       {clf.classes[i]: float(probs[i]) for i in order}, method)
+
+
+def _place(cam: np.ndarray, size: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
+    """Resize the crop's CAM to the crop box and put it on a zero canvas of the image size."""
+    lo, hi = float(cam.min()), float(cam.max())
+    cam = (cam - lo) / (hi - lo) if hi > lo else np.zeros_like(cam)
+    left, top, right, bottom = box
+    patch = Image.fromarray(cam.astype(np.float32), mode="F").resize((right - left, bottom - top), Image.Resampling.BILINEAR)
+    canvas = np.zeros((size[1], size[0]), dtype=np.float32)
+    canvas[top:bottom, left:right] = np.clip(np.asarray(patch, dtype=np.float32), 0.0, 1.0)
+    return canvas
+
+
+def heatmap_image(heatmap: np.ndarray) -> Image.Image:
+    """The raw heatmap as a colour-mapped picture (jet), for display next to the overlay."""
+    import cv2
+
+    colored = cv2.applyColorMap(np.uint8(255 * heatmap), cv2.COLORMAP_JET)
+    return Image.fromarray(cv2.cvtColor(colored, cv2.COLOR_BGR2RGB))

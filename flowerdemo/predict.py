@@ -1,0 +1,60 @@
+"""Prediction: class probabilities for one image, with the eval geometry of training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .augment import normalize
+from .checkpoints import Classifier
+from .images import DEFAULT_MAX_PIXELS, load_image
+from .models import Preprocessing
+
+
+@dataclass
+class PreparedImage:
+    original: Image.Image  # RGB, EXIF-rotated; decoded at reduced scale when `max_side` allowed it
+    tensor: torch.Tensor  # (1, 3, S, S) normalised model input
+    box: tuple[int, int, int, int]  # the centre crop the model sees, in `original` coordinates
+
+
+def crop_box(width: int, height: int, prep: Preprocessing) -> tuple[int, int, int, int]:
+    """Resize-short-side-then-centre-crop, expressed as one box on the original image."""
+    side = max(1, round(min(width, height) * prep.input_size / prep.resize_size))
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
+def prepare_image(image, prep: Preprocessing, max_side: int | None = None,
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> PreparedImage:
+    """Decode (no more pixels than needed: JPEG draft to >= max(max_side, 2x input)), crop, normalise."""
+    want = max(prep.input_size * 2, max_side or 0)
+    img = load_image(image, max_pixels=max_pixels, draft=(want, want) if max_side else (prep.input_size * 2,) * 2)
+    if max_side and max(img.size) > max_side:
+        img.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    box = crop_box(*img.size, prep)
+    crop = img.resize((prep.input_size, prep.input_size), Image.Resampling.BILINEAR, box=box,
+                      reducing_gap=None if img.width < 4 * prep.input_size else 2.0)
+    x = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0)
+    return PreparedImage(img, normalize(x, prep.mean, prep.std), box)
+
+
+@torch.inference_mode()
+def probabilities(clf: Classifier, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """Softmax over classes for a prepared batch; `tta` averages with the mirrored image."""
+    device = next(clf.model.parameters()).device
+    x = x.to(device)
+    probs = clf.model(x).float().softmax(1)
+    if tta:
+        probs = (probs + clf.model(x.flip(-1)).float().softmax(1)) / 2
+    return probs.cpu()
+
+
+def predict(clf: Classifier, image, top_k: int | None = None, tta: bool = False) -> dict[str, float]:
+    """{class: probability}, most likely first; all classes (summing to 1) unless `top_k` is given."""
+    probs = probabilities(clf, prepare_image(image, clf.preprocessing).tensor, tta)[0]
+    order = probs.argsort(descending=True).tolist()[: top_k or len(clf.classes)]
+    return {clf.classes[i]: float(probs[i]) for i in order}
