@@ -11,9 +11,11 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
-from typing import IO, Callable
+from typing import IO
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +124,13 @@ def _write_all(archive: Path, entries: list[_Entry], dest: Path, max_bytes: int)
     return dest
 
 
+def _tar_member(tf: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
+    fh = tf.extractfile(member)
+    if fh is None:
+        raise ArchiveError(f"entry {member.name!r} has no data; only files and folders are allowed")
+    return fh
+
+
 def extract_zip(
     zip_path: str | os.PathLike,
     dest: str | os.PathLike,
@@ -134,22 +143,24 @@ def extract_zip(
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        raise ArchiveError(f"{archive.name} is not a readable .zip file ({exc}); upload a .zip of class folders") from exc
+        raise ArchiveError(
+            f"{archive.name} is not a readable .zip file ({exc}); upload a .zip of class folders"
+        ) from exc
     with zf:
         entries: list[_Entry] = []
         for info in zf.infolist():
             rel = safe_relpath(info.filename, archive)
-            mode = info.external_attr >> 16
-            if stat.S_ISLNK(mode):
+            kind = stat.S_IFMT(info.external_attr >> 16)  # Unix file type; 0 when not recorded
+            if kind == stat.S_IFLNK:
                 raise ArchiveError(f"{archive.name}: entry {info.filename!r} is a symbolic link; links are not allowed")
-            if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
                 raise ArchiveError(
                     f"{archive.name}: entry {info.filename!r} is a special file; only files and folders are allowed"
                 )
             if info.flag_bits & 0x1:
                 raise ArchiveError(f"{archive.name}: entry {info.filename!r} is encrypted; use an unencrypted .zip")
             if rel is not None:
-                entries.append(_Entry(rel, info.is_dir(), info.file_size, lambda i=info: zf.open(i)))
+                entries.append(_Entry(rel, info.is_dir(), info.file_size, partial(zf.open, info)))
         _check_totals(archive, entries, max_bytes, max_files)
         return _write_all(archive, entries, dest, max_bytes)
 
@@ -182,7 +193,7 @@ def extract_tar(
                         "only files and folders are allowed"
                     )
                 if rel is not None:
-                    entries.append(_Entry(rel, member.isdir(), member.size, lambda m=member: tf.extractfile(m)))
+                    entries.append(_Entry(rel, member.isdir(), member.size, partial(_tar_member, tf, member)))
         except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
             raise ArchiveError(f"{archive.name} is corrupt or truncated ({exc})") from exc
         _check_totals(archive, entries, max_bytes, max_files)

@@ -76,7 +76,8 @@ def _ignored(name: str) -> bool:
 
 def _visible(folder: Path) -> tuple[list[Path], list[Path]]:
     """(sub-folders, files) of `folder`, sorted, without hidden/OS-junk entries."""
-    dirs, files = [], []
+    dirs: list[Path] = []
+    files: list[Path] = []
     with os.scandir(folder) as it:
         for entry in it:
             if _ignored(entry.name):

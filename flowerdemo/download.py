@@ -9,8 +9,8 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Callable
 from urllib.parse import urlsplit
 
 from flowerdemo.archive import ArchiveError, extract_tar

@@ -23,6 +23,7 @@ from .augment import BatchAugment
 from .checkpoints import library_versions, new_run_dir, save_checkpoint
 from .config import TrainConfig
 from .dataset import DatasetSplit, scan_dataset
+from .distributed import DistInfo, device_for, init_from_env
 from .events import CheckpointSaved, EpochEnd, Event, Finished, Progress, RunStarted, Stopped
 from .fastmode import FastTrainer
 from .loops import loss_and_accuracy, predict_tensors, train_one_epoch
@@ -67,19 +68,26 @@ class FullTrainer:
     """Fine-tunes the whole network (minus frozen stages) on augmented batches from the cache."""
 
     def __init__(self, model: FlowerNet, cfg: TrainConfig, train: ImageTensors, val: ImageTensors,
-                 prep: Preprocessing, device: torch.device, stop: threading.Event | None) -> None:
+                 prep: Preprocessing, device: torch.device, stop: threading.Event | None,
+                 dist_info: DistInfo = DistInfo()) -> None:
         self.model, self.cfg, self.train, self.val, self.prep, self.device, self.stop = model, cfg, train, val, prep, device, stop
+        self.dist = dist_info
         freeze(model, cfg.freeze, cfg.frozen_stages)
         self.frozen = frozen_modules(model)
         self.channels_last = cfg.channels_last and device.type == "cuda"
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         self.forward_model = torch.compile(model) if cfg.compile else model
+        if dist_info.enabled:  # gradients averaged across processes after each backward
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward_model = DistributedDataParallel(
+                self.forward_model, device_ids=[device.index] if device.type == "cuda" else None)
         self.autocast, self.scaler = autocast_for(device, cfg.amp)
         self.augment = BatchAugment(cfg.augment, prep.input_size, prep.mean, prep.std)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.aug_generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-        self.steps_per_epoch = max(1, len(train) // cfg.batch_size)
+        self.steps_per_epoch = max(1, len(train) // dist_info.world // cfg.batch_size)
         self.opt = make_optimizer(model, cfg, device)
         self.sched = make_scheduler(self.opt, cfg, self.steps_per_epoch)
 
@@ -95,10 +103,12 @@ class FullTrainer:
             self.forward_model, self.train, self.augment, self.opt, self.sched, epoch=epoch,
             batch_size=self.cfg.batch_size, device=self.device, autocast=self.autocast, scaler=self.scaler,
             grad_clip=self.cfg.grad_clip, label_smoothing=self.cfg.label_smoothing, generator=self.generator,
-            aug_generator=self.aug_generator, channels_last=self.channels_last, frozen=self.frozen, stop=self.stop))
+            aug_generator=self.aug_generator, channels_last=self.channels_last, frozen=self.frozen, stop=self.stop,
+            shard=(self.dist.rank, self.dist.world), reduce=self.dist.reduce_sum))
 
     def val_logits(self) -> torch.Tensor:
-        return predict_tensors(self.forward_model, self.val, size=self.prep.input_size, mean=self.prep.mean,
+        # every process scores the whole (small) val split, so all agree on the best epoch
+        return predict_tensors(self.model, self.val, size=self.prep.input_size, mean=self.prep.mean,
                                std=self.prep.std, device=self.device, autocast=self.autocast,
                                batch_size=max(128, self.cfg.batch_size * 4), channels_last=self.channels_last)
 
@@ -129,19 +139,25 @@ def train(cfg: TrainConfig, data: str | Path | DatasetSplit, out_dir: str | Path
     t_start = time.perf_counter()
     split = data if isinstance(data, DatasetSplit) else scan_dataset(data, val_fraction=cfg.val_fraction, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
+    dist_info = init_from_env()
+    device = device_for(dist_info, resolve_device(cfg.device))
     mode = resolve_mode(cfg, device)
+    if dist_info.enabled and mode == "fast":
+        log.warning("fast mode trains one small head; under torchrun it runs as full fine-tuning instead")
+        mode = "full"
     model = build_model(cfg.model, len(split.classes), cfg.pretrained, cfg.head, cfg.head_hidden, cfg.head_dropout).to(device)
     prep = model.spec.preprocessing.with_size(cfg.image_size)
     train_data, val_data, bad = yield from _decode(split, prep.resize_size, cfg.workers)
     if len(train_data) < 2 or len(val_data) < 1:
         raise ValueError(f"only {len(train_data)} training and {len(val_data)} validation images could be decoded; "
                          "need at least 2 and 1")
-    run_dir = new_run_dir(out_dir, cfg.model)
+    run_dir = new_run_dir(out_dir, cfg.model) if dist_info.is_main else Path(out_dir) / "(rank 0 writes)"
     yield RunStarted(run_dir, describe_device(device), mode, cfg.model, split.classes, len(train_data), len(val_data),
                      cfg.epochs, len(split.skipped) + len(bad))
-    trainer_cls = FastTrainer if mode == "fast" else FullTrainer
-    trainer = trainer_cls(model, cfg, train_data, val_data, prep, device, stop)
+    if mode == "fast":
+        trainer = FastTrainer(model, cfg, train_data, val_data, prep, device, stop)
+    else:
+        trainer = FullTrainer(model, cfg, train_data, val_data, prep, device, stop, dist_info)
     yield from trainer.prepare()
 
     meta = {"architecture": cfg.model, "classes": list(split.classes),
@@ -149,6 +165,7 @@ def train(cfg: TrainConfig, data: str | Path | DatasetSplit, out_dir: str | Path
             "preprocessing": prep.to_dict(), "config": cfg.to_dict(), "mode": mode, "device": describe_device(device),
             "data": {"root": str(split.root), "counts": split.counts(), "presplit": split.presplit,
                      "skipped": len(split.skipped) + len(bad)},
+            "world_size": dist_info.world,
             "versions": library_versions()}
     history: list[dict[str, float]] = []
     best_acc, best_epoch, best_state, saved = -1.0, 0, None, False
@@ -169,10 +186,11 @@ def train(cfg: TrainConfig, data: str | Path | DatasetSplit, out_dir: str | Path
         history.append(row.as_row())
         yield row
         if is_best:
-            save_checkpoint(run_dir, model, {**meta, "created": _now(), "history": history,
-                                             "metrics": {"best_val_acc": best_acc, "best_epoch": best_epoch}})
+            if dist_info.is_main:
+                save_checkpoint(run_dir, model, {**meta, "created": _now(), "history": history,
+                                                 "metrics": {"best_val_acc": best_acc, "best_epoch": best_epoch}})
+                yield CheckpointSaved(run_dir, epoch, val_acc)
             saved = True
-            yield CheckpointSaved(run_dir, epoch, val_acc)
         if stats["stopped"]:
             stopped_at = epoch
             break
@@ -186,8 +204,9 @@ def train(cfg: TrainConfig, data: str | Path | DatasetSplit, out_dir: str | Path
     seconds = time.perf_counter() - t_start
     metrics = {"best_val_acc": best_acc, "best_epoch": best_epoch, "epochs_run": len(history),
                "seconds": round(seconds, 2), "stopped": bool(stopped_at), **report}
-    save_checkpoint(run_dir, model, {**meta, "created": _now(), "history": history, "metrics": metrics,
-                                     "mistakes": list(mistakes)})
+    if dist_info.is_main:
+        save_checkpoint(run_dir, model, {**meta, "created": _now(), "history": history, "metrics": metrics,
+                                         "mistakes": list(mistakes)})
     yield Finished(run_dir, best_acc, best_epoch, len(history), seconds, bool(stopped_at), report, mistakes)
 
 

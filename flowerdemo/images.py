@@ -7,16 +7,18 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import IO, Any, Union
+from typing import IO, Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL import (  # noqa: F401  (importing registers exactly the decoders listed in PIL_FORMATS)
     BmpImagePlugin,
     GifImagePlugin,
+    Image,
+    ImageOps,
     JpegImagePlugin,
     PngImagePlugin,
     TiffImagePlugin,
+    UnidentifiedImageError,
     WebPImagePlugin,
 )
 
@@ -30,7 +32,7 @@ PIL_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 ACCEPTED = "a JPEG, PNG, WebP, BMP or GIF image (" + " ".join(sorted(IMAGE_EXTENSIONS)) + ")"
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 
-ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], Image.Image, np.ndarray]
+ImageSource = str | os.PathLike | bytes | bytearray | memoryview | IO[bytes] | Image.Image | np.ndarray
 
 
 class ImageError(ValueError):
@@ -191,7 +193,8 @@ def load_image(
 
     EXIF orientation is applied. `draft=(w, h)` lets JPEGs decode at a reduced DCT scale that is never
     smaller than max(w, h) on either side (square request, so EXIF rotation cannot undercut it).
-    Raises ImageError for anything unreadable, corrupt, truncated or larger than `max_pixels`.
+    Raises ImageError for anything unreadable, corrupt, truncated or larger than `max_pixels`
+    (PIL's own Image.MAX_IMAGE_PIXELS, left unchanged, remains an upper ceiling).
     """
     if isinstance(source, np.ndarray):
         return _from_array(source, max_pixels)

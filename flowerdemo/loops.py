@@ -54,7 +54,8 @@ def train_one_epoch(
     for m in frozen:  # frozen BatchNorm keeps its ImageNet statistics
         m.eval()
     rank, world = shard
-    order = torch.randperm(len(data), generator=generator)[rank::world]
+    order = torch.randperm(len(data), generator=generator)  # same permutation in every process
+    order = order[: len(order) // world * world][rank::world]  # equal shards: DDP needs equal step counts
     n = len(order)
     # a last batch of one breaks BatchNorm in train mode: fold it into the previous batch
     starts = list(range(0, n, batch_size))

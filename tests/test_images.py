@@ -28,7 +28,7 @@ def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
 
 
 def _close(a, b, tol: int = 3) -> bool:
-    return all(abs(int(x) - int(y)) <= tol for x, y in zip(a, b))
+    return all(abs(int(x) - int(y)) <= tol for x, y in zip(a, b, strict=True))
 
 
 def _png_with_size(width: int, height: int) -> bytes:
