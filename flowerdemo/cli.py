@@ -88,6 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="all images, or only the validation part of the split the checkpoint was trained with [all]")
     e.add_argument("--batch-size", type=int, default=64, help="images per forward pass [64]")
 
+    x = sub.add_parser("experiment", help="compare configurations over several seeds (report's Tables 2 and 3)",
+                       description="Run each configuration of a suite with several seeds and write a markdown report "
+                                   "(mean ± std of best/final val accuracy and final train loss) with curve plots.")
+    x.add_argument("suite", choices=("augment", "schedule", "freeze"),
+                   help="augment: Table 2 ladder; schedule: warm-up+cosine vs LinearLR vs constant; freeze: none/stages/head")
+    x.add_argument("--data", type=Path, required=True, help="ImageFolder dataset (or .zip)")
+    x.add_argument("--seeds", type=int, default=3, help="seeds per configuration (>= 2) [3]")
+    x.add_argument("--out", type=Path, default=Path("experiments"), help="report folder [experiments/<suite>]")
+    _add_config_options(x)
+
     pr = sub.add_parser("predict", help="top-k classes and a Grad-CAM overlay for image files")
     pr.add_argument("images", nargs="+", type=Path, help="image files (jpg, png, webp, bmp, gif)")
     pr.add_argument("--checkpoint", type=Path, help="run directory or .safetensors file [newest under checkpoints/]")
@@ -103,11 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    from .commands import run_evaluate, run_predict, run_train
+    from .commands import run_evaluate, run_experiment, run_predict, run_train
 
     try:
         if args.command == "train":
             return run_train(args, config_from_args(args))
+        if args.command == "experiment":
+            return run_experiment(args, config_from_args(args))
         if args.command == "evaluate":
             return run_evaluate(args)
         return run_predict(args)

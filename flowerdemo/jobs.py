@@ -1,0 +1,237 @@
+"""One training at a time per process, whoever asks: `TrainingJob.start` hands out the engine's event
+stream or raises `Busy`; `stop` asks the run to end; `state` lets anyone see what is running.
+
+On a Hugging Face ZeroGPU Space (the `spaces` package is importable) the engine runs inside
+`@spaces.GPU`, in another process: events come back pickled, stopping goes through a file, and the
+trained weights come back as the checkpoint on disk (the caller reloads it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .config import TrainConfig
+from .events import EpochEnd, Event, Finished, Progress, RunStarted, Stopped
+
+log = logging.getLogger(__name__)
+
+_LOCK = threading.Lock()  # process-wide: however many apps or visitors, one training at a time
+GPU_SECONDS = int(os.environ.get("FLOWERDEMO_GPU_SECONDS", "600"))  # ZeroGPU time asked for per training
+PREPARING = ("decode", "features")  # stages before the first batch; the engine checks `stop` only in training
+
+
+class Busy(RuntimeError):
+    """Another training is running (message says what it is doing)."""
+
+
+class StopFlag:
+    """A stop request the engine polls with `is_set()`; a file makes it visible to another process."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.touch()
+
+    def is_set(self) -> bool:
+        return self._event.is_set() or (self.path is not None and self.path.exists())
+
+    def discard(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+    def __getstate__(self) -> dict[str, Any]:  # threading.Event cannot be pickled
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"])
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What the current (or last) training is doing, for any visitor to read."""
+
+    running: bool = False
+    owner: str | None = None
+    started: float = 0.0  # time.time()
+    model: str = ""
+    device: str = ""
+    run_dir: Path | None = None
+    epoch: int = 0
+    epochs: int = 0
+    best_val_acc: float = 0.0
+    last_event: Event | None = None
+    stopping: bool = False  # a stop was requested and is being honoured
+    error: str = ""
+
+    def describe(self) -> str:
+        """One line for people: what runs, how far, for how long."""
+        if not self.running:
+            return "No training is running."
+        minutes = (time.time() - self.started) / 60
+        where = f"epoch {self.epoch}/{self.epochs}" if self.epoch else "preparing the data"
+        return f"A training of {self.model or 'a model'} is running ({where}, started {minutes:.0f} min ago)."
+
+
+def _engine(cfg: TrainConfig, data: Any, out_dir: Path, stop: StopFlag) -> Iterator[Event]:
+    from .engine import train
+
+    yield from train(cfg, data, out_dir, stop)
+
+
+def _gpu(fn: Callable[..., Iterator[Event]]) -> Callable[..., Iterator[Event]]:
+    """Wrap with `spaces.GPU` when running on a Hugging Face Space; otherwise leave as is."""
+    try:
+        import spaces  # type: ignore[import-not-found]
+    except ImportError:
+        return fn
+    return spaces.GPU(duration=GPU_SECONDS)(fn)
+
+
+def on_zero_gpu() -> bool:
+    """True on a ZeroGPU Space, where a GPU exists only inside `@spaces.GPU` calls."""
+    return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true")
+
+
+gpu_train = _gpu(_engine)
+
+
+class TrainingJob:
+    """The single training slot of this process."""
+
+    def __init__(self, train_fn: Callable[..., Iterator[Event]] | None = None) -> None:
+        self._train_fn = train_fn or gpu_train
+        self._guard = threading.Lock()  # protects _state / _stop; never held while training
+        self._state = JobState()
+        self._stop: StopFlag | None = None
+
+    @property
+    def state(self) -> JobState:
+        with self._guard:
+            return self._state
+
+    def start(self, cfg: TrainConfig, data: Any, out_dir: str | Path, owner: str | None = None) -> "Run":
+        """Claim the slot and return the run's event iterator; raise Busy if a training is running."""
+        if not _LOCK.acquire(blocking=False):
+            raise Busy(f"The server is busy: {self.state.describe()} Only one training runs at a time; "
+                       "predictions keep working meanwhile. Try again when it has finished.")
+        out_dir = Path(out_dir)
+        stop = StopFlag(out_dir / f".stop-{uuid.uuid4().hex}")
+        with self._guard:
+            self._stop = stop
+            self._state = JobState(running=True, owner=owner, started=time.time(), model=cfg.model,
+                                   epochs=cfg.epochs)
+        try:
+            events = self._train_fn(cfg, data, out_dir, stop)
+        except BaseException:
+            self._release(None)
+            raise
+        return Run(self, events, stop)
+
+    def stop(self, owner: str | None = None) -> bool:
+        """Ask the running training to stop after the current batch; False if none (or not `owner`'s)."""
+        with self._guard:
+            if not self._state.running or self._stop is None:
+                return False
+            if owner is not None and self._state.owner not in (None, owner):
+                return False
+            self._stop.set()
+            self._state = replace(self._state, stopping=True)
+            return True
+
+    def _record(self, event: Event) -> None:
+        with self._guard:
+            s = self._state
+            if isinstance(event, RunStarted):
+                s = replace(s, run_dir=event.run_dir, device=event.device, model=event.model, epochs=event.epochs)
+            elif isinstance(event, EpochEnd):
+                s = replace(s, epoch=event.epoch, best_val_acc=event.best_val_acc)
+            self._state = replace(s, last_event=event)
+
+    def _release(self, error: BaseException | None) -> None:
+        with self._guard:
+            if self._stop is not None:
+                self._stop.discard()
+            self._stop = None
+            self._state = replace(self._state, running=False, error=str(error) if error else "")
+        if _LOCK.locked():
+            _LOCK.release()
+
+
+class Run(Iterator[Event]):
+    """The event stream of one claimed training; the slot is released when it ends or is closed.
+
+    A stop requested while the data is still being prepared ends the run at once (nothing to keep yet).
+    """
+
+    def __init__(self, job: TrainingJob, events: Iterator[Event], stop: StopFlag) -> None:
+        self._job, self._events, self._stop = job, events, stop
+        self._done = False
+        self._t0 = time.perf_counter()
+
+    def __iter__(self) -> "Run":
+        return self
+
+    def __next__(self) -> Event:
+        if self._done:
+            raise StopIteration
+        last = self._job.state.last_event
+        if self._stop.is_set() and (last is None or isinstance(last, RunStarted)
+                                    or (isinstance(last, Progress) and last.stage in PREPARING)):
+            return self._abort_preparation()
+        try:
+            event = next(self._events)
+        except StopIteration:
+            self._finish(None)
+            raise
+        except BaseException as exc:
+            self._finish(exc)
+            raise
+        self._job._record(event)
+        return event
+
+    def _abort_preparation(self) -> Event:
+        self._close_engine()
+        seconds = time.perf_counter() - self._t0
+        self._pending = Finished(None, 0.0, 0, 0, seconds, True)
+        self._events = iter([self._pending])
+        event = Stopped(0, "stopped while preparing the data; nothing was trained")
+        self._job._record(event)
+        return event
+
+    def close(self) -> None:
+        """End the run now (e.g. the visitor went away): the engine's best checkpoint stays on disk."""
+        if not self._done:
+            self._close_engine()
+            self._finish(None)
+
+    def _close_engine(self) -> None:
+        close = getattr(self._events, "close", None)
+        if close is not None:
+            close()
+
+    def _finish(self, error: BaseException | None) -> None:
+        self._done = True
+        run_dir = self._job.state.run_dir
+        if run_dir is not None and not (Path(run_dir) / "model.safetensors").exists():
+            from .runs import remove_tree
+
+            remove_tree(run_dir, Path(run_dir).parent)  # stopped before the first checkpoint: nothing to keep
+        self._job._release(error)
+
+    def __del__(self) -> None:  # an abandoned stream must not hold the slot forever
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown, engine already gone
+            pass

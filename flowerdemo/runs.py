@@ -1,0 +1,176 @@
+"""Run-directory housekeeping for a shared server: which folders a visitor may name, how many runs are
+kept, pinning, zipping a run for download and importing an uploaded one. No UI code here."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .checkpoints import META, WEIGHTS, CheckpointError, read_meta, safe_name
+
+log = logging.getLogger(__name__)
+
+PIN_MARKER = "PINNED"  # an empty file in a run directory: never deleted by prune_runs
+DEFAULT_RUN = "flowers5-lite0"  # the model shipped with the app: never deleted
+STALE_SECONDS = 3600  # a run folder without weights this old is an abandoned (crashed) run
+
+
+class PathNotAllowed(ValueError):
+    """A folder path that lies outside the folders the operator allowed (or is malformed)."""
+
+
+def allowed_path(text: str, roots: Sequence[str | Path]) -> Path:
+    """The existing folder `text` names, if it lies under one of `roots` once symlinks are resolved."""
+    if not roots:
+        raise PathNotAllowed("this server does not accept folder paths; upload a .zip of class folders instead "
+                             "(the operator can allow folders with --data-dir)")
+    text = (text or "").strip()
+    if not text or "\x00" in text:
+        raise PathNotAllowed("type the path of a folder of class sub-folders")
+    path = Path(text).expanduser()
+    if ".." in path.parts:
+        raise PathNotAllowed(f"'..' is not allowed in a folder path ({text})")
+    bases = [Path(r).expanduser().resolve() for r in roots]
+    if not path.is_absolute():
+        path = bases[0] / path
+    resolved = path.resolve()  # follows symlinks: a link pointing outside is caught below
+    if not any(resolved.is_relative_to(base) for base in bases):
+        raise PathNotAllowed(f"{text} is outside the folders this server allows: {', '.join(map(str, bases))}")
+    if not resolved.is_dir():
+        raise PathNotAllowed(f"{text} is not an existing folder under {', '.join(map(str, bases))}")
+    return resolved
+
+
+def is_pinned(run: Path) -> bool:
+    return (run / PIN_MARKER).exists() or run.name == DEFAULT_RUN
+
+
+def pin(run: str | Path, pinned: bool = True) -> None:
+    """Mark (or unmark) a run so that `prune_runs` never deletes it."""
+    marker = Path(run) / PIN_MARKER
+    if pinned:
+        marker.touch()
+    else:
+        marker.unlink(missing_ok=True)
+
+
+def run_dirs(root: str | Path) -> list[Path]:
+    """Visible sub-folders of `root`, oldest first (by modification time)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    dirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return sorted(dirs, key=lambda p: (_mtime(p), p.name))
+
+
+def prune_runs(root: str | Path, keep: int, protect: Iterable[str | Path] = ()) -> list[Path]:
+    """Delete the oldest unpinned runs beyond `keep` (0 = keep all) and abandoned runs; return what went.
+
+    Pinned runs, the shipped default model and `protect` (e.g. models in use, the run in progress) stay
+    and do not count towards `keep`.
+    """
+    keep_safe = {Path(p).resolve() for p in protect}
+    removable = [r for r in run_dirs(root) if not is_pinned(r) and r.resolve() not in keep_safe]
+    now = time.time()
+    complete = [r for r in removable if (r / WEIGHTS).is_file()]
+    doomed = [r for r in removable if not (r / WEIGHTS).is_file() and now - _mtime(r) > STALE_SECONDS]
+    if keep > 0 and len(complete) > keep:
+        doomed += complete[: len(complete) - keep]
+    for run in doomed:
+        log.info("removing run %s (keep-runs=%d)", run, keep)
+        shutil.rmtree(run, ignore_errors=True)
+    return doomed
+
+
+def remove_tree(path: str | Path | None, within: str | Path) -> None:
+    """Delete `path` only if it lies inside `within` (guards against deleting a user's folder)."""
+    if not path:
+        return
+    path, within = Path(path).resolve(), Path(within).resolve()
+    if path != within and path.is_relative_to(within):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def prune_files(folder: str | Path, max_age_s: float) -> None:
+    """Delete entries of `folder` older than `max_age_s` (temporary downloads, stale uploads)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    now = time.time()
+    for entry in folder.iterdir():
+        if now - _mtime(entry) > max_age_s:
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+
+
+def zip_run(run: str | Path, dest_dir: str | Path) -> Path:
+    """`dest_dir/<run name>.zip` holding the run directory's files under `<run name>/`."""
+    run, dest_dir = Path(run), Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    target = dest_dir / f"{run.name}.zip"
+    fd, tmp = tempfile.mkstemp(suffix=".zip.part", dir=dest_dir)
+    os.close(fd)
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(run.rglob("*")):
+            if f.is_file() and not f.name.startswith(".") and f.name != PIN_MARKER:
+                zf.write(f, Path(run.name) / f.relative_to(run))
+    os.replace(tmp, target)
+    return target
+
+
+def import_run(upload: str | Path, root: str | Path, max_bytes: int = 2 * 1024**3) -> Path:
+    """Install an uploaded checkpoint (a run-dir .zip or a .safetensors file) as a new run under `root`.
+
+    Raises CheckpointError (and leaves nothing behind) when it is not a flowerdemo checkpoint.
+    """
+    from .archive import ArchiveError, extract_zip
+
+    upload, root = Path(upload), Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".import-", dir=root))
+    try:
+        if upload.suffix.lower() == ".safetensors":
+            (staging / "run").mkdir()
+            shutil.copyfile(upload, staging / "run" / WEIGHTS)
+        elif upload.suffix.lower() == ".zip":
+            try:
+                extract_zip(upload, staging / "run", max_bytes=max_bytes)
+            except ArchiveError as exc:
+                raise CheckpointError(str(exc)) from exc
+        else:
+            raise CheckpointError(f"{upload.name}: upload a .zip of a run directory or a {WEIGHTS} file")
+        found = sorted((staging / "run").rglob(WEIGHTS), key=lambda p: len(p.parts))
+        if not found:
+            raise CheckpointError(f"{upload.name} holds no {WEIGHTS}; download a checkpoint from this app to "
+                                  "see the expected layout")
+        meta = read_meta(found[0])
+        run = _unique(root, safe_name(found[0].parent.name if found[0].parent != staging / "run"
+                                      else f"upload-{meta['architecture']}"))
+        shutil.move(str(found[0].parent), run)
+        if not (run / META).exists():
+            import json
+
+            (run / META).write_text(json.dumps(meta, indent=2))
+        return run
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _unique(root: Path, name: str) -> Path:
+    candidate, i = root / name, 1
+    while candidate.exists():
+        candidate, i = root / f"{name}-{i}", i + 1
+    return candidate
+
+
+def _mtime(path: Path) -> float:
+    try:
+        weights = path / WEIGHTS
+        return (weights if weights.exists() else path).stat().st_mtime
+    except OSError:
+        return 0.0

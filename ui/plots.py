@@ -1,0 +1,92 @@
+"""Pictures and tables drawn from training events: curves, confusion matrix, per-class table, progress."""
+
+from __future__ import annotations
+
+import html
+
+import pandas as pd
+from PIL import Image, ImageDraw, ImageFont
+
+CURVE_COLUMNS = ["epoch", "value", "series"]
+
+
+def fmt_seconds(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def curves(rows: list[dict[str, float]]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Long-format frames (epoch, value, series) for the loss, accuracy and learning-rate plots."""
+    def frame(pairs: list[tuple[str, str]]) -> pd.DataFrame:
+        data = [{"epoch": r["epoch"], "value": r[key], "series": name} for r in rows for key, name in pairs]
+        return pd.DataFrame(data, columns=CURVE_COLUMNS)
+
+    return (frame([("train_loss", "train"), ("val_loss", "validation")]),
+            frame([("train_acc", "train"), ("val_acc", "validation")]),
+            frame([("lr", "learning rate")]))
+
+
+def per_class_table(report: dict) -> pd.DataFrame:
+    rows = [{"class": name, "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
+             "support": m["support"]} for name, m in report.get("per_class", {}).items()]
+    return pd.DataFrame(rows, columns=["class", "precision", "recall", "f1", "support"])
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def confusion_image(report: dict, cell: int = 64) -> Image.Image | None:
+    """The confusion matrix as a picture: rows true, columns predicted, shaded by row share."""
+    classes, matrix = report.get("classes"), report.get("confusion_matrix")
+    if not classes or not matrix:
+        return None
+    n = len(classes)
+    cell = max(28, min(cell, 640 // n))
+    font, small = _font(max(10, cell // 4)), _font(13)
+    names = [c if len(c) <= 14 else c[:13] + "…" for c in classes]
+    margin = 24 + max(int(small.getlength(c)) for c in names)
+    top = margin
+    img = Image.new("RGB", (margin + n * cell + 12, top + n * cell + 36), "white")
+    d = ImageDraw.Draw(img)
+    for i, row in enumerate(matrix):
+        total = max(1, sum(row))
+        for j, count in enumerate(row):
+            share = count / total
+            good = i == j
+            base = (46, 125, 50) if good else (198, 40, 40)  # green diagonal, red confusions
+            colour = tuple(int(255 - share * (255 - c)) for c in base)
+            x0, y0 = margin + j * cell, top + i * cell
+            d.rectangle([x0, y0, x0 + cell - 2, y0 + cell - 2], fill=colour)
+            ink = "white" if share > 0.55 else "black"
+            d.text((x0 + cell / 2, y0 + cell / 2), str(count), fill=ink, font=font, anchor="mm")
+    for k, name in enumerate(names):
+        d.text((margin - 8, top + k * cell + cell / 2), name, fill="black", font=small, anchor="rm")
+        tile = Image.new("RGBA", (int(small.getlength(name)) + 4, 18), (255, 255, 255, 0))
+        ImageDraw.Draw(tile).text((2, 1), name, fill="black", font=small)
+        tile = tile.rotate(45, expand=True)
+        img.paste(tile, (margin + k * cell + cell // 2 - tile.width // 2 + tile.width // 3,
+                         top - tile.height - 2), tile)
+    d.text((margin + n * cell / 2, top + n * cell + 18), "predicted class", fill="#555", font=small, anchor="mm")
+    d.text((8, top - 16), "true ↓", fill="#555", font=small)
+    return img
+
+
+def progress_html(fraction: float, label: str) -> str:
+    """A thin progress bar with a caption (Gradio has no standalone progress component)."""
+    pct = max(0.0, min(1.0, fraction)) * 100
+    return (f'<div class="fd-progress"><div class="fd-bar" style="width:{pct:.1f}%"></div></div>'
+            f'<div class="fd-progress-label">{html.escape(label)}</div>')
+
+
+CSS = """
+.fd-progress {height: 10px; background: var(--neutral-200); border-radius: 5px; overflow: hidden; margin-top: 4px}
+.fd-bar {height: 100%; background: var(--color-accent); transition: width .3s}
+.fd-progress-label {font-size: var(--text-sm); color: var(--body-text-color-subdued); margin-top: 4px}
+.fd-note {border-left: 4px solid var(--color-accent); padding-left: 12px}
+"""

@@ -1,0 +1,131 @@
+"""Where the training images come from (an uploaded .zip, an allowed server folder, the flowers
+download) and what was found in them. Plain functions: errors are the core's ValueErrors."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from flowerdemo.dataset import DatasetSplit, scan_dataset
+from flowerdemo.images import load_image
+from flowerdemo.runs import allowed_path, remove_tree
+
+from .state import MB, AppContext
+
+SOURCES = [("Upload a .zip of class folders", "zip"), ("Folder on this server", "folder"),
+           ("Built-in flowers: 5 classes, 3,670 photos (218 MB download)", "flowers")]
+MAX_SKIPPED_ROWS = 50
+THUMBS = 12
+
+
+def source_choices(ctx: AppContext) -> list[tuple[str, str]]:
+    """Folder paths are offered only when the operator allowed some folders (--data-dir)."""
+    return [c for c in SOURCES if c[1] != "folder" or ctx.settings.data_dirs]
+
+
+def resolve(ctx: AppContext, source: str, zip_file: str | None, folder: str | None, held: dict | None,
+            progress: Callable[[float, str], None] | None = None) -> tuple[Path, dict | None]:
+    """(dataset folder, what this visitor's session now holds on disk).
+
+    An uploaded .zip is extracted once into the app's scratch space and reused until another one
+    is chosen; the previous extraction is deleted.
+    """
+    uploads = ctx.settings.folder("uploads")
+    if source == "zip":
+        if not zip_file:
+            raise ValueError("Upload a .zip file of class folders first (one sub-folder per class).")
+        if held and held.get("key") == str(zip_file) and Path(held["path"]).is_dir():
+            return Path(held["path"]), held
+        release(ctx, held)
+        from flowerdemo.archive import extract_zip
+        from flowerdemo.dataset import find_dataset_root
+
+        workdir = uploads / uuid.uuid4().hex
+        try:
+            if progress:
+                progress(0.1, "Extracting the .zip")
+            root = find_dataset_root(extract_zip(zip_file, workdir / "data",
+                                                 max_bytes=ctx.settings.max_extract_mb * MB))
+        except BaseException:
+            remove_tree(workdir, uploads)
+            raise
+        return root, {"key": str(zip_file), "path": str(root), "owned": str(workdir)}
+    release(ctx, held)
+    if source == "folder":
+        return allowed_path(folder or "", ctx.settings.data_dirs), None
+    if source == "flowers":
+        from flowerdemo.download import download_flowers
+
+        def report(done: int, total: int | None) -> None:
+            if progress and total:
+                progress(done / total, f"Downloading flowers: {done / MB:.0f} / {total / MB:.0f} MB")
+
+        return download_flowers(ctx.settings.cache_dir, progress=report), None
+    raise ValueError(f"Unknown dataset source {source!r}; choose one of: {', '.join(v for _, v in SOURCES)}")
+
+
+def release(ctx: AppContext, held: dict | None) -> None:
+    """Delete a session's extracted upload (called on a new upload, after training, at session end)."""
+    if held and held.get("owned"):
+        remove_tree(held["owned"], ctx.settings.folder("uploads"))
+
+
+def scan(path: Path, val_fraction: float = 0.2, seed: int = 0) -> DatasetSplit:
+    return scan_dataset(path, val_fraction=val_fraction, seed=seed)
+
+
+def preview(split: DatasetSplit) -> tuple[str, pd.DataFrame, pd.DataFrame, list]:
+    """Summary line, per-class counts, skipped files and a few thumbnails of a scanned dataset."""
+    counts = split.counts()
+    table = pd.DataFrame([{"class": c, "train": counts["train"][c], "validation": counts["val"][c],
+                           "total": counts["train"][c] + counts["val"][c]} for c in split.classes])
+    skipped = pd.DataFrame([{"file": _rel(p, split.root), "why": why} for p, why in split.skipped[:MAX_SKIPPED_ROWS]],
+                           columns=["file", "why"])
+    how = "your train/ and val/ folders" if split.presplit else "a stratified 80/20 split"
+    text = (f"**Found {len(split.classes)} classes, {len(split.train) + len(split.val):,} images** "
+            f"({len(split.train):,} for training, {len(split.val):,} for validation, using {how}).")
+    if split.skipped:
+        more = f" (first {MAX_SKIPPED_ROWS} listed)" if len(split.skipped) > MAX_SKIPPED_ROWS else ""
+        text += f" Skipped {len(split.skipped):,} file(s){more}: see the list below."
+    return text, table, skipped, thumbnails(split)
+
+
+def thumbnails(split: DatasetSplit, size: int = 160) -> list[tuple]:
+    """A couple of training images per class, as small in-memory pictures (no server paths exposed)."""
+    per_class = max(1, THUMBS // max(1, len(split.classes)))
+    picked: dict[int, int] = {}
+    out = []
+    for sample in split.train:
+        if picked.get(sample.label, 0) >= per_class or len(out) >= THUMBS:
+            continue
+        try:
+            img = load_image(sample.path, draft=(size, size))
+        except ValueError:
+            continue
+        img.thumbnail((size, size))
+        out.append((img, split.classes[sample.label]))
+        picked[sample.label] = picked.get(sample.label, 0) + 1
+    return out
+
+
+def mistake_gallery(mistakes: tuple[dict, ...], size: int = 192) -> list[tuple]:
+    """The worst validation errors as (picture, 'true → predicted (confidence)') pairs."""
+    out = []
+    for m in mistakes:
+        try:
+            img = load_image(m["path"], draft=(size, size))
+        except ValueError:
+            continue
+        img.thumbnail((size, size))
+        out.append((img, f"true: {m['true']} → predicted: {m['pred']} ({m['confidence']:.0%})"))
+    return out
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return path.name

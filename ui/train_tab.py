@@ -1,0 +1,193 @@
+"""Train tab: pick a dataset, see what is in it, one click on Start, watch it learn, read the results."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import gradio as gr
+
+from flowerdemo.config import SCHEDULES, TrainConfig
+from flowerdemo.jobs import Busy, on_zero_gpu
+
+from . import plots, train_data
+from .predict_tab import PredictRefs
+from .state import AppContext
+from .train_view import TrainView
+
+DEFAULTS = TrainConfig()
+AUGMENTS = [("random resized crop", "random_resized_crop"), ("horizontal flip", "hflip"),
+            ("colour jitter", "color_jitter"), ("rotation ±30°", "rotation"), ("translation ±10%", "translate"),
+            ("random erasing", "random_erasing")]
+MODES = [("Full fine-tuning (best accuracy; wants a GPU)", "full"), ("Fast: frozen backbone (CPU-friendly)", "fast")]
+FREEZE = [("train everything", "none"), ("freeze the backbone (head only)", "backbone"),
+          ("freeze the first stages", "stages")]
+
+
+def gpu_present() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or on_zero_gpu()
+
+
+def backbone_choices() -> list[tuple[str, str]]:
+    from flowerdemo.models import MODELS, weights_available
+
+    return [(f"{name} · {'offline ✓' if weights_available(name) else 'downloads weights'}", name) for name in MODELS]
+
+
+def make_config(backbone: str, mode: str, epochs: float, batch_size: float, lr: float, optimizer: str,
+                schedule: str, warmup_epochs: float, freeze: str, frozen_stages: float, image_size: float,
+                augmentations: list[str], seed: float) -> TrainConfig:
+    """The UI's values as a TrainConfig (ConfigError says which value is wrong)."""
+    aug = dataclasses.replace(DEFAULTS.augment, **{v: v in (augmentations or []) for _, v in AUGMENTS})
+    return dataclasses.replace(DEFAULTS, model=backbone, mode=mode, epochs=int(epochs), batch_size=int(batch_size),
+                               lr=float(lr), optimizer=optimizer, schedule=schedule, warmup_epochs=float(warmup_epochs),
+                               freeze=freeze, frozen_stages=int(frozen_stages), image_size=int(image_size or 0),
+                               augment=aug, seed=int(seed or 0))
+
+
+def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> None:
+    sources = train_data.source_choices(ctx)
+    allowed = ", ".join(str(p) for p in ctx.settings.data_dirs)
+    with gr.Tab("Train", id="train"):
+        held = gr.State(None, delete_callback=lambda h: train_data.release(ctx, h))
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=5):
+                gr.Markdown("### 1 · Dataset\nOne sub-folder per class (or `train/` and `val/` folders of classes).")
+                source = gr.Radio(sources, value=sources[0][1], label="Images from", show_label=False)
+                zip_file = gr.File(label="Zip of class folders", file_types=[".zip"], type="filepath", height=110)
+                folder = gr.Textbox(label="Folder on this server", visible=False, placeholder="/data/my_flowers",
+                                    info=f"Allowed under: {allowed}" if allowed else None)
+                scan_btn = gr.Button("Check the dataset", size="sm")
+                found = gr.Markdown()
+                with gr.Accordion("What was found", open=False) as found_box:
+                    thumbs = gr.Gallery(label="A few training images", columns=6, height=200, object_fit="cover",
+                                        show_label=False, interactive=False)
+                    counts = gr.Dataframe(label="Images per class", interactive=False, max_height=240)
+                    skipped = gr.Dataframe(label="Skipped files", interactive=False, max_height=200, wrap=True)
+            with gr.Column(scale=4):
+                gr.Markdown("### 2 · Model and training")
+                backbone = gr.Dropdown(backbone_choices(), value=DEFAULTS.model, label="Backbone (ImageNet-pretrained)")
+                mode = gr.Radio(MODES, value="full" if gpu_present() else "fast", label="Mode",
+                                info="The default follows the hardware: full fine-tuning on a GPU, fast mode on a CPU.")
+                epochs = gr.Slider(1, 100, value=DEFAULTS.epochs, step=1, label="Epochs")
+                with gr.Accordion("Advanced options", open=False):
+                    with gr.Row():
+                        batch_size = gr.Slider(4, 256, value=DEFAULTS.batch_size, step=4, label="Batch size")
+                        lr = gr.Number(DEFAULTS.lr, label="Learning rate (head)", minimum=1e-6, maximum=1.0)
+                    with gr.Row():
+                        optimizer = gr.Radio([("AdamW", "adamw"), ("SGD + momentum", "sgd")], value=DEFAULTS.optimizer,
+                                             label="Optimiser")
+                        schedule = gr.Dropdown(list(SCHEDULES), value=DEFAULTS.schedule, label="LR schedule",
+                                               info="warmup_cosine: linear warm-up, then cosine decay")
+                    with gr.Row():
+                        warmup = gr.Slider(0, 10, value=DEFAULTS.warmup_epochs, step=0.5, label="Warm-up epochs")
+                        image_size = gr.Slider(0, 512, value=DEFAULTS.image_size, step=32, label="Image size",
+                                               info="0 = the backbone's own (224 px); smaller is faster")
+                    with gr.Row():
+                        freeze = gr.Dropdown(FREEZE, value=DEFAULTS.freeze, label="Freezing (full mode)")
+                        frozen_stages = gr.Slider(0, 8, value=DEFAULTS.frozen_stages, step=1, label="Frozen stages")
+                    augment = gr.CheckboxGroup(AUGMENTS, label="Augmentations",
+                                               value=[v for _, v in AUGMENTS if getattr(DEFAULTS.augment, v)])
+                    seed = gr.Number(DEFAULTS.seed, label="Seed", precision=0)
+                with gr.Row():
+                    start_btn = gr.Button("▶ Start training", variant="primary", scale=3)
+                    stop_btn = gr.Button("⏹ Stop", variant="stop", scale=1)
+        status = gr.Markdown("Choose a dataset, then press **Start training**.", elem_classes="fd-note")
+        progress = gr.HTML(plots.progress_html(0, "idle"))
+        loss0, acc0, lr0 = plots.curves([])
+        with gr.Row():
+            loss_plot = gr.LinePlot(loss0, x="epoch", y="value", color="series", title="Loss", height=260,
+                                    x_title="epoch", y_title="loss")
+            acc_plot = gr.LinePlot(acc0, x="epoch", y="value", color="series", title="Accuracy", height=260,
+                                   x_title="epoch", y_title="accuracy", y_lim=[0, 1])
+            lr_plot = gr.LinePlot(lr0, x="epoch", y="value", color="series", title="Learning rate", height=260,
+                                  x_title="epoch", y_title="learning rate")
+        with gr.Group(visible=False) as results:
+            summary = gr.Markdown(padding=True)
+            with gr.Row():
+                per_class = gr.Dataframe(label="Per-class precision / recall / F1 (validation)", interactive=False)
+                confusion = gr.Image(label="Confusion matrix (rows: true class)", type="pil", interactive=False,
+                                     buttons=["download"], height=340)
+            mistakes = gr.Gallery(label="Validation images the model got most wrong", columns=6, height=260,
+                                  object_fit="contain", interactive=False)
+
+    def choose_source(src: str):
+        return gr.update(visible=src == "zip"), gr.update(visible=src == "folder")
+
+    source.change(choose_source, source, [zip_file, folder], api_name="choose_source")
+
+    def check(source: str, zip_file: str | None = None, folder: str = "", held: dict | None = None,
+              progress=gr.Progress()):
+        try:
+            path, held = train_data.resolve(ctx, source, zip_file, folder, held, lambda f, d: progress(f, desc=d))
+            text, table, skipped_df, pics = train_data.preview(train_data.scan(path))
+        except (ValueError, RuntimeError) as exc:
+            raise gr.Error(str(exc), title="Dataset problem") from None
+        return text, gr.update(open=True), pics, table, skipped_df, held
+
+    gr.on([scan_btn.click, zip_file.upload, folder.submit], check, [source, zip_file, folder, held],
+          [found, found_box, thumbs, counts, skipped, held], api_name="scan_dataset")
+
+    outputs = {"status": status, "progress": progress, "loss": loss_plot, "acc": acc_plot, "lr": lr_plot,
+               "results": results, "summary": summary, "per_class": per_class, "confusion": confusion,
+               "mistakes": mistakes, "held": held, "active": active}
+
+    def start_training(source: str, zip_file: str | None = None, folder: str = "", backbone: str = DEFAULTS.model,
+                       mode: str = "fast", epochs: float = DEFAULTS.epochs, batch_size: float = DEFAULTS.batch_size,
+                       lr: float = DEFAULTS.lr, optimizer: str = DEFAULTS.optimizer, schedule: str = DEFAULTS.schedule,
+                       warmup_epochs: float = DEFAULTS.warmup_epochs, freeze: str = DEFAULTS.freeze,
+                       frozen_stages: float = DEFAULTS.frozen_stages, image_size: float = 0,
+                       augmentations: list[str] | None = None, seed: float = 0, held: dict | None = None,
+                       active: str | None = None, request: gr.Request = None):
+        try:
+            cfg = make_config(backbone, mode, epochs, batch_size, lr, optimizer, schedule, warmup_epochs, freeze,
+                              frozen_stages, image_size, augmentations, seed)
+            if ctx.job.state.running:  # fail fast, before touching the data
+                raise Busy(f"The server is busy: {ctx.job.state.describe()} Predictions keep working; "
+                           "try again when it has finished.")
+            path, held = train_data.resolve(ctx, source, zip_file, folder, held)
+            split = train_data.scan(path, cfg.val_fraction, cfg.seed)
+            run = ctx.job.start(cfg, split, ctx.settings.checkpoint_dir, owner=getattr(request, "session_hash", None))
+        except Busy as exc:
+            raise gr.Error(str(exc), title="Busy") from None
+        except (ValueError, RuntimeError) as exc:
+            raise gr.Error(str(exc), title="Cannot start training") from None
+        view = TrainView(cfg.epochs)
+        first = {"status": "Starting…", "results": gr.update(visible=False), "held": held,
+                 **dict(zip(("loss", "acc", "lr"), plots.curves([])))}
+        yield {outputs[k]: v for k, v in first.items()}
+        try:
+            for ev in run:
+                view.stopping = ctx.job.state.stopping
+                update = view.update(ev)
+                if update is None:
+                    continue
+                if update.pop("results", False):
+                    update["results"] = gr.update(visible=True)
+                    ctx.models.get(ev.run_dir)  # load now: the Predict tab answers at once
+                    update["active"] = str(ev.run_dir)
+                    ctx.housekeeping(ev.run_dir)
+                yield {outputs[k]: v for k, v in update.items()}
+        except (ValueError, RuntimeError) as exc:
+            raise gr.Error(f"Training failed: {exc}", title="Training failed") from None
+        finally:  # also when the visitor leaves mid-run: free the slot, delete the extracted upload
+            run.close()
+            train_data.release(ctx, held)
+        if held:
+            yield {outputs["held"]: None}
+
+    train_inputs = [source, zip_file, folder, backbone, mode, epochs, batch_size, lr, optimizer, schedule, warmup,
+                    freeze, frozen_stages, image_size, augment, seed, held, active]
+    start_btn.click(start_training, train_inputs, list(outputs.values()), api_name="train",
+                    concurrency_limit=None).then(predict.refresh, active, predict.refresh_outputs,
+                                                 api_name="refresh_after_train")
+
+    def stop_training(request: gr.Request = None) -> str:
+        if ctx.job.stop(owner=getattr(request, "session_hash", None)):
+            return "⏹ **Stopping** after the current batch; the best checkpoint so far is kept."
+        if ctx.job.state.running:
+            raise gr.Error("The training that is running was started by another visitor; only they can stop it.")
+        return "No training is running."
+
+    stop_btn.click(stop_training, None, status, api_name="stop", concurrency_limit=None)

@@ -1,0 +1,118 @@
+"""Turns the engine's training events into what the Train tab shows. No gradio: returns plain values
+keyed by output name; the tab maps them onto its components."""
+
+from __future__ import annotations
+
+import time
+
+from flowerdemo.events import CheckpointSaved, EpochEnd, Event, Finished, Progress, RunStarted, Stopped
+
+from . import plots
+from .train_data import mistake_gallery
+
+STAGES = {"decode": "Decoding images", "features": "Computing backbone features (once, fast mode)",
+          "train": "Training", "val": "Validating"}
+THROTTLE_S = 0.25  # batch-level progress is sent to the browser at most this often
+
+
+class TrainView:
+    """Keeps what the events said so far (start info, epoch rows, timings) and renders updates."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+        self.rows: list[dict[str, float]] = []
+        self.start: RunStarted | None = None
+        self.t0 = time.monotonic()
+        self.epoch_t0 = self.t0
+        self.stage_t0: dict[str, float] = {}
+        self.last_emit = 0.0
+        self.best = 0.0
+        self.stopping = False
+
+    def update(self, ev: Event) -> dict | None:
+        """Values for the outputs that change with `ev`, or None when nothing needs sending yet."""
+        now = time.monotonic()
+        if isinstance(ev, Progress):
+            key = f"{ev.stage}{ev.epoch}"
+            self.stage_t0.setdefault(key, now)
+            if ev.done < ev.total and now - self.last_emit < THROTTLE_S:
+                return None
+            self.last_emit = now
+            return {"status": self.status(ev, now), "progress": self.bar(ev)}
+        if isinstance(ev, RunStarted):
+            self.start, self.epochs = ev, ev.epochs
+            return {"status": self.status(None, now)}
+        if isinstance(ev, EpochEnd):
+            self.rows.append(ev.as_row())
+            self.best, self.epoch_t0 = ev.best_val_acc, now
+            loss, acc, lr = plots.curves(self.rows)
+            return {"status": self.status(None, now), "loss": loss, "acc": acc, "lr": lr,
+                    "progress": plots.progress_html(ev.epoch / ev.epochs, f"{ev.epoch} of {ev.epochs} epochs done")}
+        if isinstance(ev, CheckpointSaved):
+            return None
+        if isinstance(ev, Stopped):
+            return {"status": f"⏹ Stopped ({ev.reason}); finishing up…"}
+        if isinstance(ev, Finished):
+            return self.finished(ev)
+        return None
+
+    def status(self, ev: Progress | None, now: float) -> str:
+        elapsed = now - self.t0
+        if self.stopping:
+            head = "⏹ **Stopping** after the current batch…"
+        elif ev is None or ev.stage != "train":
+            epoch = len(self.rows)
+            head = (f"**Epoch {epoch} / {self.epochs} done**" if epoch else "**Preparing**") + (
+                f" — {STAGES.get(ev.stage, ev.stage)} {ev.done:,} / {ev.total:,}" if ev else "")
+        else:
+            head = f"**Epoch {ev.epoch} / {self.epochs}** — batch {ev.done} / {ev.total}"
+        parts = [head, f"elapsed {plots.fmt_seconds(elapsed)}"]
+        eta = self.eta(ev, now)
+        if eta is not None:
+            parts.append(f"ETA ≈ {plots.fmt_seconds(eta)}")
+        if self.rows:
+            parts.append(f"best val accuracy {self.best:.1%}")
+        text = " · ".join(parts)
+        if self.start:
+            s = self.start
+            mode = "fast mode (frozen backbone)" if s.mode == "fast" else "full fine-tuning"
+            text += (f"  \nDevice: **{s.device}** · {mode} · {s.model} · {len(s.classes)} classes · "
+                     f"{s.n_train:,} train / {s.n_val:,} val images")
+        return text
+
+    def eta(self, ev: Progress | None, now: float) -> float | None:
+        """Remaining seconds: within a stage from its rate; over epochs from the mean epoch time."""
+        if ev is not None and ev.stage != "train" and ev.done:
+            t = now - self.stage_t0.get(f"{ev.stage}{ev.epoch}", now)
+            return t / ev.done * (ev.total - ev.done) if t > 0 else None
+        per_epoch = (self.rows and sum(r["seconds"] for r in self.rows) / len(self.rows)) or None
+        if ev is not None and ev.stage == "train" and ev.done:
+            in_epoch = now - self.epoch_t0
+            per_epoch = per_epoch or in_epoch * ev.total / ev.done
+            return max(0.0, per_epoch * (1 - ev.done / ev.total)) + per_epoch * (self.epochs - ev.epoch)
+        if per_epoch:
+            return per_epoch * (self.epochs - len(self.rows))
+        return None
+
+    def bar(self, ev: Progress) -> str:
+        if ev.stage == "train":
+            label = f"epoch {ev.epoch} / {self.epochs}: batch {ev.done} / {ev.total}"
+        else:
+            label = f"{STAGES.get(ev.stage, ev.stage)}: {ev.done:,} / {ev.total:,}"
+        return plots.progress_html(ev.done / max(1, ev.total), label)
+
+    def finished(self, ev: Finished) -> dict:
+        took = plots.fmt_seconds(ev.seconds)
+        if ev.run_dir is None:
+            return {"status": f"⏹ Stopped before anything was trained ({took}); nothing was saved.",
+                    "progress": plots.progress_html(0, "stopped")}
+        how = f"stopped after {ev.epochs_run} of {self.epochs} epochs" if ev.stopped else f"{ev.epochs_run} epochs"
+        summary = (f"### {'⏹ Stopped' if ev.stopped else '✅ Finished'}: best validation accuracy "
+                   f"**{ev.best_val_acc:.1%}** (epoch {ev.best_epoch})\n"
+                   f"{how} in {took}; macro F1 {ev.report.get('macro_f1', 0):.3f}. Saved as `{ev.run_dir.name}` — "
+                   "it is now the active model in the **Predict** tab.")
+        status = (f"{'⏹ Stopped' if ev.stopped else '✅ Done'} · best val accuracy {ev.best_val_acc:.1%} · "
+                  f"{took}" + (f"  \nDevice: **{self.start.device}**" if self.start else ""))
+        return {"status": status, "progress": plots.progress_html(1.0, f"done: {how}"),
+                "results": True, "summary": summary, "per_class": plots.per_class_table(ev.report),
+                "confusion": plots.confusion_image(ev.report), "mistakes": mistake_gallery(ev.mistakes)}
