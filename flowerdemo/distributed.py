@@ -33,6 +33,13 @@ class DistInfo:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t
 
+    def sync_buffers(self, module: torch.nn.Module) -> None:
+        """Copy rank 0's buffers (BatchNorm running stats drift apart per shard) to every process,
+        so that all processes score the same model and agree on the best epoch."""
+        if self.enabled:
+            for buf in module.buffers():
+                dist.broadcast(buf.data, src=0)
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

@@ -107,7 +107,8 @@ class FullTrainer:
             shard=(self.dist.rank, self.dist.world), reduce=self.dist.reduce_sum))
 
     def val_logits(self) -> torch.Tensor:
-        # every process scores the whole (small) val split, so all agree on the best epoch
+        # every process scores the whole (small) val split with rank 0's buffers: all agree on the best epoch
+        self.dist.sync_buffers(self.model)
         return predict_tensors(self.model, self.val, size=self.prep.input_size, mean=self.prep.mean,
                                std=self.prep.std, device=self.device, autocast=self.autocast,
                                batch_size=max(128, self.cfg.batch_size * 4), channels_last=self.channels_last)

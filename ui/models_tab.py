@@ -79,9 +79,9 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> None:
                 gr.Markdown("### Active model")
                 info = gr.Markdown("No model is loaded yet.")
                 download_btn = gr.Button("Download the active model (.zip)")
-                download = gr.File(label="Checkpoint", interactive=False)
+                download = gr.File(label="Checkpoint", interactive=False, height=90)
                 upload = gr.File(label="Load a checkpoint file (.zip of a run folder, or model.safetensors)",
-                                 file_types=[".zip", ".safetensors"], type="filepath")
+                                 file_types=[".zip", ".safetensors"], type="filepath", height=140)
             with gr.Column():
                 gr.Markdown("### Hugging Face Hub")
                 repo = gr.Textbox(label="Repo id", placeholder="your-name/flowers-lite0")
@@ -91,8 +91,8 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> None:
                     revision = gr.Textbox(label="Revision (load)", placeholder="main")
                     private = gr.Checkbox(label="Private repo (push)", value=False)
                 with gr.Row():
-                    load_btn = gr.Button("⬇ Load from the Hub")
-                    push_btn = gr.Button("⬆ Push the active model")
+                    load_btn = gr.Button("Load from the Hub")
+                    push_btn = gr.Button("Push the active model")
                 hub_status = gr.Markdown()
                 with gr.Accordion("Model card that will be pushed", open=False):
                     card_btn = gr.Button("Show model card", size="sm")

@@ -7,9 +7,6 @@ import html
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-CURVE_COLUMNS = ["epoch", "value", "series"]
-
-
 def fmt_seconds(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     h, rest = divmod(seconds, 3600)
@@ -20,8 +17,9 @@ def fmt_seconds(seconds: float) -> str:
 def curves(rows: list[dict[str, float]]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Long-format frames (epoch, value, series) for the loss, accuracy and learning-rate plots."""
     def frame(pairs: list[tuple[str, str]]) -> pd.DataFrame:
-        data = [{"epoch": r["epoch"], "value": r[key], "series": name} for r in rows for key, name in pairs]
-        return pd.DataFrame(data, columns=CURVE_COLUMNS)
+        return pd.DataFrame({"epoch": pd.Series([int(r["epoch"]) for r in rows for _ in pairs], dtype="int64"),
+                             "value": pd.Series([float(r[k]) for r in rows for k, _ in pairs], dtype="float64"),
+                             "series": pd.Series([n for _ in rows for _, n in pairs], dtype="str")})
 
     return (frame([("train_loss", "train"), ("val_loss", "validation")]),
             frame([("train_acc", "train"), ("val_acc", "validation")]),

@@ -14,6 +14,9 @@ from .state import AppContext
 
 PREDICTED = "(predicted class)"
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+# the keys of flowerdemo.explain.CAM_METHODS, listed here so that building the UI does not import
+# pytorch-grad-cam (seconds); tests/test_app.py checks that the two agree
+CAM_NAMES = ["gradcam", "gradcam++", "hirescam", "scorecam", "eigencam", "layercam", "xgradcam"]
 MAX_SIDE = 1024  # the overlay is drawn at most this large: big photos stay fast
 NO_MODEL = ("### No model yet\nThis server has no trained model to classify with. Either\n"
             "- **train one** in the *Train* tab — pick the built-in flowers or upload a .zip of class folders, "
@@ -32,7 +35,7 @@ class PredictRefs:
 def describe(meta: dict, path: Path) -> str:
     acc = meta.get("metrics", {}).get("best_val_acc")
     acc = f" · val acc {acc:.1%}" if isinstance(acc, (int, float)) else ""
-    return f"{path.name} · {meta.get('architecture', '?')} · {len(meta.get('classes', []))} classes{acc}"
+    return f"{path.name} · {len(meta.get('classes', []))} classes{acc}"
 
 
 def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
@@ -62,15 +65,14 @@ def image_source(payload: Any) -> tuple[Any, str]:
 
 
 def build(ctx: AppContext, active: gr.State) -> PredictRefs:
-    from flowerdemo.explain import CAM_METHODS
-
     with gr.Tab("Predict", id="predict"):
         notice = gr.Markdown(NO_MODEL, visible=False, elem_classes="fd-note")
         with gr.Row(equal_height=False):
             with gr.Column(scale=4):
-                image = gr.Image(label="Photo", type="filepath", sources=["upload", "webcam", "clipboard"], height=320)
+                image = gr.Image(label="Photo", type="filepath", sources=["upload", "webcam", "clipboard"], height=320,
+                                 elem_id="predict-image")
                 with gr.Row():
-                    method = gr.Dropdown(list(CAM_METHODS), value="gradcam", label="CAM method", scale=2)
+                    method = gr.Dropdown(CAM_NAMES, value="gradcam", label="CAM method", scale=2)
                     target = gr.Dropdown([PREDICTED], value=PREDICTED, label="Explain class", scale=2)
                 alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Heatmap opacity")
                 model = gr.Dropdown([], label="Active model", info="Checkpoints on this server, newest first")
@@ -79,11 +81,13 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
                 if examples:
                     gr.Examples([[str(p)] for p in examples], inputs=[image], label="Examples (drawn, not photos)")
             with gr.Column(scale=5):
-                label = gr.Label(num_top_classes=5, label="Class probabilities")
+                label = gr.Label(num_top_classes=5, label="Class probabilities", elem_id="predict-label")
                 with gr.Row():
-                    overlay = gr.Image(label="Grad-CAM overlay", type="pil", interactive=False, height=280)
-                    heatmap = gr.Image(label="Heatmap", type="pil", interactive=False, height=280)
-                timing = gr.Markdown()
+                    overlay = gr.Image(label="Grad-CAM overlay", type="pil", interactive=False, height=280,
+                                       elem_id="predict-overlay")
+                    heatmap = gr.Image(label="Heatmap", type="pil", interactive=False, height=280,
+                                       elem_id="predict-heatmap")
+                timing = gr.Markdown(elem_id="predict-timing")
 
     def predict(image: Any, method: str = "gradcam", target: str = PREDICTED, alpha: float = 0.5,
                 active: str | None = None):

@@ -29,9 +29,13 @@ def gpu_present() -> bool:
     return torch.cuda.is_available() or on_zero_gpu()
 
 
-def backbone_choices() -> list[tuple[str, str]]:
+def backbone_choices(check: bool = True) -> list[tuple[str, str]]:
+    """Registry names, marked by whether their ImageNet weights are on this machine (checking imports
+    torchvision, so the first page load does it, not the import of the app)."""
     from flowerdemo.models import MODELS, weights_available
 
+    if not check:
+        return [(name, name) for name in MODELS]
     return [(f"{name} · {'offline ✓' if weights_available(name) else 'downloads weights'}", name) for name in MODELS]
 
 
@@ -46,7 +50,8 @@ def make_config(backbone: str, mode: str, epochs: float, batch_size: float, lr: 
                                augment=aug, seed=int(seed or 0))
 
 
-def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> None:
+def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
+    """Lay out the tab and wire its events; returns (on_load fn, its outputs) for the page-load event."""
     sources = train_data.source_choices(ctx)
     allowed = ", ".join(str(p) for p in ctx.settings.data_dirs)
     with gr.Tab("Train", id="train"):
@@ -56,7 +61,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> None:
                 gr.Markdown("### 1 · Dataset\nOne sub-folder per class (or `train/` and `val/` folders of classes).")
                 source = gr.Radio(sources, value=sources[0][1], label="Images from", show_label=False)
                 zip_file = gr.File(label="Zip of class folders", file_types=[".zip"], type="filepath", height=110)
-                folder = gr.Textbox(label="Folder on this server", visible=False, placeholder="/data/my_flowers",
+                folder = gr.Textbox(label="Folder on this server", visible=False, placeholder="/data/my_flowers", elem_id="train-folder",
                                     info=f"Allowed under: {allowed}" if allowed else None)
                 scan_btn = gr.Button("Check the dataset", size="sm")
                 found = gr.Markdown()
@@ -64,13 +69,14 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> None:
                     thumbs = gr.Gallery(label="A few training images", columns=6, height=200, object_fit="cover",
                                         show_label=False, interactive=False)
                     counts = gr.Dataframe(label="Images per class", interactive=False, max_height=240)
-                    skipped = gr.Dataframe(label="Skipped files", interactive=False, max_height=200, wrap=True)
+                    skipped = gr.Dataframe(label="Skipped files", interactive=False, max_height=200, wrap=True,
+                                           visible=False)
             with gr.Column(scale=4):
                 gr.Markdown("### 2 · Model and training")
-                backbone = gr.Dropdown(backbone_choices(), value=DEFAULTS.model, label="Backbone (ImageNet-pretrained)")
+                backbone = gr.Dropdown(backbone_choices(check=False), value=DEFAULTS.model, label="Backbone (ImageNet-pretrained)")
                 mode = gr.Radio(MODES, value="full" if gpu_present() else "fast", label="Mode",
                                 info="The default follows the hardware: full fine-tuning on a GPU, fast mode on a CPU.")
-                epochs = gr.Slider(1, 100, value=DEFAULTS.epochs, step=1, label="Epochs")
+                epochs = gr.Slider(1, 100, value=DEFAULTS.epochs, step=1, label="Epochs", elem_id="train-epochs")
                 with gr.Accordion("Advanced options", open=False):
                     with gr.Row():
                         batch_size = gr.Slider(4, 256, value=DEFAULTS.batch_size, step=4, label="Batch size")
@@ -82,7 +88,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> None:
                                                info="warmup_cosine: linear warm-up, then cosine decay")
                     with gr.Row():
                         warmup = gr.Slider(0, 10, value=DEFAULTS.warmup_epochs, step=0.5, label="Warm-up epochs")
-                        image_size = gr.Slider(0, 512, value=DEFAULTS.image_size, step=32, label="Image size",
+                        image_size = gr.Slider(0, 512, value=DEFAULTS.image_size, step=32, label="Image size", elem_id="train-image-size",
                                                info="0 = the backbone's own (224 px); smaller is faster")
                     with gr.Row():
                         freeze = gr.Dropdown(FREEZE, value=DEFAULTS.freeze, label="Freezing (full mode)")
@@ -91,20 +97,22 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> None:
                                                value=[v for _, v in AUGMENTS if getattr(DEFAULTS.augment, v)])
                     seed = gr.Number(DEFAULTS.seed, label="Seed", precision=0)
                 with gr.Row():
-                    start_btn = gr.Button("▶ Start training", variant="primary", scale=3)
-                    stop_btn = gr.Button("⏹ Stop", variant="stop", scale=1)
-        status = gr.Markdown("Choose a dataset, then press **Start training**.", elem_classes="fd-note")
+                    start_btn = gr.Button("▶ Start training", variant="primary", scale=3, elem_id="train-start")
+                    stop_btn = gr.Button("Stop", variant="stop", scale=1)
+        gr.Markdown("### 3 · Progress")
+        status = gr.Markdown("Choose a dataset, then press **Start training**.", elem_classes="fd-note",
+                             elem_id="train-status")
         progress = gr.HTML(plots.progress_html(0, "idle"))
         loss0, acc0, lr0 = plots.curves([])
         with gr.Row():
-            loss_plot = gr.LinePlot(loss0, x="epoch", y="value", color="series", title="Loss", height=260,
+            loss_plot = gr.LinePlot(loss0, x="epoch", y="value", color="series", title="Loss", height=260, elem_id="train-loss",
                                     x_title="epoch", y_title="loss")
             acc_plot = gr.LinePlot(acc0, x="epoch", y="value", color="series", title="Accuracy", height=260,
                                    x_title="epoch", y_title="accuracy", y_lim=[0, 1])
             lr_plot = gr.LinePlot(lr0, x="epoch", y="value", color="series", title="Learning rate", height=260,
                                   x_title="epoch", y_title="learning rate")
         with gr.Group(visible=False) as results:
-            summary = gr.Markdown(padding=True)
+            summary = gr.Markdown(padding=True, elem_id="train-summary")
             with gr.Row():
                 per_class = gr.Dataframe(label="Per-class precision / recall / F1 (validation)", interactive=False)
                 confusion = gr.Image(label="Confusion matrix (rows: true class)", type="pil", interactive=False,
@@ -124,7 +132,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> None:
             text, table, skipped_df, pics = train_data.preview(train_data.scan(path))
         except (ValueError, RuntimeError) as exc:
             raise gr.Error(str(exc), title="Dataset problem") from None
-        return text, gr.update(open=True), pics, table, skipped_df, held
+        return text, gr.update(open=True), pics, table, gr.update(value=skipped_df, visible=len(skipped_df) > 0), held
 
     gr.on([scan_btn.click, zip_file.upload, folder.submit], check, [source, zip_file, folder, held],
           [found, found_box, thumbs, counts, skipped, held], api_name="scan_dataset")
@@ -185,9 +193,10 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> None:
 
     def stop_training(request: gr.Request = None) -> str:
         if ctx.job.stop(owner=getattr(request, "session_hash", None)):
-            return "⏹ **Stopping** after the current batch; the best checkpoint so far is kept."
+            return "**Stopping** after the current batch; the best checkpoint so far is kept."
         if ctx.job.state.running:
             raise gr.Error("The training that is running was started by another visitor; only they can stop it.")
         return "No training is running."
 
     stop_btn.click(stop_training, None, status, api_name="stop", concurrency_limit=None)
+    return (lambda: gr.update(choices=backbone_choices())), [backbone]

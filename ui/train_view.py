@@ -51,7 +51,7 @@ class TrainView:
         if isinstance(ev, CheckpointSaved):
             return None
         if isinstance(ev, Stopped):
-            return {"status": f"⏹ Stopped ({ev.reason}); finishing up…"}
+            return {"status": f"**Stopped** ({ev.reason}); finishing up…"}
         if isinstance(ev, Finished):
             return self.finished(ev)
         return None
@@ -59,7 +59,7 @@ class TrainView:
     def status(self, ev: Progress | None, now: float) -> str:
         elapsed = now - self.t0
         if self.stopping:
-            head = "⏹ **Stopping** after the current batch…"
+            head = "**Stopping** after the current batch…"
         elif ev is None or ev.stage != "train":
             epoch = len(self.rows)
             head = (f"**Epoch {epoch} / {self.epochs} done**" if epoch else "**Preparing**") + (
@@ -104,14 +104,14 @@ class TrainView:
     def finished(self, ev: Finished) -> dict:
         took = plots.fmt_seconds(ev.seconds)
         if ev.run_dir is None:
-            return {"status": f"⏹ Stopped before anything was trained ({took}); nothing was saved.",
+            return {"status": f"**Stopped** before anything was trained ({took}); nothing was saved.",
                     "progress": plots.progress_html(0, "stopped")}
         how = f"stopped after {ev.epochs_run} of {self.epochs} epochs" if ev.stopped else f"{ev.epochs_run} epochs"
-        summary = (f"### {'⏹ Stopped' if ev.stopped else '✅ Finished'}: best validation accuracy "
+        summary = (f"### {'Stopped' if ev.stopped else 'Finished'}: best validation accuracy "
                    f"**{ev.best_val_acc:.1%}** (epoch {ev.best_epoch})\n"
                    f"{how} in {took}; macro F1 {ev.report.get('macro_f1', 0):.3f}. Saved as `{ev.run_dir.name}` — "
                    "it is now the active model in the **Predict** tab.")
-        status = (f"{'⏹ Stopped' if ev.stopped else '✅ Done'} · best val accuracy {ev.best_val_acc:.1%} · "
+        status = (f"**{'Stopped' if ev.stopped else 'Done'}** · best val accuracy {ev.best_val_acc:.1%} · "
                   f"{took}" + (f"  \nDevice: **{self.start.device}**" if self.start else ""))
         return {"status": status, "progress": plots.progress_html(1.0, f"done: {how}"),
                 "results": True, "summary": summary, "per_class": plots.per_class_table(ev.report),
