@@ -64,10 +64,11 @@ class TrainConfig:
     val_fraction: float = 0.2  # report: 80/20 split
     seed: int = 0  # split, init, augmentation order
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    fast_views: int = 6  # fast mode: feature views per image (1 clean + augmented ones)
+    fast_views: int = 2  # fast mode: feature views per image (1 clean + augmented); each costs a full
+    # forward pass of the training set, and frozen features gain little from more (measured: docs/benchmarks.md)
     cache_features: bool = True  # fast mode: reuse features across runs on the same data + backbone
     amp: bool = True  # CUDA: bf16 autocast where supported, else fp16 with a scaler
-    channels_last: bool = True  # CUDA: faster convolutions with tensor cores
+    channels_last: bool = True  # faster convolutions: tensor cores on CUDA; oneDNN NHWC kernels on CPU
     compile: bool = False  # torch.compile; off where not allowed (e.g. ZeroGPU)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     workers: int = 0  # image decode threads; 0 = one per CPU core

@@ -26,10 +26,14 @@ log = logging.getLogger(__name__)
 @torch.no_grad()
 def extract_features(
     model: FlowerNet, data: ImageTensors, prep: Preprocessing, views: int, augment: BatchAugment | None,
-    generator: torch.Generator, device: torch.device, batch_size: int = 64,
+    generator: torch.Generator, device: torch.device, batch_size: int = 64, channels_last: bool = True,
 ) -> Generator[Progress, None, torch.Tensor]:
-    """(views, N, F) pooled backbone features; view 0 is the eval crop, the rest augmented."""
+    """(views, N, F) pooled backbone features; view 0 is the eval crop, the rest augmented.
+    channels_last pays on CPUs too: oneDNN's depthwise convolutions are ~2x faster in NHWC (measured
+    on the 2-core dev machine with EfficientNet-Lite0, inference)."""
     model.backbone.eval()
+    if channels_last:
+        model.backbone.to(memory_format=torch.channels_last)
     total = views * ((len(data) + batch_size - 1) // batch_size)
     done = 0
     out = []
@@ -38,6 +42,8 @@ def extract_features(
         for start in range(0, len(data), batch_size):
             x = data.images[start:start + batch_size].to(device)
             x = eval_batch(x, prep.input_size, prep.mean, prep.std) if v == 0 or augment is None else augment(x, generator)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             feats.append(model.backbone(x).float().cpu())
             done += 1
             yield Progress("features", done, total)
@@ -66,9 +72,11 @@ class FastTrainer:
             augment = BatchAugment(self.cfg.augment, self.prep.input_size, self.prep.mean, self.prep.std)
             aug_generator = torch.Generator().manual_seed(self.cfg.seed + 1)
             train_feats = yield from extract_features(self.model, self.train, self.prep, self.cfg.fast_views,
-                                                      augment, aug_generator, self.device)
+                                                      augment, aug_generator, self.device,
+                                                      channels_last=self.cfg.channels_last)
             val_feats = (yield from extract_features(self.model, self.val, self.prep, 1, None,
-                                                     aug_generator, self.device))[0]
+                                                     aug_generator, self.device,
+                                                     channels_last=self.cfg.channels_last))[0]
             # rounded to fp16 like the disk cache, so a cached rerun trains on identical numbers
             self.train_feats, self.val_feats = train_feats.half().float(), val_feats.half().float()
             if self.cfg.cache_features:
