@@ -14,6 +14,11 @@ def fmt_seconds(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+# What a plot with no epochs yet is given: None, never a zero-row frame. Gradio 6.31's LinePlot
+# draws no lines into a chart it first rendered from zero rows, however many rows come later.
+EMPTY_PLOT = None
+
+
 def curves(rows: list[dict[str, float]]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Long-format frames (epoch, value, series) for the loss, accuracy and learning-rate plots."""
     def frame(pairs: list[tuple[str, str]]) -> pd.DataFrame:
@@ -50,7 +55,13 @@ def confusion_image(report: dict, cell: int = 64) -> Image.Image | None:
     names = [c if len(c) <= 14 else c[:13] + "…" for c in classes]
     margin = 24 + max(int(small.getlength(c)) for c in names)
     top = margin
-    img = Image.new("RGB", (margin + n * cell + 12, top + n * cell + 36), "white")
+    tiles = []  # column names, rotated 45 degrees, read upwards from their column's centre
+    for name in names:
+        tile = Image.new("RGBA", (int(small.getlength(name)) + 4, 18), (255, 255, 255, 0))
+        ImageDraw.Draw(tile).text((2, 1), name, fill="black", font=small)
+        tiles.append(tile.rotate(45, expand=True))
+    overhang = max(0, max(t.width for t in tiles) - cell // 2)  # the last name reaches past the grid
+    img = Image.new("RGB", (margin + n * cell + overhang + 8, top + n * cell + 36), "white")
     d = ImageDraw.Draw(img)
     for i, row in enumerate(matrix):
         total = max(1, sum(row))
@@ -65,13 +76,14 @@ def confusion_image(report: dict, cell: int = 64) -> Image.Image | None:
             d.text((x0 + cell / 2, y0 + cell / 2), str(count), fill=ink, font=font, anchor="mm")
     for k, name in enumerate(names):
         d.text((margin - 8, top + k * cell + cell / 2), name, fill="black", font=small, anchor="rm")
-        tile = Image.new("RGBA", (int(small.getlength(name)) + 4, 18), (255, 255, 255, 0))
-        ImageDraw.Draw(tile).text((2, 1), name, fill="black", font=small)
-        tile = tile.rotate(45, expand=True)
-        img.paste(tile, (margin + k * cell + cell // 2 - tile.width // 2 + tile.width // 3,
-                         top - tile.height - 2), tile)
+        tile = tiles[k]
+        img.paste(tile, (margin + k * cell + cell // 2 - 8, top - tile.height - 2), tile)
     d.text((margin + n * cell / 2, top + n * cell + 18), "predicted class", fill="#555", font=small, anchor="mm")
-    d.text((8, top - 16), "true ↓", fill="#555", font=small)
+    # "true" and a drawn arrow down the rows (the default font has no arrow glyphs)
+    d.text((8, top - 16), "true", fill="#555", font=small, anchor="ls")
+    x = 12 + small.getlength("true")
+    d.line([(x, top - 26), (x, top - 12)], fill="#555", width=2)
+    d.polygon([(x - 4, top - 15), (x + 4, top - 15), (x, top - 9)], fill="#555")
     return img
 
 

@@ -77,6 +77,22 @@ def scan(path: Path, val_fraction: float = 0.2, seed: int = 0) -> DatasetSplit:
     return scan_dataset(path, val_fraction=val_fraction, seed=seed)
 
 
+def open_dataset(ctx: AppContext, source: str, zip_file: str | None, folder: str | None, held: dict | None,
+                 val_fraction: float = 0.2, seed: int = 0,
+                 progress: Callable[[float, str], None] | None = None) -> tuple[DatasetSplit, dict | None]:
+    """`resolve` then `scan`. An upload that holds no usable dataset is deleted at once (not kept for
+    hours), and its errors name the .zip, not the server folder it was extracted to."""
+    path, held = resolve(ctx, source, zip_file, folder, held, progress)
+    try:
+        return scan(path, val_fraction, seed), held
+    except ValueError as exc:
+        if not (held and held.get("owned")):
+            raise
+        release(ctx, held)
+        extracted = str(Path(held["owned"]) / "data")
+        raise ValueError(str(exc).replace(extracted, Path(zip_file or "the .zip").name)) from None
+
+
 def preview(split: DatasetSplit) -> tuple[str, pd.DataFrame, pd.DataFrame, list]:
     """Summary line, per-class counts, skipped files and a few thumbnails of a scanned dataset."""
     counts = split.counts()
@@ -120,7 +136,7 @@ def mistake_gallery(mistakes: tuple[dict, ...], size: int = 192) -> list[tuple]:
         except ValueError:
             continue
         img.thumbnail((size, size))
-        out.append((img, f"true: {m['true']} → predicted: {m['pred']} ({m['confidence']:.0%})"))
+        out.append((img, f"{m['true']} → {m['pred']} ({m['confidence']:.0%})"))
     return out
 
 

@@ -67,7 +67,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
                 found = gr.Markdown()
                 with gr.Accordion("What was found", open=False) as found_box:
                     thumbs = gr.Gallery(label="A few training images", columns=6, height=200, object_fit="cover",
-                                        show_label=False, interactive=False)
+                                        fit_columns=False, show_label=False, interactive=False)
                     counts = gr.Dataframe(label="Images per class", interactive=False, max_height=240)
                     skipped = gr.Dataframe(label="Skipped files", interactive=False, max_height=200, wrap=True,
                                            visible=False)
@@ -103,22 +103,24 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
         status = gr.Markdown("Choose a dataset, then press **Start training**.", elem_classes="fd-note",
                              elem_id="train-status")
         progress = gr.HTML(plots.progress_html(0, "idle"))
-        loss0, acc0, lr0 = plots.curves([])
+
+        def curve(key: str, title: str, y_title: str, **extra) -> gr.LinePlot:
+            # no fixed height: with one, the block's label pushes the legend out of view
+            return gr.LinePlot(plots.EMPTY_PLOT, x="epoch", y="value", color="series", label=title, color_title="",
+                               x_title="epoch", y_title=y_title, elem_id=f"train-{key}", **extra)
+
         with gr.Row():
-            loss_plot = gr.LinePlot(loss0, x="epoch", y="value", color="series", title="Loss", height=260, elem_id="train-loss",
-                                    x_title="epoch", y_title="loss")
-            acc_plot = gr.LinePlot(acc0, x="epoch", y="value", color="series", title="Accuracy", height=260,
-                                   x_title="epoch", y_title="accuracy", y_lim=[0, 1])
-            lr_plot = gr.LinePlot(lr0, x="epoch", y="value", color="series", title="Learning rate", height=260,
-                                  x_title="epoch", y_title="learning rate")
-        with gr.Group(visible=False) as results:
+            loss_plot = curve("loss", "Loss", "loss")
+            acc_plot = curve("acc", "Accuracy", "accuracy", y_lim=[0, 1])
+            lr_plot = curve("lr", "Learning rate", "learning rate")
+        with gr.Column(visible=False) as results:  # not a Group: Gradio draws a dark frame round a Gallery in one
             summary = gr.Markdown(padding=True, elem_id="train-summary")
             with gr.Row():
                 per_class = gr.Dataframe(label="Per-class precision / recall / F1 (validation)", interactive=False)
                 confusion = gr.Image(label="Confusion matrix (rows: true class)", type="pil", interactive=False,
-                                     buttons=["download"], height=340)
-            mistakes = gr.Gallery(label="Validation images the model got most wrong", columns=6, height=260,
-                                  object_fit="contain", interactive=False)
+                                     buttons=["download"], height=340, elem_id="train-confusion")
+            mistakes = gr.Gallery(label="Validation images the model got most wrong (true → predicted)",
+                                  columns=6, height=240, object_fit="contain", interactive=False, fit_columns=False)
 
     def choose_source(src: str):
         return gr.update(visible=src == "zip"), gr.update(visible=src == "folder")
@@ -128,8 +130,9 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
     def check(source: str, zip_file: str | None = None, folder: str = "", held: dict | None = None,
               progress=gr.Progress()):
         try:
-            path, held = train_data.resolve(ctx, source, zip_file, folder, held, lambda f, d: progress(f, desc=d))
-            text, table, skipped_df, pics = train_data.preview(train_data.scan(path))
+            split, held = train_data.open_dataset(ctx, source, zip_file, folder, held,
+                                                  progress=lambda f, d: progress(f, desc=d))
+            text, table, skipped_df, pics = train_data.preview(split)
         except (ValueError, RuntimeError) as exc:
             raise gr.Error(str(exc), title="Dataset problem") from None
         return text, gr.update(open=True), pics, table, gr.update(value=skipped_df, visible=len(skipped_df) > 0), held
@@ -154,8 +157,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
             if ctx.job.state.running:  # fail fast, before touching the data
                 raise Busy(f"The server is busy: {ctx.job.state.describe()} Predictions keep working; "
                            "try again when it has finished.")
-            path, held = train_data.resolve(ctx, source, zip_file, folder, held)
-            split = train_data.scan(path, cfg.val_fraction, cfg.seed)
+            split, held = train_data.open_dataset(ctx, source, zip_file, folder, held, cfg.val_fraction, cfg.seed)
             run = ctx.job.start(cfg, split, ctx.settings.checkpoint_dir, owner=getattr(request, "session_hash", None))
         except Busy as exc:
             raise gr.Error(str(exc), title="Busy") from None
@@ -163,7 +165,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
             raise gr.Error(str(exc), title="Cannot start training") from None
         view = TrainView(cfg.epochs)
         first = {"status": "Starting…", "results": gr.update(visible=False), "held": held,
-                 **dict(zip(("loss", "acc", "lr"), plots.curves([])))}
+                 "loss": plots.EMPTY_PLOT, "acc": plots.EMPTY_PLOT, "lr": plots.EMPTY_PLOT}
         yield {outputs[k]: v for k, v in first.items()}
         try:
             for ev in run:
