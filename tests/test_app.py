@@ -1,0 +1,295 @@
+"""The app end to end, through its public API only: launched in-process on a free local port and
+driven with gradio_client, as a script or another program would use it.
+
+`tiny_model` and `running_app` are shared with tests/test_browser.py.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import struct
+import zipfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from flowerdemo.checkpoints import WEIGHTS, load_checkpoint
+from flowerdemo.config import TrainConfig
+from tests.synth import draw_sample, make_dataset
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+# A model good enough to be "a model": 3 shape classes, 64 px, fast mode, a few seconds on a CPU.
+TINY = TrainConfig(mode="fast", image_size=64, epochs=2, batch_size=8, fast_views=2, workers=1,
+                   cache_features=False)
+CLASSES = ("circle", "square", "triangle")
+PREDICTED = "(predicted class)"
+
+
+# --- shared helpers (also used by test_browser.py) ------------------------------------------------
+
+def tiny_model(base: Path) -> Path:
+    """A trained tiny run directory under `base`; trained once per test session, then reused."""
+    from flowerdemo.engine import train
+
+    done = base / "tiny-model"
+    found = sorted(done.glob(f"*/{WEIGHTS}"))
+    if found:
+        return found[0].parent
+    data = make_dataset(base / "tiny-data", per_class=8, size=48, seed=1)
+    events = list(train(TINY, data, base / "tiny-staging"))
+    run = events[-1].run_dir
+    done.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.move(str(run), done / run.name))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_app(root: Path, model: Path | None) -> Iterator[tuple[object, str]]:
+    """The app with its settings under `root` (checkpoints, scratch, one allowed data folder), holding a
+    copy of `model`; yields (demo, url) and closes the server afterwards."""
+    import app
+    from ui.state import AppContext, Settings
+
+    settings = Settings(checkpoint_dir=root / "checkpoints", data_dirs=(root / "data",), work_dir=root / "work",
+                        cache_dir=root / "cache", keep_runs=0)
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    if model is not None:
+        shutil.copytree(model, settings.checkpoint_dir / model.name)
+    demo = app.create_demo(AppContext.create(settings))
+    demo.queue(default_concurrency_limit=1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FLOWERDEMO_CACHE", str(root / "feature-cache"))  # fast mode's feature cache: not in ~
+        mp.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
+                                quiet=True, **app.launch_kwargs(settings))
+        try:
+            yield demo, url
+        finally:
+            demo.close()
+
+
+# --- fixtures -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    return tiny_model(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_run):
+    root = tmp_path_factory.mktemp("app")
+    with running_app(root, tiny_run) as (demo, url):
+        yield demo, url, root
+
+
+@pytest.fixture()
+def client(served, tmp_path) -> Client:
+    return Client(served[1], verbose=False, download_files=str(tmp_path / "downloads"), analytics_enabled=False)
+
+
+def new_client(url: str, tmp_path: Path) -> Client:
+    """Another visitor: its own session (own state, own ownership of a training)."""
+    return Client(url, verbose=False, download_files=str(tmp_path / "downloads2"), analytics_enabled=False)
+
+
+def photo(path: Path, kind: str = "circle", size: int = 96) -> Path:
+    import random
+
+    draw_sample(kind, size, random.Random(7)).save(path)
+    return path
+
+
+def classify(client: Client, image: Path, target: str = PREDICTED) -> tuple[dict, str, str, str]:
+    return client.predict(handle_file(str(image)), "gradcam", target, 0.5, api_name="/predict")
+
+
+def train_args(source: str = "folder", zip_file=None, folder: str = "", *, mode: str = "fast", epochs: int = 3,
+               batch_size: int = 8) -> tuple:
+    """The /train inputs in their order: dataset, backbone, mode, epochs, batch, lr, optimiser, schedule,
+    warm-up, freezing, frozen stages, image size, augmentations, seed."""
+    return (source, zip_file, folder, "efficientnet_lite0", mode, epochs, batch_size, 1e-3, "adamw",
+            "warmup_cosine", 0, "none", 2, 64, [], 0)
+
+
+def make_zip(path: Path, files: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return path
+
+
+def max_epoch(plot) -> int:
+    """The last epoch plotted in a LinePlot value sent to the client (0 for an empty or unchanged plot)."""
+    if not isinstance(plot, dict) or not plot.get("data"):
+        return 0
+    return max(int(row[0]) for row in plot["data"])
+
+
+# --- tests ----------------------------------------------------------------------------------------
+
+def test_cam_names_in_the_ui_match_the_core():
+    from flowerdemo.explain import CAM_METHODS
+    from ui.predict_tab import CAM_NAMES
+
+    assert CAM_NAMES == list(CAM_METHODS)
+
+
+def test_api_lists_the_documented_endpoints(client):
+    names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert {"/predict", "/train", "/stop", "/scan_dataset", "/upload_checkpoint", "/hub_load"} <= names
+
+
+def test_predict_returns_probabilities_and_heatmaps(client, tmp_path):
+    image = photo(tmp_path / "shape.png", "square", size=120)
+    label, overlay, heatmap, text = classify(client, image)
+    confidences = {c["label"]: c["confidence"] for c in label["confidences"]}
+    assert set(confidences) == set(CLASSES)
+    assert sum(confidences.values()) == pytest.approx(1.0, abs=1e-4)
+    assert label["label"] == max(confidences, key=confidences.get)
+    with Image.open(overlay) as ov, Image.open(heatmap) as hm:
+        assert ov.size == hm.size == (120, 120)  # drawn on the photo itself, not on the model's crop
+        colours = hm.convert("RGB").getcolors(maxcolors=1 << 16)
+        assert colours is None or len(colours) > 10  # a real heatmap, not a blank picture
+    assert label["label"] in text and "gradcam" in text
+
+    _, _, _, text = classify(client, image, target="triangle")  # explain another class on request
+    assert "*triangle*" in text
+
+
+def test_training_on_an_upload_streams_epochs_then_predict_uses_the_new_model(served, client, tmp_path):
+    demo, url, root = served
+    data = make_dataset(tmp_path / "two-shapes", per_class=6, size=48, classes=("circle", "square"), seed=3)
+    upload = make_zip(tmp_path / "two-shapes.zip", {str(f.relative_to(tmp_path)): f.read_bytes()
+                                                    for f in sorted(data.rglob("*.png"))})
+    before = set((root / "checkpoints").iterdir())
+    job = client.submit(*train_args("zip", handle_file(str(upload)), epochs=3), api_name="/train")
+    updates = [out for out in job]
+    assert job.status().success
+
+    epochs_seen = sorted({max_epoch(out[2]) for out in updates} - {0})
+    assert epochs_seen == [1, 2, 3]  # the loss curve was redrawn after each epoch, while training
+    final = [out for out in updates if isinstance(out[0], str)][-1]  # the last visible change
+    assert "Done" in final[0] and "Finished" in final[5]
+    assert [row[0] for row in final[6]["data"]] == ["circle", "square"]  # per-class table
+    assert Path(final[7]).is_file()  # confusion matrix
+
+    assert not any((root / "work" / "uploads").iterdir())  # the extracted upload is gone after the run
+    new = set((root / "checkpoints").iterdir()) - before
+    assert len(new) == 1
+    run = new.pop()
+    assert run.name in final[5] and load_checkpoint(run).classes == ("circle", "square")
+
+    # predictions now use it: this visitor's active model and, for a newcomer, the newest one
+    for who in (client, new_client(url, tmp_path)):
+        label, _, _, text = classify(who, photo(tmp_path / "c.png", "circle"))
+        assert {c["label"] for c in label["confidences"]} == {"circle", "square"}
+        assert run.name in text
+
+
+def test_stop_ends_the_run_keeps_the_best_checkpoint_and_others_get_busy(served, client, tmp_path):
+    demo, url, root = served
+    data = make_dataset(root / "data" / "stoppable", per_class=20, size=48, seed=4)
+    other = new_client(url, tmp_path)
+    # full mode on a CPU: slow enough per epoch (a second or so) that a stop lands mid-run
+    job = client.submit(*train_args("folder", None, str(data), mode="full", epochs=100, batch_size=4),
+                        api_name="/train")
+    updates, stopped = [], False
+    for out in job:
+        updates.append(out)
+        if not stopped and max_epoch(out[2]) >= 1:
+            with pytest.raises(AppError, match="busy"):
+                other.predict(*train_args("folder", None, str(data)), api_name="/train")
+            with pytest.raises(AppError, match="another visitor"):
+                other.predict(api_name="/stop")
+            assert "Stopping" in client.predict(api_name="/stop")
+            stopped = True
+    assert stopped, "the run never reported an epoch"
+    final = updates[-1]
+    assert "Stopped" in final[0] and "Stopped" in final[5], final[0]
+    last = max(max_epoch(out[2]) for out in updates)
+    assert 1 <= last < 100
+
+    run = next(p for p in (root / "checkpoints").iterdir() if p.name in final[5])
+    clf = load_checkpoint(run)
+    assert clf.classes == CLASSES and clf.meta["metrics"]["stopped"] is True
+    assert client.predict(api_name="/stop") == "No training is running."
+    # the slot is free again: a new (tiny) training starts and finishes
+    tiny = make_dataset(root / "data" / "again", per_class=4, size=48, classes=("circle", "square"), seed=5)
+    assert "Done" in client.predict(*train_args("folder", None, str(tiny), epochs=1), api_name="/train")[0]
+
+
+def forged_huge_png(path: Path, width: int = 20000, height: int = 20000) -> Path:
+    """A few hundred bytes claiming to be a width x height PNG (a decompression bomb's header)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_bad_images_get_clear_errors_and_the_app_keeps_answering(client, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a picture")
+    good = photo(tmp_path / "good.png", "circle")
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(good.read_bytes()[: good.stat().st_size // 2])  # truncated mid-data
+    huge = forged_huge_png(tmp_path / "huge.png")
+
+    cases = [(text, "not a recognised image"), (corrupt, "corrupt or truncated"), (huge, "too large")]
+    for path, problem in cases:
+        with pytest.raises(AppError) as err:
+            classify(client, path)
+        message = str(err.value)
+        assert problem in message and path.name in message and "Accepted" in message, message
+
+    label, _, _, _ = classify(client, good)
+    assert set(label["confidences"][0]) == {"label", "confidence"}
+
+
+def test_bad_datasets_get_clear_errors_and_leave_nothing_behind(served, client, tmp_path):
+    demo, url, root = served
+    png = photo(tmp_path / "x.png").read_bytes()
+    loose = make_zip(tmp_path / "loose.zip", {"a.png": png, "b.png": png, "readme.txt": b"hi"})
+    escape = make_zip(tmp_path / "escape.zip", {"circle/a.png": png, "../../escaped.png": png})
+    not_zip = tmp_path / "fake.zip"
+    not_zip.write_bytes(b"PK but not really")
+    outside = tmp_path / "elsewhere"
+    make_dataset(outside, per_class=2, size=32)
+    (root / "data" / "link").symlink_to(outside, target_is_directory=True)
+
+    cases = [
+        (("zip", handle_file(str(loose)), ""), "no class folders found in loose.zip;"),  # not a server path
+        (("zip", handle_file(str(escape)), ""), "outside the extraction folder"),
+        (("zip", handle_file(str(not_zip)), ""), "not a readable .zip"),
+        (("zip", None, ""), "Upload a .zip"),
+        (("folder", None, str(outside)), "outside the folders this server allows"),
+        (("folder", None, str(root / "data" / "link")), "outside the folders this server allows"),
+        (("folder", None, str(root / "data" / ".." / "checkpoints")), "'..' is not allowed"),
+        (("folder", None, str(root / "data" / "missing")), "not an existing folder"),
+    ]
+    for (source, zip_file, folder), problem in cases:
+        for api in ("/scan_dataset", "/train"):
+            args = (source, zip_file, folder) if api == "/scan_dataset" else train_args(source, zip_file, folder)
+            with pytest.raises(AppError, match=re.escape(problem)):
+                client.predict(*args, api_name=api)
+
+    assert not list(root.rglob("escaped.png")) and not list(tmp_path.parent.rglob("escaped.png"))
+    assert not any((root / "work" / "uploads").iterdir())  # failed extractions are cleaned up
+    label, _, _, _ = classify(client, photo(tmp_path / "after.png", "square"))
+    assert len(label["confidences"]) >= 2

@@ -1,0 +1,138 @@
+"""The app in a real browser (Playwright driving headless Chromium): classify a photo and see the
+label and the heatmap; train on a server folder and see the curves redrawn and the summary appear.
+
+Skipped when the playwright package or a chromium binary is missing (FLOWERDEMO_CHROMIUM, else
+`chromium` on PATH, else /usr/bin/chromium). With FLOWERDEMO_SCREENSHOTS=docs/screenshots it also
+saves predict.png and train.png there, using checkpoints/flowers5-lite0 when that model exists.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from flowerdemo.checkpoints import read_meta
+from tests.synth import draw_sample, make_dataset
+from tests.test_app import running_app, tiny_model
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("FLOWERDEMO_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+SHOTS = os.environ.get("FLOWERDEMO_SCREENSHOTS")
+REAL_MODEL = REPO / "checkpoints" / "flowers5-lite0"
+EPOCHS = 8
+TIMEOUT_MS = 120_000  # a busy 2-core machine; a healthy run takes seconds
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=f"no chromium binary at {CHROMIUM}")
+
+# Every mutation of the loss plot: record its first line's path whenever it changes.
+WATCH_LOSS = """() => {
+  window.lossPaths = [];
+  const plot = document.querySelector('#train-loss');
+  new MutationObserver(() => {
+    const line = plot.querySelector('.mark-line path');
+    const d = line && line.getAttribute('d');
+    if (d && window.lossPaths[window.lossPaths.length - 1] !== d) window.lossPaths.push(d);
+  }).observe(plot, {subtree: true, childList: true, attributes: true});
+}"""
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    if SHOTS and (REAL_MODEL / "model.safetensors").is_file():
+        return REAL_MODEL  # the README's pictures show the shipped flowers model
+    return tiny_model(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory, model):
+    root = tmp_path_factory.mktemp("browser-app")
+    with running_app(root, model) as (demo, url):
+        yield url, root
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(app_url[0])
+            yield page
+        finally:
+            browser.close()
+
+
+def shot(page, name: str) -> None:
+    if SHOTS:
+        out = Path(SHOTS)
+        out.mkdir(parents=True, exist_ok=True)
+        page.wait_for_timeout(500)  # let plots and images finish their transitions
+        page.screenshot(path=str(out / name), full_page=True)
+
+
+def test_predict_shows_the_label_and_the_heatmap(page, model, tmp_path):
+    classes = read_meta(model)["classes"]
+    if model == REAL_MODEL:
+        image = REPO / "examples" / "sunflower.jpg"
+    else:
+        image = tmp_path / "square.png"
+        draw_sample("square", 224, random.Random(3)).save(image)
+    page.locator("#predict-image input[type=file]").set_input_files(str(image))
+
+    timing = page.locator("#predict-timing")
+    sync_api.expect(timing).to_contain_text("gradcam", timeout=TIMEOUT_MS)  # classified on upload
+    top = timing.locator("strong").first.inner_text()
+    assert top in classes
+    label = page.locator("#predict-label")
+    sync_api.expect(label).to_contain_text(top)
+    for name in classes[:3]:
+        sync_api.expect(label).to_contain_text(name)  # every class with its probability
+    for output in ("#predict-overlay", "#predict-heatmap"):
+        img = page.locator(f"{output} img")
+        sync_api.expect(img).to_be_visible()
+        assert page.evaluate("(el) => el.naturalWidth", img.element_handle()) > 0  # an image that loaded
+    shot(page, "predict.png")
+
+
+def test_training_from_a_server_folder_draws_curves_and_a_summary(page, app_url):
+    data = make_dataset(app_url[1] / "data" / "shapes", per_class=12, size=64, seed=2)
+    page.get_by_role("tab", name="Train").click()
+    page.get_by_label("Folder on this server").check()
+    page.locator("#train-folder textarea, #train-folder input").first.fill(str(data))
+    page.get_by_role("button", name="Check the dataset").click()
+    sync_api.expect(page.get_by_text("Found 3 classes, 36 images")).to_be_visible()
+
+    set_number(page, "#train-epochs", EPOCHS)
+    page.get_by_text("Advanced options").click()
+    set_number(page, "#train-image-size", 64)  # small and quick
+    page.get_by_text("Advanced options").click()  # fold it away again (a shorter screenshot)
+
+    page.evaluate(WATCH_LOSS)
+    page.locator("#train-start").click()
+    summary = page.locator("#train-summary")
+    sync_api.expect(summary).to_contain_text("Finished: best validation accuracy", timeout=TIMEOUT_MS)
+    sync_api.expect(page.locator("#train-status")).to_contain_text("Done")
+
+    paths = page.evaluate("window.lossPaths")
+    assert len(paths) >= 2, "the loss curve was not redrawn while training"
+    assert paths[-1].count("L") + 1 == EPOCHS  # the final curve has one point per epoch
+    legend = page.locator("#train-loss").inner_text()
+    assert "train" in legend and "validation" in legend
+    sync_api.expect(page.locator("#train-confusion img")).to_be_visible()
+    page.mouse.move(0, 0)
+    shot(page, "train.png")
+
+
+def set_number(page, elem_id: str, value: int) -> None:
+    """Type into a slider's number box (what a visitor does for an exact value)."""
+    box = page.locator(f"{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+    sync_api.expect(page.locator(f"{elem_id} input[type=range]")).to_have_value(str(value))
