@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     meta["metrics"] = {**meta["metrics"], **report, "best_val_acc": acc16 if use_half else acc32,
                        "val_acc_float32": acc32, "val_acc_float16": acc16}
     meta["command"] = args.command
+    meta.pop("mistakes", None)  # paths into the trainer's copy of the photos: meaningless elsewhere
     save_checkpoint(args.out, clf.model, meta, half=use_half)
     size_mb = (args.out / "model.safetensors").stat().st_size / 1e6
     card = model_card(meta).split("\n")
