@@ -175,6 +175,8 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
                     continue
                 if update.pop("results", False):
                     update["results"] = gr.update(visible=True)
+                    pics = update["mistakes"]  # none when every validation image was right: no empty box
+                    update["mistakes"] = gr.update(value=pics, visible=bool(pics))
                     ctx.models.get(ev.run_dir)  # load now: the Predict tab answers at once
                     update["active"] = str(ev.run_dir)
                     ctx.housekeeping(ev.run_dir)
