@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -96,14 +97,16 @@ def served(tmp_path_factory, tiny_run):
         yield demo, url, root
 
 
+def new_client(url: str, downloads: Path) -> Client:
+    """A visitor: its own session (own state, own ownership of a training). Timeouts far above httpx's
+    5 s: on a 2-core machine shared with other jobs the server thread can be starved for a while."""
+    return Client(url, verbose=False, download_files=str(downloads), analytics_enabled=False,
+                  httpx_kwargs={"timeout": httpx.Timeout(120.0, read=300.0)})
+
+
 @pytest.fixture()
 def client(served, tmp_path) -> Client:
-    return Client(served[1], verbose=False, download_files=str(tmp_path / "downloads"), analytics_enabled=False)
-
-
-def new_client(url: str, tmp_path: Path) -> Client:
-    """Another visitor: its own session (own state, own ownership of a training)."""
-    return Client(url, verbose=False, download_files=str(tmp_path / "downloads2"), analytics_enabled=False)
+    return new_client(served[1], tmp_path / "downloads")
 
 
 def photo(path: Path, kind: str = "circle", size: int = 96) -> Path:
@@ -194,7 +197,7 @@ def test_training_on_an_upload_streams_epochs_then_predict_uses_the_new_model(se
     assert run.name in final[5] and load_checkpoint(run).classes == ("circle", "square")
 
     # predictions now use it: this visitor's active model and, for a newcomer, the newest one
-    for who in (client, new_client(url, tmp_path)):
+    for who in (client, new_client(url, tmp_path / "downloads2")):
         label, _, _, text = classify(who, photo(tmp_path / "c.png", "circle"))
         assert {c["label"] for c in label["confidences"]} == {"circle", "square"}
         assert run.name in text
@@ -203,7 +206,7 @@ def test_training_on_an_upload_streams_epochs_then_predict_uses_the_new_model(se
 def test_stop_ends_the_run_keeps_the_best_checkpoint_and_others_get_busy(served, client, tmp_path):
     demo, url, root = served
     data = make_dataset(root / "data" / "stoppable", per_class=20, size=48, seed=4)
-    other = new_client(url, tmp_path)
+    other = new_client(url, tmp_path / "downloads2")
     # full mode on a CPU: slow enough per epoch (a second or so) that a stop lands mid-run
     job = client.submit(*train_args("folder", None, str(data), mode="full", epochs=100, batch_size=4),
                         api_name="/train")
