@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .models import FlowerNet, Preprocessing, build_model
+from .models import FlowerNet, ModelError, Preprocessing, build_model
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,12 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{weights} is not a readable safetensors file: {exc}") from exc
     if _META_KEY not in header:
         raise CheckpointError(f"{weights} has no flowerdemo metadata; only checkpoints written by flowerdemo load here")
-    meta = json.loads(header[_META_KEY])
+    try:
+        meta = json.loads(header[_META_KEY])
+    except ValueError as exc:
+        raise CheckpointError(f"{weights}: its flowerdemo metadata is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{weights}: its flowerdemo metadata is not a JSON object")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{weights}: unknown checkpoint format {meta.get('format')!r}")
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
@@ -119,8 +124,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Cla
     weights = _weights_path(path)
     meta = read_meta(weights)
     head = meta["head"]
-    model = build_model(meta["architecture"], len(meta["classes"]), pretrained=False,
-                        head=head["kind"], hidden=head["hidden"], dropout=head["dropout"])
+    try:
+        model = build_model(meta["architecture"], len(meta["classes"]), pretrained=False,
+                            head=head["kind"], hidden=head["hidden"], dropout=head["dropout"])
+    except ModelError as exc:  # e.g. an architecture from a newer flowerdemo
+        raise CheckpointError(f"{weights}: {exc}") from exc
     state = load_file(str(weights))
     expected = model.state_dict()
     try:
