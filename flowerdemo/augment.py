@@ -68,8 +68,13 @@ class BatchAugment:
     def _geometry(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         n, dev, c = x.shape[0], x.device, self.cfg
         s = x.shape[-1]
-        if not (c.random_resized_crop or c.hflip or c.rotation or c.translate):
-            return center_crop(x, self.size)
+        if not (c.random_resized_crop or c.rotation or c.translate):
+            # exactly the eval crop (no resampling: the affine path would sample half a pixel off and blur)
+            x = center_crop(x, self.size)
+            if not c.hflip:
+                return x
+            flip = torch.rand(n, generator=g, device=dev) < 0.5
+            return torch.where(flip.view(n, 1, 1, 1), x.flip(-1), x)
         if c.random_resized_crop:  # area fraction and log-uniform aspect ratio, as RandomResizedCrop
             area = _uniform(n, c.crop_scale_min, 1.0, g, dev)
             log_r = _uniform(n, math.log(3 / 4), math.log(4 / 3), g, dev)
