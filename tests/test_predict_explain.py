@@ -1,0 +1,192 @@
+"""Prediction and Grad-CAM on the session's trained model (fast mode: frozen backbone)."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from flowerdemo import explain as explain_module
+from flowerdemo.checkpoints import load_checkpoint
+from flowerdemo.explain import CAM_METHODS, ExplainError, explain, heatmap_image
+from flowerdemo.models import freeze
+from flowerdemo.predict import predict, prepare_image, probabilities
+from tests.synth import CLASS_STYLES, draw_sample
+
+CLASSES = tuple(CLASS_STYLES)
+
+
+@pytest.fixture(scope="module")
+def clf(trained_run):
+    return load_checkpoint(trained_run.run_dir)
+
+
+def _image(kind: str = "circle", seed: int = 5, size: int = 96, quadrant: int | None = None) -> Image.Image:
+    return draw_sample(kind, size, random.Random(seed), quadrant=quadrant)
+
+
+def _assert_no_hooks(model: torch.nn.Module) -> None:
+    for name, m in model.named_modules():
+        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
+            assert not getattr(m, attr, {}), f"{name or 'model'} keeps {attr}"
+
+
+# --- predict ----------------------------------------------------------------------------------------
+
+def test_predict_gives_ordered_probabilities_that_sum_to_one(clf):
+    probs = predict(clf, _image("square"))
+    assert set(probs) == set(CLASSES)
+    assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
+    values = list(probs.values())
+    assert values == sorted(values, reverse=True) and all(0 <= v <= 1 for v in values)
+    top2 = predict(clf, _image("square"), top_k=2)
+    assert list(top2.items()) == list(probs.items())[:2]
+    assert len(predict(clf, _image("square"), top_k=1)) == 1
+
+
+def test_predict_recognises_new_images_of_every_class(clf):
+    """Training (tensor cache) and prediction (PIL path) must prepare images the same way."""
+    hits = [next(iter(predict(clf, _image(kind, seed)))) == kind for kind in CLASSES for seed in (11, 12, 13)]
+    assert sum(hits) >= 8
+
+
+def test_predict_accepts_paths_bytes_arrays_and_pil_images(clf, tmp_path):
+    img = _image("triangle")
+    path = tmp_path / "t.png"
+    img.save(path)
+    reference = predict(clf, img)
+    for source in (path, str(path), path.read_bytes(), np.asarray(img), io.BytesIO(path.read_bytes())):
+        got = predict(clf, source)
+        assert list(got) == list(reference)
+        assert np.allclose(list(got.values()), list(reference.values()), atol=1e-6)
+
+
+def test_tta_averages_the_image_and_its_mirror(clf):
+    img = _image("circle", quadrant=1)  # asymmetric: the mirror gives other probabilities
+    x = prepare_image(img, clf.preprocessing).tensor
+    plain, mirrored = probabilities(clf, x)[0], probabilities(clf, x.flip(-1))[0]
+    assert not torch.allclose(plain, mirrored, atol=1e-4)
+    with_tta = predict(clf, img, tta=True)
+    expected = (plain + mirrored) / 2
+    assert sum(with_tta.values()) == pytest.approx(1.0, abs=1e-5)
+    for name, p in with_tta.items():
+        assert p == pytest.approx(float(expected[clf.classes.index(name)]), abs=1e-6)
+
+
+# --- explain ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", list(CAM_METHODS))
+def test_every_cam_method_gives_a_heatmap_in_0_1_at_the_image_size(clf, method):
+    img = _image("square").resize((120, 96))  # not square: catches a transposed heatmap
+    ex = explain(clf, img, method=method)
+    assert ex.method == method
+    assert ex.heatmap.dtype == np.float32 and ex.heatmap.shape == (96, 120)
+    assert ex.heatmap.min() >= 0.0 and ex.heatmap.max() <= 1.0 and ex.heatmap.max() > 0.1
+    assert ex.overlay.size == (120, 96) and ex.overlay.mode == "RGB"
+    assert ex.class_name == "square" == next(iter(ex.probabilities)) and ex.class_index == CLASSES.index("square")
+    assert sum(ex.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    _assert_no_hooks(clf.model)
+    assert heatmap_image(ex.heatmap).size == (120, 96)
+
+
+def test_heatmap_is_zero_outside_the_crop_the_model_saw(clf):
+    ex = explain(clf, _image("circle").resize((160, 96)))  # wide image: centre crop drops the sides
+    assert ex.heatmap.shape == (96, 160)
+    box = prepare_image(_image("circle").resize((160, 96)), clf.preprocessing).box
+    left, top, right, bottom = box
+    assert right - left < 160 and ex.heatmap[:, :left].max() == 0 and ex.heatmap[:, right:].max() == 0
+    assert ex.heatmap[top:bottom, left:right].max() > 0.5
+
+
+def _quadrant_mass(h: np.ndarray) -> np.ndarray:
+    rows, cols = h.shape[0] // 2, h.shape[1] // 2
+    mass = np.array([h[:rows, :cols].sum(), h[:rows, cols:].sum(), h[rows:, :cols].sum(), h[rows:, cols:].sum()])
+    return mass / max(mass.sum(), 1e-9)
+
+
+def test_gradcam_looks_at_the_object(clf):
+    """Objects pinned to each quadrant (row-major): the heatmap's mass is largest in that quadrant."""
+    rng = random.Random(1)
+    mass = np.zeros((4, 4))
+    for q in range(4):
+        for kind in CLASSES:
+            mass[q] += _quadrant_mass(explain(clf, draw_sample(kind, 96, rng, quadrant=q)).heatmap)
+    mass /= len(CLASSES)
+    for q in range(4):
+        others = np.delete(mass[q], q)
+        assert mass[q, q] > others.max(), f"object in quadrant {q}, heatmap mass per quadrant {mass[q].round(2)}"
+
+
+def test_frozen_backbone_model_is_explained_and_its_flags_restored(trained_run, clf):
+    frozen = load_checkpoint(trained_run.run_dir)
+    freeze(frozen.model, "backbone")  # as fast mode trains it: no gradients in the backbone
+    flags = [p.requires_grad for p in frozen.model.parameters()]
+    img = _image("triangle", quadrant=2)
+    ex = explain(frozen, img)
+    assert ex.heatmap.max() > 0.5
+    assert [p.requires_grad for p in frozen.model.parameters()] == flags
+    assert np.allclose(ex.heatmap, explain(clf, img).heatmap, atol=1e-4)  # same weights, same map
+    _assert_no_hooks(frozen.model)
+
+
+def test_hooks_and_flags_are_released_when_the_cam_fails(trained_run, monkeypatch):
+    fresh = load_checkpoint(trained_run.run_dir)
+    freeze(fresh.model, "backbone")
+    flags = [p.requires_grad for p in fresh.model.parameters()]
+
+    class Boom:
+        def __init__(self, index):
+            pass
+
+        def __call__(self, output):
+            raise RuntimeError("target failed")
+
+    monkeypatch.setattr(explain_module, "ClassifierOutputTarget", Boom)
+    with pytest.raises(RuntimeError, match="target failed"):
+        explain(fresh, _image())
+    _assert_no_hooks(fresh.model)
+    assert [p.requires_grad for p in fresh.model.parameters()] == flags
+    monkeypatch.undo()
+    assert explain(fresh, _image()).heatmap.max() > 0  # the lock was released too
+
+
+def test_explaining_does_not_change_later_predictions(clf):
+    img = _image("square", seed=8)
+    before = predict(clf, img)
+    explain(clf, img, method="gradcam++")
+    assert predict(clf, img) == before
+    _assert_no_hooks(clf.model)
+
+
+def test_a_chosen_target_class_is_honoured(clf):
+    img = _image("circle", quadrant=0)
+    predicted = explain(clf, img)
+    assert predicted.class_name == "circle"
+    for target in ("square", 2):
+        ex = explain(clf, img, target=target)
+        expected = target if isinstance(target, str) else CLASSES[target]
+        assert ex.class_name == expected and ex.class_index == CLASSES.index(expected)
+        assert ex.probabilities == predicted.probabilities  # the prediction itself is unchanged
+        assert not np.allclose(ex.heatmap, predicted.heatmap, atol=1e-3)
+    assert explain(clf, img, target="").class_name == "circle"  # empty = the predicted class
+
+
+def test_bad_requests_raise_explain_errors_that_say_what_is_accepted(clf):
+    img = _image()
+    with pytest.raises(ExplainError) as err:
+        explain(clf, img, method="gradcam3")
+    assert all(name in str(err.value) for name in CAM_METHODS)
+    with pytest.raises(ExplainError) as err:
+        explain(clf, img, target="rose")
+    assert "rose" in str(err.value) and all(c in str(err.value) for c in CLASSES)
+    for index in (3, -1):
+        with pytest.raises(ExplainError, match="out of range"):
+            explain(clf, img, target=index)
+    with pytest.raises(ExplainError, match="alpha"):
+        explain(clf, img, alpha=1.5)
+    _assert_no_hooks(clf.model)
+
