@@ -426,7 +426,8 @@ def table_row(r: dict[str, Any], device: str) -> list[str]:
     name = r["variant"] + (" (img/s = head on cached features)" if r["variant"] == "fast" else "")
     return [name, common.fmt(r["train_img_s"]), common.fmt(r["epoch_s"], ".2f"), common.fmt(r["setup_s"], ".1f"),
             common.fmt(r["wall_s"], ".1f"), ttt, common.fmt(r["best_val_acc"], ".3f"), peak,
-            common.fmt(vs.get("train_img_s_ratio"), ".2f", "—"), common.fmt(vs.get("wall_speedup"), ".2f", "—")]
+            "n/a (head only)" if r["variant"] == "fast" and vs else common.fmt(vs.get("train_img_s_ratio"), ".2f", "—"),
+            common.fmt(vs.get("wall_speedup"), ".2f", "—")]
 
 
 if __name__ == "__main__":
