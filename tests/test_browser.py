@@ -66,6 +66,7 @@ def page(app_url):
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.set_default_timeout(TIMEOUT_MS)
+            sync_api.expect.set_options(timeout=TIMEOUT_MS)  # assertions wait as long as actions
             page.goto(app_url[0])
             yield page
         finally:
@@ -90,7 +91,7 @@ def test_predict_shows_the_label_and_the_heatmap(page, model, tmp_path):
     page.locator("#predict-image input[type=file]").set_input_files(str(image))
 
     timing = page.locator("#predict-timing")
-    sync_api.expect(timing).to_contain_text("gradcam", timeout=TIMEOUT_MS)  # classified on upload
+    sync_api.expect(timing).to_contain_text("gradcam")  # classified on upload
     top = timing.locator("strong").first.inner_text()
     assert top in classes
     label = page.locator("#predict-label")
@@ -133,7 +134,7 @@ def test_training_from_a_server_folder_draws_curves_and_a_summary(page, app_url)
     page.evaluate(WATCH_LOSS)
     page.locator("#train-start").click()
     summary = page.locator("#train-summary")
-    sync_api.expect(summary).to_contain_text("Finished: best validation accuracy", timeout=TIMEOUT_MS)
+    sync_api.expect(summary).to_contain_text("Finished: best validation accuracy")
     sync_api.expect(page.locator("#train-status")).to_contain_text("Done")
 
     paths = page.evaluate("window.lossPaths")
@@ -147,8 +148,15 @@ def test_training_from_a_server_folder_draws_curves_and_a_summary(page, app_url)
 
 
 def set_number(page, elem_id: str, value: int) -> None:
-    """Type into a slider's number box (what a visitor does for an exact value)."""
-    box = page.locator(f"{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
-    sync_api.expect(page.locator(f"{elem_id} input[type=range]")).to_have_value(str(value))
+    """Type into a slider's number box (what a visitor does for an exact value). On a loaded machine a
+    box that has just appeared (an accordion opening) can miss the first keystrokes: type again."""
+    box, slider = page.locator(f"{elem_id} input[type=number]"), page.locator(f"{elem_id} input[type=range]")
+    for _ in range(4):
+        box.fill(str(value))
+        box.press("Enter")
+        try:
+            sync_api.expect(slider).to_have_value(str(value), timeout=5_000)
+            return
+        except AssertionError:
+            continue
+    sync_api.expect(slider).to_have_value(str(value))
