@@ -3,8 +3,8 @@ label and the heatmap; train on a server folder and see the curves redrawn and t
 
 Skipped when the playwright package or a chromium binary is missing (FLOWERDEMO_CHROMIUM, else
 `chromium` on PATH, else /usr/bin/chromium). With FLOWERDEMO_SCREENSHOTS=docs/screenshots it also
-saves predict.png and train.png there, using checkpoints/flowers5-lite0 when that model exists (and,
-with FLOWERDEMO_SCREENSHOT_DATA=<folder of class folders>, training on 40 photos per class of it).
+saves predict.png and train.png there, using checkpoints/flowers5-lite0 when that model exists
+(training is always on synthetic shapes: pictures of other people's photos are not ours to commit).
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("FLOWERDEMO_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = os.environ.get("FLOWERDEMO_SCREENSHOTS")
 REAL_MODEL = REPO / "checkpoints" / "flowers5-lite0"
-# With screenshots: train on a sample of this folder of class folders (real photos) instead of shapes.
-SHOT_DATA = os.environ.get("FLOWERDEMO_SCREENSHOT_DATA") if SHOTS else None
 EPOCHS = 8
 TIMEOUT_MS = 120_000  # a busy 2-core machine; a healthy run takes seconds
 
@@ -105,30 +103,17 @@ def test_predict_shows_the_label_and_the_heatmap(page, model, tmp_path):
     shot(page, "predict.png")
 
 
-def training_data(dest: Path, per_class: int = 12) -> tuple[Path, int]:
-    """(a dataset folder under the app's allowed folder, its number of classes)."""
-    if not SHOT_DATA:
-        return make_dataset(dest, per_class=per_class, size=64, seed=2), 3
-    classes = sorted(p for p in Path(SHOT_DATA).iterdir() if p.is_dir())
-    for folder in classes:  # a copy, not links: the app refuses links that lead outside its folders
-        (dest / folder.name).mkdir(parents=True)
-        for f in sorted(f for f in folder.iterdir() if f.suffix.lower() in (".jpg", ".jpeg", ".png"))[:per_class]:
-            shutil.copyfile(f, dest / folder.name / f.name)
-    return dest, len(classes)
-
-
 def test_training_from_a_server_folder_draws_curves_and_a_summary(page, app_url):
-    per_class = 40 if SHOT_DATA else 12
-    data, n_classes = training_data(app_url[1] / "data" / "photos", per_class)
+    data = make_dataset(app_url[1] / "data" / "shapes", per_class=12, size=64, seed=2)
     page.get_by_role("tab", name="Train").click()
     page.get_by_label("Folder on this server").check()
     page.locator("#train-folder textarea, #train-folder input").first.fill(str(data))
     page.get_by_role("button", name="Check the dataset").click()
-    sync_api.expect(page.get_by_text(f"Found {n_classes} classes, {n_classes * per_class} images")).to_be_visible()
+    sync_api.expect(page.get_by_text("Found 3 classes, 36 images")).to_be_visible()
 
     set_number(page, "#train-epochs", EPOCHS)
     page.get_by_text("Advanced options").click()
-    set_number(page, "#train-image-size", 128 if SHOT_DATA else 64)  # small and quick
+    set_number(page, "#train-image-size", 64)  # small and quick
     page.get_by_text("Advanced options").click()  # fold it away again (a shorter screenshot)
 
     page.evaluate(WATCH_LOSS)
