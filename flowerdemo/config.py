@@ -28,6 +28,10 @@ class AugmentConfig:
     translate: bool = True  # report: +-10 % of the image size
     random_erasing: bool = True  # report: "erasing"; torchvision defaults p=0.5, area 2-33 %
 
+    def __post_init__(self) -> None:
+        if not 0 < self.crop_scale_min <= 1:
+            raise ConfigError(f"crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
+
     @classmethod
     def none(cls) -> "AugmentConfig":
         """Evaluation-style input only (the report's baseline: centre crop + normalisation)."""
@@ -95,6 +99,14 @@ class TrainConfig:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.warmup_epochs < 0:
             raise ConfigError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if not 0 <= self.head_dropout < 1:
+            raise ConfigError(f"head_dropout must be in [0, 1), got {self.head_dropout}")
+        for name in ("head_hidden", "step_epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("frozen_stages", "workers", "weight_decay", "grad_clip", "backbone_lr_scale"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

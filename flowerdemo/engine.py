@@ -26,7 +26,7 @@ from .dataset import DatasetSplit, scan_dataset
 from .distributed import DistInfo, device_for, init_from_env
 from .events import CheckpointSaved, EpochEnd, Event, Finished, Progress, RunStarted, Stopped
 from .fastmode import FastTrainer
-from .loops import loss_and_accuracy, predict_tensors, train_one_epoch
+from .loops import batch_starts, loss_and_accuracy, predict_tensors, train_one_epoch
 from .metrics import classification_report
 from .models import FlowerNet, Preprocessing, build_model, freeze, frozen_modules
 from .optim import head_lr, make_optimizer, make_scheduler
@@ -87,7 +87,8 @@ class FullTrainer:
         self.augment = BatchAugment(cfg.augment, prep.input_size, prep.mean, prep.std)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.aug_generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-        self.steps_per_epoch = max(1, len(train) // dist_info.world // cfg.batch_size)
+        # the batches train_one_epoch will run: a partial last batch is a step too
+        self.steps_per_epoch = max(1, len(batch_starts(len(train) // dist_info.world, cfg.batch_size)))
         self.opt = make_optimizer(model, cfg, device)
         self.sched = make_scheduler(self.opt, cfg, self.steps_per_epoch)
 
@@ -176,11 +177,13 @@ def train(cfg: TrainConfig, data: str | Path | DatasetSplit, out_dir: str | Path
         if stats["stopped"] and saved:
             stopped_at = epoch
             break
-        val_loss, val_acc = loss_and_accuracy(trainer.val_logits(), val_data.labels)
+        epoch_logits = trainer.val_logits()
+        val_loss, val_acc = loss_and_accuracy(epoch_logits, val_data.labels)
         is_best = val_acc > best_acc
         if is_best:
             best_acc, best_epoch = val_acc, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_logits = epoch_logits  # the final report needs no second validation pass
         elapsed = time.perf_counter() - t_start
         row = EpochEnd(epoch, cfg.epochs, stats["loss"], stats["acc"], val_loss, val_acc, head_lr(trainer.opt),
                        stats["seconds"], elapsed, stats["images"] / max(stats["seconds"], 1e-9), best_acc, is_best)
@@ -199,7 +202,7 @@ def train(cfg: TrainConfig, data: str | Path | DatasetSplit, out_dir: str | Path
         yield Stopped(stopped_at, "stop requested")
 
     model.load_state_dict(best_state)
-    logits = trainer.val_logits()
+    logits = best_logits
     report = classification_report(val_data.labels, logits.argmax(1), split.classes)
     mistakes = _mistakes(logits, val_data, split.classes)
     seconds = time.perf_counter() - t_start

@@ -27,6 +27,14 @@ def _identity(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def batch_starts(n: int, batch_size: int) -> list[int]:
+    """Start index of each training batch; the LR schedule counts these (len) as steps per epoch."""
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] < 2:  # a last batch of one breaks BatchNorm in train mode:
+        starts.pop()  # fold it into the previous batch
+    return starts
+
+
 def train_one_epoch(
     model: nn.Module,
     data: ImageTensors,
@@ -57,10 +65,7 @@ def train_one_epoch(
     order = torch.randperm(len(data), generator=generator)  # same permutation in every process
     order = order[: len(order) // world * world][rank::world]  # equal shards: DDP needs equal step counts
     n = len(order)
-    # a last batch of one breaks BatchNorm in train mode: fold it into the previous batch
-    starts = list(range(0, n, batch_size))
-    if len(starts) > 1 and n - starts[-1] < 2:
-        starts.pop()
+    starts = batch_starts(n, batch_size)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
