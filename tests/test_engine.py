@@ -1,0 +1,200 @@
+"""The training engine in full (fine-tuning) mode: learning, the event stream, stopping, config checks.
+Fast mode is in test_fastmode.py; the TrainingJob slot (stop between epochs) in test_jobs.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+
+import pytest
+import torch
+
+from flowerdemo.checkpoints import load_checkpoint, read_meta
+from flowerdemo.config import FREEZE, HEADS, MODES, OPTIMIZERS, SCHEDULES, AugmentConfig, ConfigError, TrainConfig
+from flowerdemo.engine import train
+from flowerdemo.events import CheckpointSaved, EpochEnd, Finished, Progress, RunStarted, Stopped
+from flowerdemo.models import build_model
+from tests.synth import make_dataset
+
+FLIP_ONLY = dataclasses.replace(AugmentConfig.none(), hflip=True)
+# the first 3 stages stay frozen: with 30 images, re-estimating every BatchNorm makes validation erratic
+FULL = TrainConfig(mode="full", image_size=64, epochs=3, batch_size=12, lr=3e-3, freeze="stages", frozen_stages=3,
+                   workers=1, seed=0, augment=FLIP_ONLY)
+TINY = TrainConfig(mode="full", image_size=32, epochs=3, batch_size=4, workers=1, seed=0, augment=FLIP_ONLY)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """One short full fine-tuning run of EfficientNet-Lite0 (bundled weights) on 36 synthetic images."""
+    root = tmp_path_factory.mktemp("full")
+    data = make_dataset(root / "data", per_class=12, size=64)
+    return data, list(train(FULL, data, out_dir=root / "ck"))
+
+
+def test_full_mode_fine_tunes_to_high_accuracy(full_run):
+    _, events = full_run
+    started, done = events[[isinstance(e, RunStarted) for e in events].index(True)], events[-1]
+    assert started.mode == "full" and started.model == "efficientnet_lite0"
+    assert started.classes == ("circle", "square", "triangle") and (started.n_train, started.n_val) == (30, 6)
+    assert isinstance(done, Finished) and not done.stopped
+    assert done.best_val_acc >= 0.9
+    # the final report is computed with the best epoch's weights restored
+    assert done.report["accuracy"] == pytest.approx(done.best_val_acc, abs=1e-4)
+    clf = load_checkpoint(done.run_dir)
+    assert clf.meta["mode"] == "full" and clf.meta["metrics"]["best_val_acc"] == done.best_val_acc
+    # the backbone was fine-tuned after the frozen stages, and not at all (BatchNorm statistics included) in them
+    fresh = build_model("efficientnet_lite0", 3, pretrained=True)
+    for i, (tuned, pretrained) in enumerate(zip(clf.model.stages(), fresh.stages())):
+        same = all(torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), pretrained.state_dict().values()))
+        assert same == (i < 3), f"stage {i}"
+
+
+def test_full_mode_event_sequence(full_run):
+    _, events = full_run
+    kinds = [type(e).__name__ for e in events]
+    first_start = kinds.index("RunStarted")
+    assert all(isinstance(e, Progress) and e.stage == "decode" for e in events[:first_start])
+    decode = [e for e in events if isinstance(e, Progress) and e.stage == "decode"]
+    assert decode and decode[-1].done == decode[-1].total == 36
+    assert kinds.count("RunStarted") == 1 and kinds[-1] == "Finished" and kinds.count("Finished") == 1
+    assert "Stopped" not in kinds
+
+    epochs = [e for e in events if isinstance(e, EpochEnd)]
+    assert [e.epoch for e in epochs] == [1, 2, 3] and all(e.epochs == 3 for e in epochs)
+    best = -1.0
+    for prev, e in zip([None] + epochs, epochs):
+        for value in (e.train_loss, e.val_loss, e.seconds, e.elapsed, e.images_per_s):
+            assert math.isfinite(value) and value > 0
+        assert 0 <= e.train_acc <= 1 and 0 <= e.val_acc <= 1
+        assert e.is_best == (e.val_acc > best)
+        best = max(best, e.val_acc)
+        assert e.best_val_acc == best
+        if prev is not None:
+            assert e.elapsed > prev.elapsed
+    # warm-up + cosine: the LR reaches 0 at the end of the last epoch, not before (the schedule counts
+    # the partial last batch of each epoch as a step too)
+    assert epochs[0].lr > epochs[1].lr > 0 and epochs[2].lr == pytest.approx(0, abs=1e-9)
+
+    for e in epochs:  # per epoch: train progress 1..n, then its EpochEnd, then a save if it was the best
+        i = events.index(e)
+        steps = [p for p in events[first_start:i] if isinstance(p, Progress) and p.stage == "train" and p.epoch == e.epoch]
+        assert [p.done for p in steps] == list(range(1, steps[0].total + 1)) and steps[0].total == 3  # 12+12+6
+        if e.is_best:
+            saved = events[i + 1]
+            assert isinstance(saved, CheckpointSaved) and saved.epoch == e.epoch and saved.val_acc == e.val_acc
+        else:
+            assert not isinstance(events[i + 1], CheckpointSaved)
+
+    done = events[-1]
+    best_epoch = max(epochs, key=lambda e: (e.val_acc, -e.epoch))
+    assert (done.best_val_acc, done.best_epoch, done.epochs_run) == (best_epoch.val_acc, best_epoch.epoch, 3)
+    meta = read_meta(done.run_dir)
+    assert [row["epoch"] for row in meta["history"]] == [1, 2, 3]
+    assert meta["history"][-1]["val_acc"] == epochs[-1].val_acc and meta["metrics"]["epochs_run"] == 3
+
+
+def _stop_when(events, stop: threading.Event, epoch: int, batch: int) -> list:
+    """Consume the event stream, setting `stop` right after train batch `batch` of `epoch`."""
+    seen = []
+    for ev in events:
+        seen.append(ev)
+        if isinstance(ev, Progress) and ev.stage == "train" and (ev.epoch, ev.done) == (epoch, batch):
+            stop.set()
+    return seen
+
+
+def _train_steps_after_stop(seen: list, epoch: int, batch: int) -> list:
+    i = next(i for i, e in enumerate(seen) if isinstance(e, Progress) and e.stage == "train"
+             and (e.epoch, e.done) == (epoch, batch))
+    return [e for e in seen[i + 1:] if isinstance(e, Progress) and e.stage == "train"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("tiny") / "data", per_class=6, size=40)
+
+
+def test_stop_mid_epoch_ends_within_one_batch_and_keeps_the_best_checkpoint(tiny_data, tmp_path):
+    stop = threading.Event()
+    seen = _stop_when(train(dataclasses.replace(TINY, epochs=50), tiny_data, tmp_path, stop=stop), stop, 2, 1)
+    assert _train_steps_after_stop(seen, 2, 1) == []  # no further batch once the flag is set
+    assert [e.epoch for e in seen if isinstance(e, EpochEnd)] == [1]  # the partial epoch is not scored
+    stopped, done = seen[-2], seen[-1]
+    assert isinstance(stopped, Stopped) and stopped.epoch == 2
+    assert isinstance(done, Finished) and done.stopped and done.epochs_run == 1 and done.best_epoch == 1
+    clf = load_checkpoint(done.run_dir)
+    assert clf.classes == ("circle", "square", "triangle")
+    assert clf.meta["metrics"]["stopped"] is True and len(clf.meta["history"]) == 1
+
+
+def test_stop_in_the_first_epoch_still_leaves_a_checkpoint(tiny_data, tmp_path):
+    stop = threading.Event()
+    seen = _stop_when(train(dataclasses.replace(TINY, epochs=50), tiny_data, tmp_path, stop=stop), stop, 1, 1)
+    assert _train_steps_after_stop(seen, 1, 1) == []
+    assert [type(e).__name__ for e in seen[-4:]] == ["EpochEnd", "CheckpointSaved", "Stopped", "Finished"]
+    assert seen[-1].stopped and load_checkpoint(seen[-1].run_dir).meta["metrics"]["epochs_run"] == 1
+
+
+def test_closing_the_generator_mid_epoch_keeps_the_saved_checkpoint(tiny_data, tmp_path):
+    events = train(dataclasses.replace(TINY, epochs=50), tiny_data, tmp_path)
+    saved = next(e for e in events if isinstance(e, CheckpointSaved))
+    next(e for e in events if isinstance(e, Progress) and e.stage == "train")  # into epoch 2
+    events.close()
+    clf = load_checkpoint(saved.path)
+    assert clf.meta["metrics"]["best_epoch"] == 1
+    assert sorted(p.name for p in saved.path.iterdir()) == ["meta.json", "model.safetensors"]
+
+
+def test_train_with_a_frozen_backbone_in_full_mode_leaves_it_unchanged(tiny_data, tmp_path):
+    cfg = dataclasses.replace(TINY, epochs=1, freeze="backbone", pretrained=True)
+    done = list(train(cfg, tiny_data, tmp_path))[-1]
+    trained = load_checkpoint(done.run_dir).model.backbone.state_dict()
+    fresh = build_model("efficientnet_lite0", 3, pretrained=True).backbone.state_dict()
+    assert all(torch.equal(trained[k], v) for k, v in fresh.items())  # BN statistics included
+
+
+BAD_VALUES = [
+    ("mode", "fastest"), ("optimizer", "adam"), ("schedule", "cosine"), ("freeze", "all"), ("head", "mlp3"),
+    ("epochs", 0), ("batch_size", 0), ("lr", 0.0), ("lr", -1e-3), ("val_fraction", 0.0), ("val_fraction", 1.0),
+    ("image_size", 16), ("image_size", 4096), ("fast_views", 0), ("label_smoothing", 1.0), ("warmup_epochs", -1.0),
+    ("head_dropout", 1.5), ("head_hidden", 0), ("frozen_stages", -1), ("workers", -2), ("weight_decay", -0.1),
+    ("grad_clip", -1.0), ("step_epochs", 0), ("backbone_lr_scale", -0.1),
+]
+
+
+@pytest.mark.parametrize("field, value", BAD_VALUES)
+def test_bad_config_values_raise_a_config_error_naming_the_field(field, value):
+    with pytest.raises(ConfigError, match=field):
+        TrainConfig(**{field: value})
+    with pytest.raises(ConfigError, match=field):  # overrides are validated too
+        dataclasses.replace(TrainConfig(), **{field: value})
+
+
+def test_choice_errors_list_what_is_accepted():
+    for field, choices in (("mode", MODES), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("freeze", FREEZE),
+                           ("head", HEADS)):
+        with pytest.raises(ConfigError) as err:
+            TrainConfig(**{field: "nonsense"})
+        assert "nonsense" in str(err.value) and all(c in str(err.value) for c in choices)
+    with pytest.raises(ConfigError, match="crop_scale_min"):
+        AugmentConfig(crop_scale_min=0.0)
+    with pytest.raises(ConfigError, match="crop_scale_min"):
+        AugmentConfig(crop_scale_min=1.5)
+
+
+def test_config_round_trips_through_a_dict():
+    cfg = TrainConfig(lr=0.02, epochs=7, augment=dataclasses.replace(AugmentConfig(), rotation=False))
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    newer = {**cfg.to_dict(), "setting_from_the_future": 1}
+    newer["augment"] = {**newer["augment"], "mixup": True}
+    assert TrainConfig.from_dict(newer) == cfg  # unknown keys from newer versions are ignored
+
+
+def test_unusable_dataset_is_reported_before_training(tmp_path):
+    data = make_dataset(tmp_path / "data", per_class=3, size=32, classes=("circle", "square"))
+    for png in (data / "square").iterdir():
+        png.write_bytes(b"not an image")
+    with pytest.raises(ValueError):
+        list(train(TINY, data, tmp_path / "ck"))
+    assert not (tmp_path / "ck").exists() or not any((tmp_path / "ck").glob("*/model.safetensors"))
