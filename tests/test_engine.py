@@ -191,10 +191,25 @@ def test_config_round_trips_through_a_dict():
     assert TrainConfig.from_dict(newer) == cfg  # unknown keys from newer versions are ignored
 
 
-def test_unusable_dataset_is_reported_before_training(tmp_path):
-    data = make_dataset(tmp_path / "data", per_class=3, size=32, classes=("circle", "square"))
-    for png in (data / "square").iterdir():
-        png.write_bytes(b"not an image")
-    with pytest.raises(ValueError):
+def _truncate(path) -> None:
+    """Keep the header (the scan accepts the file), lose the pixels (decoding fails)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_undecodable_images_are_skipped_and_counted(tmp_path):
+    data = make_dataset(tmp_path / "data", per_class=4, size=40)
+    _truncate(sorted(data.rglob("*.png"))[0])
+    events = list(train(dataclasses.replace(TINY, epochs=1), data, tmp_path / "ck"))
+    started = next(e for e in events if isinstance(e, RunStarted))
+    assert started.skipped == 1 and started.n_train + started.n_val == 11
+    assert isinstance(events[-1], Finished) and read_meta(events[-1].run_dir)["data"]["skipped"] == 1
+
+
+def test_nothing_decodable_is_an_error_before_any_run_directory(tmp_path):
+    data = make_dataset(tmp_path / "data", per_class=3, size=40)
+    for png in data.rglob("*.png"):
+        _truncate(png)
+    with pytest.raises(ValueError, match="could be decoded"):
         list(train(TINY, data, tmp_path / "ck"))
-    assert not (tmp_path / "ck").exists() or not any((tmp_path / "ck").glob("*/model.safetensors"))
+    assert not (tmp_path / "ck").exists() or not any((tmp_path / "ck").iterdir())
