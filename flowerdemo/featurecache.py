@@ -24,9 +24,14 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("FLOWERDEMO_CACHE", Path.home() / ".cache" / "flowerdemo")) / "features"
 
 
+# Bump when the features of the same backbone name change: 2 = Lite weights on timm's tf_ variant
+# (TF "SAME" padding); caches written by the PyTorch-padded variant must not be reused.
+FEATURES_VERSION = 2
+
+
 def feature_key(cfg: TrainConfig, prep: Preprocessing, train_paths: Sequence[Path], val_paths: Sequence[Path]) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"model": cfg.model, "pretrained": cfg.pretrained, "prep": prep.to_dict(),
+    h.update(json.dumps({"version": FEATURES_VERSION, "model": cfg.model, "pretrained": cfg.pretrained, "prep": prep.to_dict(),
                          "augment": cfg.to_dict()["augment"], "views": cfg.fast_views, "seed": cfg.seed,
                          "torch": torch.__version__}, sort_keys=True).encode())
     for tag, paths in (("train", train_paths), ("val", val_paths)):
