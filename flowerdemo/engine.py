@@ -74,7 +74,9 @@ class FullTrainer:
         self.dist = dist_info
         freeze(model, cfg.freeze, cfg.frozen_stages)
         self.frozen = frozen_modules(model)
-        self.channels_last = cfg.channels_last and device.type == "cuda"
+        # NHWC pays on CPUs too: oneDNN's depthwise/1x1 kernels. Lite0 at 192 px, batch 32, train step on
+        # the 2-core dev machine: 2.55 s -> 1.43 s unfrozen, 1.69 s -> 1.09 s with 3 stages frozen
+        self.channels_last = cfg.channels_last
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         self.forward_model = torch.compile(model) if cfg.compile else model
