@@ -53,25 +53,33 @@ def explain(clf: Classifier, image, method: str = "gradcam", target: str | int |
         raise ExplainError(f"unknown CAM method {method!r}; choose one of: {', '.join(CAM_METHODS)}")
     if not 0.0 <= alpha <= 1.0:
         raise ExplainError(f"alpha (heatmap opacity) must be in [0, 1], got {alpha}")
-    prepared = prepare_image(image, clf.preprocessing, max_side=max_side)
+    chosen = None if target is None or target == "" else resolve_target(clf, target, -1)  # bad names fail first
+    # the overlay is drawn on the decoded image: at least twice the model input, or half of max_side
+    size = clf.preprocessing.input_size
+    prepared = prepare_image(image, clf.preprocessing, max_side=max_side, min_side=max(2 * size, (max_side or 0) // 2))
     model = clf.model
-    x = prepared.tensor.to(next(model.parameters()).device)
+    x = prepared.tensor.to(next(model.parameters()).device, memory_format=torch.channels_last)
     with _LOCK:
-        with torch.no_grad():
-            probs = model.eval()(x).float().softmax(1)[0].cpu()
-        index = resolve_target(clf, target, int(probs.argmax()))
         # a backbone frozen in training has requires_grad=False: CAM needs gradients at the target layer
         flags = [p.requires_grad for p in model.parameters()]
         for p in model.parameters():
             p.requires_grad_(True)
         try:
             with CAM_METHODS[method](model=model, target_layers=[model.target_layer]) as cam:
-                if hasattr(cam, "batch_size"):
-                    cam.batch_size = 32  # ScoreCAM: bounded memory per forward
-                grayscale = cam(input_tensor=x, targets=[ClassifierOutputTarget(index)])[0]
+                if isinstance(cam, ScoreCAM):
+                    cam.batch_size = 32  # read by ScoreCAM when set (its default is 16 masks per forward)
+                # targets=None: the CAM's own forward picks the predicted class, so the image runs once
+                targets = None if chosen is None else [ClassifierOutputTarget(chosen)]
+                grayscale = cam(input_tensor=x, targets=targets)[0]
+                outputs = getattr(cam, "outputs", None)
+            if outputs is None:  # a grad-cam without BaseCAM.outputs: one more forward
+                with torch.no_grad():
+                    outputs = model.eval()(x)
         finally:
             for p, flag in zip(model.parameters(), flags):
                 p.requires_grad_(flag)
+    probs = outputs.detach().float().softmax(1)[0].cpu()
+    index = int(probs.argmax()) if chosen is None else chosen
     heatmap = _place(np.nan_to_num(grayscale.astype(np.float32)), prepared.original.size, prepared.box)
     rgb = np.asarray(prepared.original, dtype=np.float32) / 255.0
     overlay = show_cam_on_image(rgb, heatmap, use_rgb=True, image_weight=1.0 - alpha)

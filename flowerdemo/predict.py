@@ -29,10 +29,13 @@ def crop_box(width: int, height: int, prep: Preprocessing) -> tuple[int, int, in
 
 
 def prepare_image(image, prep: Preprocessing, max_side: int | None = None,
-                  max_pixels: int = DEFAULT_MAX_PIXELS) -> PreparedImage:
-    """Decode (no more pixels than needed: JPEG draft to >= max(max_side, 2x input)), crop, normalise."""
-    want = max(prep.input_size * 2, max_side or 0)
-    img = load_image(image, max_pixels=max_pixels, draft=(want, want) if max_side else (prep.input_size * 2,) * 2)
+                  max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None) -> PreparedImage:
+    """Decode no more pixels than needed, crop, normalise. JPEGs decode at the coarsest DCT scale
+    (1/2, 1/4, 1/8) whose short side is still >= max(eval resize, `min_side`): a 12 MP photo at 1/8
+    is 500x375, already more than the model's 219 px short side. `max_side` caps the kept image
+    (what an overlay is drawn on)."""
+    want = max(prep.resize_size, min_side or 0)
+    img = load_image(image, max_pixels=max_pixels, draft=(want, want))
     if max_side and max(img.size) > max_side:
         img.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
     box = crop_box(*img.size, prep)
@@ -46,7 +49,7 @@ def prepare_image(image, prep: Preprocessing, max_side: int | None = None,
 def probabilities(clf: Classifier, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
     """Softmax over classes for a prepared batch; `tta` averages with the mirrored image."""
     device = next(clf.model.parameters()).device
-    x = x.to(device)
+    x = x.to(device, memory_format=torch.channels_last)  # the layout load_checkpoint gave the model
     probs = clf.model(x).float().softmax(1)
     if tta:
         probs = (probs + clf.model(x.flip(-1)).float().softmax(1)) / 2

@@ -51,11 +51,15 @@ def _trained_like(name: str, **head) -> torch.nn.Module:
 def test_round_trip_reproduces_logits_exactly(tmp_path, name, head):
     model = _trained_like(name, **head)
     x = torch.randn(3, 3, 64, 64)
-    with torch.no_grad():
-        before = model(x)
     save_checkpoint(tmp_path / "run", model, _meta(model))
     clf = load_checkpoint(tmp_path / "run")
     assert not clf.model.training and clf.classes == ("a", "b", "c")
+    loaded = clf.model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in model.state_dict().items()) and loaded.keys() == model.state_dict().keys()
+    # load_checkpoint hands out an NHWC (channels_last) model for speed; in the same layout the logits are identical
+    model.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        before = model(x)
     with torch.no_grad():
         assert torch.equal(clf.model(x), before)
     assert clf.preprocessing == model.spec.preprocessing.with_size(64)

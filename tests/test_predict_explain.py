@@ -85,7 +85,16 @@ def test_every_cam_method_gives_a_heatmap_in_0_1_at_the_image_size(clf, method):
     model, (w, h) = clf, (120, 96)  # not square: catches a transposed heatmap
     if method == "scorecam":  # one forward pass per channel of the target layer (1280): a smaller input
         model, (w, h) = dataclasses.replace(clf, preprocessing=clf.preprocessing.with_size(64)), (80, 64)
-    ex = explain(model, _image("square").resize((w, h)), method=method)
+    batches: list[int] = []
+    hook = clf.model.register_forward_hook(lambda m, args, out: batches.append(args[0].shape[0]))
+    try:
+        ex = explain(model, _image("square").resize((w, h)), method=method)
+    finally:
+        hook.remove()
+    if method == "scorecam":  # masked copies of the image, 32 per forward (ours), not the library's 16
+        assert max(batches) == 32 and len(batches) == 1 + (1280 + 31) // 32
+    else:  # the CAM's own forward gives the probabilities too: the image runs through the model once
+        assert batches == [1]
     assert ex.method == method
     assert ex.heatmap.dtype == np.float32 and ex.heatmap.shape == (h, w)
     assert ex.heatmap.min() >= 0.0 and ex.heatmap.max() <= 1.0 and ex.heatmap.max() > 0.1
@@ -152,7 +161,7 @@ def test_hooks_and_flags_are_released_when_the_cam_fails(trained_run, monkeypatc
 
     monkeypatch.setattr(explain_module, "ClassifierOutputTarget", Boom)
     with pytest.raises(RuntimeError, match="target failed"):
-        explain(fresh, _image())
+        explain(fresh, _image(), target="circle")  # a chosen class goes through our target object
     _assert_no_hooks(fresh.model)
     assert [p.requires_grad for p in fresh.model.parameters()] == flags
     monkeypatch.undo()
