@@ -22,20 +22,23 @@ from .optim import make_optimizer, make_scheduler
 from .tensorcache import ImageTensors
 
 log = logging.getLogger(__name__)
+FEATURE_BATCH = 64  # images per backbone forward during extraction
 
 @torch.no_grad()
 def extract_features(
     model: FlowerNet, data: ImageTensors, prep: Preprocessing, views: int, augment: BatchAugment | None,
-    generator: torch.Generator, device: torch.device, batch_size: int = 64, channels_last: bool = True,
+    generator: torch.Generator, device: torch.device, batch_size: int = FEATURE_BATCH, channels_last: bool = True,
+    progress: tuple[int, int] | None = None,
 ) -> Generator[Progress, None, torch.Tensor]:
     """(views, N, F) pooled backbone features; view 0 is the eval crop, the rest augmented.
     channels_last pays on CPUs too: oneDNN's depthwise convolutions are ~2x faster in NHWC (measured
-    on the 2-core dev machine with EfficientNet-Lite0, inference)."""
+    on the 2-core dev machine with EfficientNet-Lite0, inference). `progress=(done, total)` continues
+    a count started by an earlier call (train then val: one bar, not two that restart)."""
     model.backbone.eval()
     if channels_last:
         model.backbone.to(memory_format=torch.channels_last)
-    total = views * ((len(data) + batch_size - 1) // batch_size)
-    done = 0
+    batches = views * ((len(data) + batch_size - 1) // batch_size)
+    done, total = progress if progress is not None else (0, batches)
     out = []
     for v in range(views):
         feats = []
@@ -71,12 +74,16 @@ class FastTrainer:
         else:
             augment = BatchAugment(self.cfg.augment, self.prep.input_size, self.prep.mean, self.prep.std)
             aug_generator = torch.Generator().manual_seed(self.cfg.seed + 1)
+            batches = lambda n: (n + FEATURE_BATCH - 1) // FEATURE_BATCH  # noqa: E731
+            n_train = self.cfg.fast_views * batches(len(self.train))
+            total = n_train + batches(len(self.val))
             train_feats = yield from extract_features(self.model, self.train, self.prep, self.cfg.fast_views,
                                                       augment, aug_generator, self.device,
-                                                      channels_last=self.cfg.channels_last)
+                                                      channels_last=self.cfg.channels_last, progress=(0, total))
             val_feats = (yield from extract_features(self.model, self.val, self.prep, 1, None,
                                                      aug_generator, self.device,
-                                                     channels_last=self.cfg.channels_last))[0]
+                                                     channels_last=self.cfg.channels_last,
+                                                     progress=(n_train, total)))[0]
             # rounded to fp16 like the disk cache, so a cached rerun trains on identical numbers
             self.train_feats, self.val_feats = train_feats.half().float(), val_feats.half().float()
             if self.cfg.cache_features:
