@@ -17,7 +17,7 @@ from .checkpoints import META, WEIGHTS, CheckpointError, read_meta, safe_name
 log = logging.getLogger(__name__)
 
 PIN_MARKER = "PINNED"  # an empty file in a run directory: never deleted by prune_runs
-DEFAULT_RUN = "flowers5-lite0"  # the model shipped with the app: never deleted
+DEFAULT_RUN = "flowers5-lite2"  # the model shipped with the app: never deleted
 STALE_SECONDS = 3600  # a run folder without weights this old is an abandoned (crashed) run
 
 

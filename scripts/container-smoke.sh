@@ -9,7 +9,7 @@
 #   bash scripts/container-smoke.sh --torch-index https://download.pytorch.org/whl/cu130   # the CUDA image
 #   bash scripts/container-smoke.sh --engine podman                   # podman (builds --format docker)
 #
-# If the image holds no checkpoint (checkpoints/flowers5-lite0 not built yet) the script copies
+# If the image holds no checkpoint (checkpoints/flowers5-lite2 not built yet) the script copies
 # --checkpoint DIR into the container, or else trains a tiny model inside it on synthetic images
 # (seconds on a CPU), so that the predict call has a model to answer with.
 set -euo pipefail

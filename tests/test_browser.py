@@ -3,7 +3,7 @@ label and the heatmap; train on a server folder and see the curves redrawn and t
 
 Skipped when the playwright package or a chromium binary is missing (FLOWERDEMO_CHROMIUM, else
 `chromium` on PATH, else /usr/bin/chromium). With FLOWERDEMO_SCREENSHOTS=docs/screenshots it also
-saves predict.png and train.png there, using checkpoints/flowers5-lite0 when that model exists
+saves predict.png and train.png there, using checkpoints/flowers5-lite2 when that model exists
 (training is always on synthetic shapes: pictures of other people's photos are not ours to commit).
 """
 
@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from flowerdemo.checkpoints import read_meta
+from flowerdemo.runs import DEFAULT_RUN
 from tests.synth import draw_sample, make_dataset
 from tests.test_app import running_app, tiny_model
 
@@ -25,7 +26,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright pac
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("FLOWERDEMO_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = os.environ.get("FLOWERDEMO_SCREENSHOTS")
-REAL_MODEL = REPO / "checkpoints" / "flowers5-lite0"
+REAL_MODEL = REPO / "checkpoints" / DEFAULT_RUN
 EPOCHS = 8
 TIMEOUT_MS = 120_000  # a busy 2-core machine; a healthy run takes seconds
 
