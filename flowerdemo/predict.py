@@ -32,7 +32,7 @@ def prepare_image(image, prep: Preprocessing, max_side: int | None = None,
                   max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None) -> PreparedImage:
     """Decode no more pixels than needed, crop, normalise. JPEGs decode at the coarsest DCT scale
     (1/2, 1/4, 1/8) whose short side is still >= max(eval resize, `min_side`): a 12 MP photo at 1/8
-    is 500x375, already more than the model's 219 px short side. `max_side` caps the kept image
+    is 500x375, more than the 270 px eval resize of a 240 px model. `max_side` caps the kept image
     (what an overlay is drawn on)."""
     want = max(prep.resize_size, min_side or 0)
     img = load_image(image, max_pixels=max_pixels, draft=(want, want))

@@ -204,3 +204,18 @@ def test_bad_requests_raise_explain_errors_that_say_what_is_accepted(clf):
         explain(clf, img, alpha=1.5)
     _assert_no_hooks(clf.model)
 
+
+
+def test_a_large_jpeg_is_decoded_at_the_coarsest_scale_the_model_can_use(clf, tmp_path):
+    """A 2400x1800 JPEG: probabilities need only the eval resize (DCT scale 1/8); the app's Grad-CAM
+    (overlay at most 1024 px) asks for half of that cap, so 1/2 (1200x900), then shrinks to 1024."""
+    path = tmp_path / "big.jpg"
+    _image("circle").resize((2400, 1800)).save(path, quality=90)
+    prep = clf.preprocessing
+    small = prepare_image(path, prep)
+    assert small.original.size == (300, 225)  # 1/8
+    assert min(small.original.size) >= prep.resize_size
+    assert next(iter(predict(clf, path))) == "circle"
+    assert prepare_image(path, prep, min_side=512).original.size == (1200, 900)  # 1/2: 1/4 would be 450 < 512
+    ex = explain(clf, path, max_side=1024)
+    assert ex.heatmap.shape == (768, 1024) and ex.overlay.size == (1024, 768) and ex.class_name == "circle"
