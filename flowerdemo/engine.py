@@ -74,8 +74,8 @@ class FullTrainer:
         self.dist = dist_info
         freeze(model, cfg.freeze, cfg.frozen_stages)
         self.frozen = frozen_modules(model)
-        # NHWC pays on CPUs too: oneDNN's depthwise/1x1 kernels. Lite0 at 192 px, batch 32, train step on
-        # the 2-core dev machine: 2.55 s -> 1.43 s unfrozen, 1.69 s -> 1.09 s with 3 stages frozen
+        # NHWC pays on CPUs too (oneDNN's depthwise/1x1 kernels): benchmarks/speed.py, Lite0 224 px, one
+        # epoch on the 2-core dev machine, 9.2 -> 16.2 img/s; benchmarks/layout.py train step 1.2-1.6x
         self.channels_last = cfg.channels_last
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
