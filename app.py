@@ -34,9 +34,8 @@ def create_demo(ctx: AppContext | None = None) -> gr.Blocks:
             predict = predict_tab.build(ctx, active)
             on_load, load_outputs = train_tab.build(ctx, active, predict)
             models_tab.build(ctx, active, predict)
-        # one after the other: run side by side, their first imports of torchvision race and one fails
-        demo.load(predict.refresh, active, predict.refresh_outputs, api_name="init").then(
-            on_load, None, load_outputs, api_name="backbones")
+        demo.load(predict.refresh, active, predict.refresh_outputs, api_name="init")
+        demo.load(on_load, None, load_outputs, api_name="backbones")
     demo.ctx = ctx  # for tests and embedding: the settings, models and training slot behind this demo
     return demo
 

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
+import torchvision
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -49,9 +51,6 @@ class Classifier:
 
 
 def library_versions() -> dict[str, str]:
-    import timm
-    import torchvision
-
     from . import __version__
 
     return {"flowerdemo": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
@@ -136,7 +135,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Cla
     except RuntimeError as exc:
         raise CheckpointError(f"{weights}: weights do not fit {meta['architecture']}: {exc}") from exc
     # NHWC: oneDNN's depthwise/1x1 kernels (and tensor cores on CUDA). Shipped Lite2 at 240 px, one image,
-    # 2-core CPU: 36 -> 26 ms per forward. save_checkpoint stores contiguous copies, so this is inference-only.
+    # 2-core CPU (benchmarks/layout.py): 35 -> 21-26 ms per forward. save_checkpoint stores contiguous copies.
     model.to(device).eval().to(memory_format=torch.channels_last)
     return Classifier(model, tuple(meta["classes"]), Preprocessing.from_dict(meta["preprocessing"]), meta,
                       weights.parent)

