@@ -71,10 +71,7 @@ def explain(clf: Classifier, image, method: str = "gradcam", target: str | int |
                 # targets=None: the CAM's own forward picks the predicted class, so the image runs once
                 targets = None if chosen is None else [ClassifierOutputTarget(chosen)]
                 grayscale = cam(input_tensor=x, targets=targets)[0]
-                outputs = getattr(cam, "outputs", None)
-            if outputs is None:  # a grad-cam without BaseCAM.outputs: one more forward
-                with torch.no_grad():
-                    outputs = model.eval()(x)
+                outputs = cam.outputs  # the logits of that forward (BaseCAM keeps them in every grad-cam >= 1.5.4, our minimum)
         finally:
             for p, flag in zip(model.parameters(), flags):
                 p.requires_grad_(flag)

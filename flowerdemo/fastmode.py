@@ -24,6 +24,10 @@ from .tensorcache import ImageTensors
 log = logging.getLogger(__name__)
 FEATURE_BATCH = 64  # images per backbone forward during extraction
 
+
+def _batches(n: int, batch_size: int = FEATURE_BATCH) -> int:
+    return (n + batch_size - 1) // batch_size
+
 @torch.no_grad()
 def extract_features(
     model: FlowerNet, data: ImageTensors, prep: Preprocessing, views: int, augment: BatchAugment | None,
@@ -37,8 +41,7 @@ def extract_features(
     model.backbone.eval()
     if channels_last:
         model.backbone.to(memory_format=torch.channels_last)
-    batches = views * ((len(data) + batch_size - 1) // batch_size)
-    done, total = progress if progress is not None else (0, batches)
+    done, total = progress if progress is not None else (0, views * _batches(len(data), batch_size))
     out = []
     for v in range(views):
         feats = []
@@ -74,9 +77,8 @@ class FastTrainer:
         else:
             augment = BatchAugment(self.cfg.augment, self.prep.input_size, self.prep.mean, self.prep.std)
             aug_generator = torch.Generator().manual_seed(self.cfg.seed + 1)
-            batches = lambda n: (n + FEATURE_BATCH - 1) // FEATURE_BATCH  # noqa: E731
-            n_train = self.cfg.fast_views * batches(len(self.train))
-            total = n_train + batches(len(self.val))
+            n_train = self.cfg.fast_views * _batches(len(self.train))
+            total = n_train + _batches(len(self.val))
             train_feats = yield from extract_features(self.model, self.train, self.prep, self.cfg.fast_views,
                                                       augment, aug_generator, self.device,
                                                       channels_last=self.cfg.channels_last, progress=(0, total))

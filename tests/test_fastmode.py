@@ -34,6 +34,10 @@ def test_fast_mode_learns_and_reports_every_epoch(trained_run):
     # the engine's progress reaches every training batch of every epoch
     steps = [e for e in events if isinstance(e, Progress) and e.stage == "train"]
     assert {e.epoch for e in steps} == set(range(1, cfg.epochs + 1))
+    # feature extraction (train views, then validation) is one count that never restarts and ends full
+    feats = [e for e in events if isinstance(e, Progress) and e.stage == "features"]
+    assert [e.done for e in feats] == list(range(1, len(feats) + 1))
+    assert {e.total for e in feats} == {len(feats)}
 
 
 def _run(cfg: TrainConfig, data: Path, out: Path) -> tuple[int, list[tuple], float]:
