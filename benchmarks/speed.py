@@ -242,7 +242,8 @@ def run_engine(args: argparse.Namespace, split, device_name: str, mode: str, wor
     import torch
 
     os.environ["FLOWERDEMO_CACHE"] = str(work / "cache")  # fresh fast-mode feature cache: a cold run
-    from flowerdemo.engine import autocast_for, train
+    from flowerdemo.engine import train
+    from flowerdemo.precision import autocast_for
     from flowerdemo.events import CheckpointSaved, EpochEnd, Finished, Progress, RunStarted
     from flowerdemo.models import get_spec
 

@@ -87,7 +87,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     from .cli import resolve_data
     from .dataset import DatasetError, scan_dataset
-    from .engine import autocast_for, resolve_device
+    from .engine import resolve_device
+    from .precision import autocast_for
     from .loops import loss_and_accuracy, predict_tensors
     from .metrics import classification_report, format_report
     from .tensorcache import decode_samples

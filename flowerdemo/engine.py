@@ -11,9 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from contextlib import nullcontext
 from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
 from typing import Generator
 
@@ -30,6 +28,7 @@ from .loops import batch_starts, loss_and_accuracy, predict_tensors, train_one_e
 from .metrics import classification_report
 from .models import FlowerNet, Preprocessing, build_model, freeze, frozen_modules
 from .optim import head_lr, make_optimizer, make_scheduler
+from .precision import autocast_for
 from .tensorcache import ImageTensors, decode_samples
 
 log = logging.getLogger(__name__)
@@ -54,14 +53,6 @@ def describe_device(device: torch.device) -> str:
 def resolve_mode(cfg: TrainConfig, device: torch.device) -> str:
     """auto: full fine-tuning on a GPU, frozen-feature fast mode on a CPU."""
     return cfg.mode if cfg.mode != "auto" else ("full" if device.type == "cuda" else "fast")
-
-
-def autocast_for(device: torch.device, enabled: bool) -> tuple[callable, torch.amp.GradScaler]:
-    """bf16 autocast where supported, else fp16 with a loss scaler; plain fp32 on CPU."""
-    if device.type != "cuda" or not enabled:
-        return nullcontext, torch.amp.GradScaler("cuda", enabled=False)
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return partial(torch.autocast, "cuda", dtype=dtype), torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
 
 
 class FullTrainer:

@@ -1,6 +1,7 @@
-"""On-disk cache of fast-mode backbone features, keyed by everything that determines them:
-backbone, weights, geometry, augmentation settings, views, seed and the exact image files (path,
-size, mtime). A second run on the same data and backbone skips feature extraction entirely."""
+"""On-disk cache of fast-mode backbone activations (pooled features, or the last stage's inputs),
+keyed by everything that determines them: backbone, weights, geometry, augmentation settings, views,
+seed, what is cached, precision and the exact image files (path, size, mtime). A second run on the
+same data and backbone skips extraction entirely."""
 
 from __future__ import annotations
 
@@ -25,15 +26,19 @@ def default_cache_dir() -> Path:
 
 
 # Bump when the features of the same backbone name change: 2 = Lite weights on timm's tf_ variant
-# (TF "SAME" padding); caches written by the PyTorch-padded variant must not be reused.
-FEATURES_VERSION = 2
+# (TF "SAME" padding); caches written by the PyTorch-padded variant must not be reused. 3 = fp16 as
+# computed (no fp32 round trip), "cached" and "precision" in the key.
+FEATURES_VERSION = 3
 
 
-def feature_key(cfg: TrainConfig, prep: Preprocessing, train_paths: Sequence[Path], val_paths: Sequence[Path]) -> str:
+def feature_key(cfg: TrainConfig, prep: Preprocessing, train_paths: Sequence[Path], val_paths: Sequence[Path],
+                cached: str = "pooled", precision: str = "fp32") -> str:
+    """`cached`: "pooled" features or "trunk" activations (the last stage's inputs); `precision`: the
+    autocast dtype they were computed in."""
     h = hashlib.sha256()
     h.update(json.dumps({"version": FEATURES_VERSION, "model": cfg.model, "pretrained": cfg.pretrained, "prep": prep.to_dict(),
                          "augment": cfg.to_dict()["augment"], "views": cfg.fast_views, "seed": cfg.seed,
-                         "torch": torch.__version__}, sort_keys=True).encode())
+                         "cached": cached, "precision": precision, "torch": torch.__version__}, sort_keys=True).encode())
     for tag, paths in (("train", train_paths), ("val", val_paths)):
         h.update(tag.encode())
         for p in paths:
@@ -48,14 +53,14 @@ def load_features(cache_dir: Path, key: str) -> tuple[torch.Tensor, torch.Tensor
         return None
     try:
         t = load_file(str(path))
-        return t["train"].float(), t["val"].float()
+        return t["train"], t["val"]
     except Exception as exc:  # a truncated or foreign file: recompute
         log.warning("ignoring unreadable feature cache %s: %s", path, exc)
         return None
 
 
 def save_features(cache_dir: Path, key: str, train: torch.Tensor, val: torch.Tensor) -> None:
-    """fp16 on disk (features are post-BN activations: fp16 loses nothing measurable); atomic."""
+    """fp16 on disk, as computed (post-BN activations: fp16 loses nothing measurable); atomic."""
     cache_dir = Path(cache_dir)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)

