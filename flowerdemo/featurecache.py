@@ -21,6 +21,11 @@ from .models import Preprocessing
 log = logging.getLogger(__name__)
 
 
+# Least recently used entries beyond this total are deleted after each write (one Lite0 entry for the
+# 2.5k-photo dev set with 3 views of last-stage inputs is ~140 MB)
+MAX_CACHE_BYTES = 2 * 2**30
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("FLOWERDEMO_CACHE", Path.home() / ".cache" / "flowerdemo")) / "features"
 
@@ -53,6 +58,7 @@ def load_features(cache_dir: Path, key: str) -> tuple[torch.Tensor, torch.Tensor
         return None
     try:
         t = load_file(str(path))
+        os.utime(path)  # recently used: the last to be pruned
         return t["train"], t["val"]
     except Exception as exc:  # a truncated or foreign file: recompute
         log.warning("ignoring unreadable feature cache %s: %s", path, exc)
@@ -67,5 +73,35 @@ def save_features(cache_dir: Path, key: str, train: torch.Tensor, val: torch.Ten
         tmp = cache_dir / f".{key}.tmp-{os.getpid()}"
         save_file({"train": train.half().contiguous(), "val": val.half().contiguous()}, str(tmp))
         os.replace(tmp, cache_dir / f"{key}.safetensors")
+        prune(cache_dir, keep=key)
     except OSError as exc:  # a read-only home must not stop training
         log.warning("could not write the feature cache in %s: %s", cache_dir, exc)
+
+
+def prune(cache_dir: Path, keep: str = "", max_bytes: int | None = None) -> list[Path]:
+    """Delete the least recently used cache files until the rest fit in `max_bytes` (default
+    MAX_CACHE_BYTES); the entry `keep` (just written) always stays. Returns what was deleted."""
+    limit = MAX_CACHE_BYTES if max_bytes is None else max_bytes
+    entries = []
+    for path in Path(cache_dir).glob("*.safetensors"):
+        try:
+            st = path.stat()
+        except OSError:  # removed meanwhile by another process
+            continue
+        entries.append((st.st_mtime, st.st_size, path))
+    total = sum(size for _, size, _ in entries)
+    deleted = []
+    for _, size, path in sorted(entries):  # oldest first
+        if total <= limit:
+            break
+        if path.stem == keep:
+            continue
+        try:
+            path.unlink()
+        except OSError:
+            continue
+        total -= size
+        deleted.append(path)
+    if deleted:
+        log.info("feature cache: removed %d least recently used file(s) to stay under %.1f GiB", len(deleted), limit / 2**30)
+    return deleted

@@ -141,3 +141,18 @@ def test_fast_mode_learns_in_fp32_and_in_cpu_bf16(bf16, tmp_path, monkeypatch):
     curve = [e for e in events if isinstance(e, EpochEnd)]
     assert curve[-1].train_loss < curve[0].train_loss
     assert events[-1].best_val_acc >= 0.8
+
+
+def test_feature_cache_prunes_least_recently_used_files_and_keeps_the_new_one(tmp_path):
+    from flowerdemo import featurecache
+
+    t = torch.zeros(4, 8)
+    for i, key in enumerate(["old", "used", "mid"]):
+        featurecache.save_features(tmp_path, key, t, t)
+        os.utime(tmp_path / f"{key}.safetensors", (1000 + i, 1000 + i))
+    size = (tmp_path / "old.safetensors").stat().st_size
+    assert featurecache.load_features(tmp_path, "used") is not None  # reading marks it recently used
+    deleted = featurecache.prune(tmp_path, keep="new", max_bytes=2 * size)
+    assert [p.name for p in deleted] == ["old.safetensors"]
+    assert featurecache.prune(tmp_path, keep="mid", max_bytes=0) == [tmp_path / "used.safetensors"]
+    assert [p.name for p in tmp_path.glob("*.safetensors")] == ["mid.safetensors"]  # kept though over the limit
