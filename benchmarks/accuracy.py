@@ -2,8 +2,8 @@
 
 Trains with `flowerdemo.engine.train` and reads everything from its events (EpochEnd, Finished):
 best validation accuracy, per-class recall (and precision/F1), the per-epoch curve, wall time and
-training images/s. Only --mode, --image-size, --epochs (and --fast-views, --seed, --device) are
-overridden; every other setting is the TrainConfig default and is stored in the JSON.
+training images/s. Only --mode, --image-size, --epochs (and --fast-views, --head-only, --seed,
+--device) are overridden; every other setting is the TrainConfig default and is stored in the JSON.
 
 The fast-mode feature cache points at a fresh temporary folder, so the wall time is that of a
 first (cold) run; checkpoints go to a temporary folder too unless --keep-checkpoint DIR is given.
@@ -11,6 +11,7 @@ first (cold) run; checkpoints go to a temporary folder too unless --keep-checkpo
     python benchmarks/accuracy.py                                   # defaults: mode auto (GPU full, CPU fast)
     python benchmarks/accuracy.py --mode full --device cuda
     python benchmarks/accuracy.py --mode fast --seed 1
+    python benchmarks/accuracy.py --mode fast --head-only           # the linear-probe baseline
     python benchmarks/accuracy.py --limit-per-class 20 --epochs 1 --image-size 96   # smoke
 """
 
@@ -39,10 +40,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     common.add_common_args(p, NAME)
     p.add_argument("--mode", choices=("auto", "fast", "full"), default="auto",
-                   help="auto (the default config): full fine-tuning on a GPU, fast frozen-feature mode on a CPU")
+                   help="auto (the default config): full fine-tuning on a GPU, fast mode (cached activations) on a CPU")
     p.add_argument("--image-size", type=int, default=None, help="override TrainConfig.image_size (0 = backbone's own)")
     p.add_argument("--epochs", type=int, default=None, help="override TrainConfig.epochs")
     p.add_argument("--fast-views", type=int, default=None, help="override TrainConfig.fast_views (fast mode)")
+    p.add_argument("--head-only", action="store_true",
+                   help="fast mode: freeze the whole backbone and train the head on pooled features "
+                        "(TrainConfig.fast_tune_last_stage=False), the plain linear-probe baseline")
     p.add_argument("--seed", type=int, default=0, help="split and training seed (TrainConfig.seed)")
     p.add_argument("--limit-per-class", type=int, default=0, help="use at most N images per class (0 = all)")
     p.add_argument("--keep-checkpoint", type=Path, default=None, metavar="DIR",
@@ -64,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("image_size", "epochs", "fast_views"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
+    if args.head_only:
+        overrides["fast_tune_last_stage"] = False
     try:
         cfg = replace(TrainConfig(), **overrides)
     except ConfigError as exc:
@@ -118,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     classes = list(per_class)
     header = ["config", "val acc", *(f"{c} recall" for c in classes), "macro F1", "wall s", "train img/s"]
     size = cfg.image_size or "default"
-    row = [f"{cfg.model} {summary['mode']}, {cfg.epochs} ep, {size} px, seed {cfg.seed}", f"{summary['val_acc']:.4f}",
+    how = ""
+    if summary["mode"] == "fast":
+        how = f", {cfg.fast_views} views, {'last stage + head' if cfg.fast_tune_last_stage else 'head only'}"
+    row = [f"{cfg.model} {summary['mode']}{how}, {cfg.epochs} ep, {size} px, seed {cfg.seed}", f"{summary['val_acc']:.4f}",
            *(f"{per_class[c]:.3f}" for c in classes), f"{summary['macro_f1']:.4f}", f"{summary['wall_s']:.1f}",
            common.fmt(summary["train_img_s"])]
     print(common.markdown_table(header, [row]))

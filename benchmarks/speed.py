@@ -11,9 +11,9 @@ smoothing, gradient clipping, AdamW), so what differs is the pipeline:
   full   flowerdemo.engine.train(mode="full"): images decoded once into a uint8 tensor cache (on the
          GPU when there is one), batched tensor augmentations, bf16 autocast + channels_last +
          fused AdamW on CUDA, one host sync per epoch.
-  fast   flowerdemo.engine.train(mode="fast", the CPU default): frozen backbone, features extracted
-         once per view, then only the head trains. Its img/s counts head steps on cached features,
-         so compare it by wall time / time to target, not by img/s.
+  fast   flowerdemo.engine.train(mode="fast", the CPU default): the backbone up to its last stage
+         runs once per view (cached), then the last stage + head train from that cache. Its img/s
+         counts steps on cached activations, so compare it by wall time / time to target, not img/s.
 
 Each variant runs in its own subprocess (clean peak-memory numbers, no cudnn / thread settings
 leaking from one variant into the next); the files are read once beforehand so all variants see
@@ -424,10 +424,10 @@ def table_row(r: dict[str, Any], device: str) -> list[str]:
     ttt = (f"{r['time_to_target_s']:.1f} s (epoch {r['epoch_to_target']})" if r["time_to_target_s"] is not None
            else "not reached")
     vs = r.get("vs_plain", {})
-    name = r["variant"] + (" (img/s = head on cached features)" if r["variant"] == "fast" else "")
+    name = r["variant"] + (" (img/s = steps on cached activations)" if r["variant"] == "fast" else "")
     return [name, common.fmt(r["train_img_s"]), common.fmt(r["epoch_s"], ".2f"), common.fmt(r["setup_s"], ".1f"),
             common.fmt(r["wall_s"], ".1f"), ttt, common.fmt(r["best_val_acc"], ".3f"), peak,
-            "n/a (head only)" if r["variant"] == "fast" and vs else common.fmt(vs.get("train_img_s_ratio"), ".2f", "—"),
+            "n/a (cached)" if r["variant"] == "fast" and vs else common.fmt(vs.get("train_img_s_ratio"), ".2f", "—"),
             common.fmt(vs.get("wall_speedup"), ".2f", "—")]
 
 

@@ -47,7 +47,7 @@ class TrainConfig:
     head: str = "mlp"  # report eq. (1): Linear(in,256)-ReLU-Dropout(0.2)-Linear; or "linear"
     head_hidden: int = 256  # report eq. (1)
     head_dropout: float = 0.2  # report eq. (1)
-    mode: str = "auto"  # auto: full fine-tune on a GPU, frozen-feature fast mode on a CPU
+    mode: str = "auto"  # auto: full fine-tune on a GPU, fast mode (cached activations) on a CPU
     freeze: str = "none"  # none | backbone (head only) | stages (the first `frozen_stages`)
     frozen_stages: int = 2  # early stages hold generic edges/colours; used when freeze="stages"
     image_size: int = 0  # 0 = the backbone's own input size (224); smaller trains faster

@@ -1,6 +1,6 @@
 """The training engine: `train(config, data)` is a generator of typed events.
 
-Device and precision are chosen once. Both modes (full fine-tuning, frozen-feature fast mode)
+Device and precision are chosen once. Both modes (full fine-tuning, fast mode on cached activations)
 share one driver: per epoch it trains, scores the validation split, keeps the best weights and
 writes them atomically. Stopping = setting `stop` (honoured within one batch) or closing the
 generator; either way the best checkpoint on disk stays loadable.
@@ -51,7 +51,7 @@ def describe_device(device: torch.device) -> str:
 
 
 def resolve_mode(cfg: TrainConfig, device: torch.device) -> str:
-    """auto: full fine-tuning on a GPU, frozen-feature fast mode on a CPU."""
+    """auto: full fine-tuning on a GPU, fast mode (cached activations, last stage + head trained) on a CPU."""
     return cfg.mode if cfg.mode != "auto" else ("full" if device.type == "cuda" else "fast")
 
 
@@ -138,7 +138,7 @@ def train(cfg: TrainConfig, data: str | Path | DatasetSplit, out_dir: str | Path
     device = device_for(dist_info, resolve_device(cfg.device))
     mode = resolve_mode(cfg, device)
     if dist_info.enabled and mode == "fast":
-        log.warning("fast mode trains one small head; under torchrun it runs as full fine-tuning instead")
+        log.warning("fast mode trains from one process's activation cache; under torchrun it runs as full fine-tuning instead")
         mode = "full"
     model = build_model(cfg.model, len(split.classes), cfg.pretrained, cfg.head, cfg.head_hidden, cfg.head_dropout).to(device)
     prep = model.spec.preprocessing.with_size(cfg.image_size)

@@ -18,7 +18,7 @@ DEFAULTS = TrainConfig()
 AUGMENTS = [("random resized crop", "random_resized_crop"), ("horizontal flip", "hflip"),
             ("colour jitter", "color_jitter"), ("rotation ±30°", "rotation"), ("translation ±10%", "translate"),
             ("random erasing", "random_erasing")]
-MODES = [("Full fine-tuning (best accuracy; wants a GPU)", "full"), ("Fast: frozen backbone (CPU-friendly)", "fast")]
+MODES = [("Full fine-tuning (best accuracy; wants a GPU)", "full"), ("Fast: cached backbone, last stage + head trained (CPU-friendly)", "fast")]
 FREEZE = [("train everything", "none"), ("freeze the backbone (head only)", "backbone"),
           ("freeze the first stages", "stages")]
 
