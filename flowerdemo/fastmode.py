@@ -24,6 +24,7 @@ from .augment import BatchAugment, eval_batch
 from .config import TrainConfig
 from .events import Progress
 from .featurecache import default_cache_dir, feature_key, load_features, save_features
+from .fold import folded_or_original
 from .models import FlowerNet, Preprocessing
 from .optim import make_optimizer, make_scheduler
 from .precision import autocast_dtype, autocast_for
@@ -116,8 +117,13 @@ class FastTrainer:
         return "trunk" if self.tune_tail else "pooled"
 
     def prepare(self) -> Generator[Progress, None, None]:
-        key = feature_key(self.cfg, self.prep, self.train.paths, self.val.paths,
-                          cached=self.cached, precision=autocast_dtype(self.autocast))
+        # the encoder is frozen: extract with BatchNorm folded into the convolutions (one memory pass
+        # less per layer; Lite0 extraction ~1.5x faster), a copy checked against the original first
+        example = torch.randn(2, 3, self.prep.input_size, self.prep.input_size,  # own generator: the run's
+                              generator=torch.Generator().manual_seed(0)).to(self.device)  # draws stay as they were
+        encoder = folded_or_original(self.encoder, example)
+        precision = autocast_dtype(self.autocast) + ("-folded" if encoder is not self.encoder else "")
+        key = feature_key(self.cfg, self.prep, self.train.paths, self.val.paths, cached=self.cached, precision=precision)
         cached = load_features(default_cache_dir(), key) if self.cfg.cache_features else None
         if cached is not None:
             self.train_feats, self.val_feats = (t.to(self.device) for t in cached)
@@ -128,9 +134,9 @@ class FastTrainer:
             n_train = self.cfg.fast_views * _batches(len(self.train))
             total = n_train + _batches(len(self.val))
             common = dict(device=self.device, channels_last=self.cfg.channels_last, autocast=self.autocast)
-            self.train_feats = yield from extract_features(self.encoder, self.train, self.prep, self.cfg.fast_views,
+            self.train_feats = yield from extract_features(encoder, self.train, self.prep, self.cfg.fast_views,
                                                            augment, aug_generator, progress=(0, total), **common)
-            self.val_feats = (yield from extract_features(self.encoder, self.val, self.prep, 1, None, aug_generator,
+            self.val_feats = (yield from extract_features(encoder, self.val, self.prep, 1, None, aug_generator,
                                                           progress=(n_train, total), **common))[0]
             if self.cfg.cache_features:
                 save_features(default_cache_dir(), key, self.train_feats.cpu(), self.val_feats.cpu())
