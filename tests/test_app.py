@@ -29,7 +29,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 # A model good enough to be "a model": 3 shape classes, 64 px, fast mode, a few seconds on a CPU.
-TINY = TrainConfig(mode="fast", image_size=64, epochs=2, batch_size=8, fast_views=2, workers=1,
+TINY = TrainConfig(mode="fast", image_size=64, epochs=6, batch_size=8, fast_views=2, workers=1,
                    cache_features=False)
 CLASSES = ("circle", "square", "triangle")
 PREDICTED = "(predicted class)"
@@ -149,6 +149,22 @@ def test_cam_names_in_the_ui_match_the_core():
     from ui.predict_tab import CAM_NAMES
 
     assert CAM_NAMES == list(CAM_METHODS)
+
+
+def test_an_empty_heatmap_is_explained_in_the_summary():
+    import numpy as np
+
+    from flowerdemo.explain import Explanation
+    from ui.predict_tab import summary_text
+
+    def ex(heat: float) -> Explanation:
+        return Explanation(np.full((4, 4), heat, np.float32), Image.new("RGB", (4, 4)), "square", 1,
+                           {"triangle": 0.36, "square": 0.34, "circle": 0.30}, "gradcam")
+
+    blank, shown = summary_text(ex(0.0), 0.05, "cpu", "m"), summary_text(ex(0.7), 0.05, "cpu", "m")
+    assert blank.startswith(shown) and shown.startswith("**triangle** (36.0%) · gradcam for *square* · 50 ms on cpu")
+    assert "heatmap is empty" in blank and "*square*" in blank.split("\n\n")[1]
+    assert "empty" not in shown
 
 
 def test_api_lists_the_documented_endpoints(client):

@@ -6,11 +6,14 @@ import base64
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import gradio as gr
 
 from .state import AppContext
+
+if TYPE_CHECKING:
+    from flowerdemo.explain import Explanation
 
 PREDICTED = "(predicted class)"
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
@@ -112,9 +115,7 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
         except (ValueError, RuntimeError) as exc:
             raise gr.Error(str(exc), title="Prediction failed") from None
         seconds = time.perf_counter() - t0
-        top, p = next(iter(ex.probabilities.items()))
-        text = (f"**{top}** ({p:.1%}) · {ex.method} for *{ex.class_name}* · {seconds * 1000:.0f} ms on "
-                f"{next(clf.model.parameters()).device} · model `{clf.name}`")
+        text = summary_text(ex, seconds, str(next(clf.model.parameters()).device), clf.name)
         return ex.probabilities, ex.overlay, heatmap_image(ex.heatmap), text
 
     gr.on([button.click, image.change, method.change, target.change, alpha.release, active.change], predict,
@@ -144,3 +145,16 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
 
     model.input(select, [model, active], [active, target, model], api_name="select_model")
     return PredictRefs(refresh, refresh_outputs)
+
+
+def summary_text(ex: Explanation, seconds: float, device: str, model_name: str) -> str:
+    """The markdown line under a prediction; says so when the heatmap is empty (Grad-CAM found no
+    region that raises the class score, which happens when the model is unsure)."""
+    top, p = next(iter(ex.probabilities.items()))
+    text = (f"**{top}** ({p:.1%}) · {ex.method} for *{ex.class_name}* · {seconds * 1000:.0f} ms on "
+            f"{device} · model `{model_name}`")
+    if not float(ex.heatmap.max()) > 0:
+        text += (f"\n\nThe heatmap is empty: no region raises the score of *{ex.class_name}* (all the "
+                 f"evidence {ex.method} found is negative, common when the model is unsure). Try another class "
+                 f"or method.")
+    return text
