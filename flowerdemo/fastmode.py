@@ -5,8 +5,8 @@ head from that cache, drawing one view per image. With `fast_tune_last_stage=Fal
 cached activations would not fit in memory) the whole backbone is frozen and only pooled features
 are cached, as in a plain linear probe.
 
-Measured on flowers5-dev, Lite0 224 px, 2-core CPU (docs/benchmarks.md §1): the frozen backbone
-plateaus at ~93.5 %; fine-tuning the tail from cached maps reaches ~95 % in the same 3 minutes.
+Measured on flowers5-dev, Lite0 224 px, 20 epochs, 3 splits, 2-core CPU (docs/benchmarks.md §1):
+head only 93.4 % best / 92.8 % last epoch (mean); last stage + head 95.4 % / 95.0 %, 143-168 s in all.
 """
 
 from __future__ import annotations

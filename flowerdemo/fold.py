@@ -3,8 +3,8 @@
 In eval mode BatchNorm is a per-channel scale and shift, so it can be merged into the weights and
 bias of the convolution that feeds it; what is left is its activation (timm's BatchNormAct2d) or
 nothing. The memory pass over every activation map that BN costs disappears: fast mode's cached
-forward of EfficientNet-Lite0 (BN replaced outright) measured 79-91 -> 112-123 img/s at 224 px in bf16
-on the 2-core dev machine. The folded copy is checked against the original before it is used.
+forward of EfficientNet-Lite0 at 224 px in bf16 went from 79-100 to 119-155 img/s on the 2-core dev
+machine (docs/benchmarks.md §1). The folded copy is checked against the original before it is used.
 """
 
 from __future__ import annotations
