@@ -103,7 +103,8 @@ class FastTrainer:
 
     def _maps_fit(self) -> bool:
         shape = cached_item_shape(self.trunk, self.prep, self.device)
-        size = 2 * self.cfg.fast_views * (len(self.train) + len(self.val)) * torch.Size(shape).numel()
+        items = self.cfg.fast_views * len(self.train) + len(self.val)  # validation: the clean view only
+        size = 2 * items * torch.Size(shape).numel()  # fp16
         if size > MAP_BUDGET_BYTES:
             log.warning("fast mode: the last stage's inputs (%s per image) would need %.1f GiB for %d view(s); "
                         "training the head only, on pooled features", "x".join(map(str, shape)), size / 2**30,
