@@ -71,7 +71,7 @@ class TrainConfig:
     fast_views: int = 3  # fast mode: cached views per image (1 clean, the rest augmented)
     # each view costs a forward pass of the training set (~25 s for 2k images on 2 cores); with the last stage
     # fine-tuned, 3 views beat 2 and 4 no longer fit the 3-minute budget (docs/benchmarks.md §1)
-    fast_tune_last_stage: bool = True  # fast mode: also fine-tune the backbone's last stage from cached activations
+    fast_tune_last_stage: bool = True  # fast mode: also fine-tune the backbone's last stage from cached activations (not with --freeze backbone)
     fast_tail_lr_scale: float = 1.0  # fast mode: last-stage LR relative to the head's (measured best: 1.0 > 0.3 > 0.1)
     cache_features: bool = True  # fast mode: reuse features across runs on the same data + backbone
     amp: bool = True  # CUDA: bf16 autocast where supported, else fp16 with a scaler; CPU fast mode: bf16 on AMX/AVX512-BF16

@@ -54,9 +54,8 @@ def extract_features(
     earlier call (train then val: one bar, not two that restart)."""
     encoder.eval()
     done, total = progress if progress is not None else (0, views * _batches(len(data), batch_size))
-    out = []
+    out = None  # (views, N, ...) fp16, allocated once the first output's shape is known: no copies
     for v in range(views):
-        feats = []
         for start in range(0, len(data), batch_size):
             x = data.images[start:start + batch_size].to(device)
             x = eval_batch(x, prep.input_size, prep.mean, prep.std) if v == 0 or augment is None else augment(x, generator)
@@ -64,11 +63,12 @@ def extract_features(
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast() if autocast is not None else torch.autocast(device.type, enabled=False):
                 y = encoder(x)
-            feats.append(y.half().contiguous())  # NCHW fp16: the cache's layout on disk and in memory
+            if out is None:
+                out = torch.empty((views, len(data), *y.shape[1:]), dtype=torch.float16, device=device)
+            out[v, start:start + len(y)] = y  # NCHW fp16: the cache's layout on disk and in memory
             done += 1
             yield Progress("features", done, total)
-        out.append(torch.cat(feats))
-    return torch.stack(out)
+    return out
 
 
 def cached_item_shape(encoder: nn.Module, prep: Preprocessing, device: torch.device) -> tuple[int, ...]:
@@ -92,9 +92,10 @@ class FastTrainer:
             model.backbone.to(memory_format=torch.channels_last)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         # bf16 on CPUs with native bf16 units: extraction ~2x faster, same accuracy (docs/benchmarks.md §1)
-        self.autocast, _ = autocast_for(device, cfg.amp, cpu_bf16=True)
+        self.autocast, self.scaler = autocast_for(device, cfg.amp, cpu_bf16=True)
         self.trunk, self.tail = model.split()
-        self.tune_tail = cfg.fast_tune_last_stage and self._maps_fit()
+        # freeze="backbone" asks for a frozen backbone: the head alone trains, as in a linear probe
+        self.tune_tail = cfg.fast_tune_last_stage and cfg.freeze != "backbone" and self._maps_fit()
         if self.tune_tail:
             for p in self.tail.parameters():
                 p.requires_grad_(True)
@@ -124,14 +125,19 @@ class FastTrainer:
                               generator=torch.Generator().manual_seed(0)).to(self.device)  # draws stay as they were
         encoder = folded_or_original(self.encoder, example)
         precision = autocast_dtype(self.autocast) + ("-folded" if encoder is not self.encoder else "")
-        key = feature_key(self.cfg, self.prep, self.train.paths, self.val.paths, cached=self.cached, precision=precision)
+        key = feature_key(self.cfg, self.prep, self.train.paths, self.val.paths, cached=self.cached, precision=precision,
+                          device=self.device.type)
         cached = load_features(default_cache_dir(), key) if self.cfg.cache_features else None
+        if cached is not None and (cached[0].shape[:2] != (self.cfg.fast_views, len(self.train))
+                                   or cached[1].shape[0] != len(self.val)):
+            log.warning("fast mode: cached features %s do not fit this run's data; extracting again", key)
+            cached = None
         if cached is not None:
             self.train_feats, self.val_feats = (t.to(self.device) for t in cached)
             log.info("fast mode: reusing cached %s features %s", self.cached, key)
         else:
             augment = BatchAugment(self.cfg.augment, self.prep.input_size, self.prep.mean, self.prep.std)
-            aug_generator = torch.Generator().manual_seed(self.cfg.seed + 1)
+            aug_generator = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 1)  # augment draws on the device
             n_train = self.cfg.fast_views * _batches(len(self.train))
             total = n_train + _batches(len(self.val))
             common = dict(device=self.device, channels_last=self.cfg.channels_last, autocast=self.autocast)
@@ -173,10 +179,12 @@ class FastTrainer:
             logits = self._logits(self.train_feats[view[idx].to(self.device), idx.to(self.device)])
             loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            self.scaler.scale(loss).backward()  # a no-op scaler except fp16 on GPUs without bf16
             if cfg.grad_clip > 0:
+                self.scaler.unscale_(self.opt)
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            self.opt.step()
+            self.scaler.step(self.opt)
+            self.scaler.update()
             self.sched.step()
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()

@@ -9,10 +9,13 @@ import hashlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Sequence
 
+import timm
 import torch
+import torchvision
 from safetensors.torch import load_file, save_file
 
 from .config import TrainConfig
@@ -23,7 +26,7 @@ log = logging.getLogger(__name__)
 
 # Least recently used entries beyond this total are deleted after each write (one Lite0 entry for the
 # 2.5k-photo dev set with 3 views of last-stage inputs is ~140 MB)
-MAX_CACHE_BYTES = 2 * 2**30
+MAX_CACHE_BYTES = 4 * 2**30  # above fastmode.MAP_BUDGET_BYTES: one big entry never evicts all others
 
 
 def default_cache_dir() -> Path:
@@ -37,13 +40,14 @@ FEATURES_VERSION = 3
 
 
 def feature_key(cfg: TrainConfig, prep: Preprocessing, train_paths: Sequence[Path], val_paths: Sequence[Path],
-                cached: str = "pooled", precision: str = "fp32") -> str:
+                cached: str = "pooled", precision: str = "fp32", device: str = "cpu") -> str:
     """`cached`: "pooled" features or "trunk" activations (the last stage's inputs); `precision`: the
-    autocast dtype they were computed in."""
+    autocast dtype they were computed in; `device`: the device type (kernels differ in rounding)."""
     h = hashlib.sha256()
     h.update(json.dumps({"version": FEATURES_VERSION, "model": cfg.model, "pretrained": cfg.pretrained, "prep": prep.to_dict(),
                          "augment": cfg.to_dict()["augment"], "views": cfg.fast_views, "seed": cfg.seed,
-                         "cached": cached, "precision": precision, "torch": torch.__version__}, sort_keys=True).encode())
+                         "cached": cached, "precision": precision, "device": device, "torch": torch.__version__,
+                         "timm": timm.__version__, "torchvision": torchvision.__version__}, sort_keys=True).encode())
     for tag, paths in (("train", train_paths), ("val", val_paths)):
         h.update(tag.encode())
         for p in paths:
@@ -68,20 +72,29 @@ def load_features(cache_dir: Path, key: str) -> tuple[torch.Tensor, torch.Tensor
 def save_features(cache_dir: Path, key: str, train: torch.Tensor, val: torch.Tensor) -> None:
     """fp16 on disk, as computed (post-BN activations: fp16 loses nothing measurable); atomic."""
     cache_dir = Path(cache_dir)
+    tmp = cache_dir / f".{key}.tmp-{os.getpid()}"
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache_dir / f".{key}.tmp-{os.getpid()}"
         save_file({"train": train.half().contiguous(), "val": val.half().contiguous()}, str(tmp))
         os.replace(tmp, cache_dir / f"{key}.safetensors")
         prune(cache_dir, keep=key)
-    except OSError as exc:  # a read-only home must not stop training
+    except Exception as exc:  # a read-only home or a full disk must not stop training (safetensors
+        # reports write errors as SafetensorError, not OSError)
         log.warning("could not write the feature cache in %s: %s", cache_dir, exc)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def prune(cache_dir: Path, keep: str = "", max_bytes: int | None = None) -> list[Path]:
     """Delete the least recently used cache files until the rest fit in `max_bytes` (default
     MAX_CACHE_BYTES); the entry `keep` (just written) always stays. Returns what was deleted."""
     limit = MAX_CACHE_BYTES if max_bytes is None else max_bytes
+    for stale in Path(cache_dir).glob(".*.tmp-*"):  # left by a process killed mid-write, an hour ago or more
+        try:
+            if time.time() - stale.stat().st_mtime > 3600:
+                stale.unlink()
+        except OSError:
+            continue
     entries = []
     for path in Path(cache_dir).glob("*.safetensors"):
         try:

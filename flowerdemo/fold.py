@@ -61,13 +61,18 @@ def fold_batchnorm(module: nn.Module) -> tuple[nn.Module, int]:
 
 @torch.no_grad()
 def verify_fold(original: nn.Module, folded: nn.Module, example: torch.Tensor, tol: float = 1e-3) -> bool:
-    """True when both give the same output (fp32, relative to the output's scale) on `example`."""
-    original_mode = original.training
+    """True when both give the same output (fp32, relative to the output's scale) on `example`. Every
+    submodule of `original` gets its own training flag back; cuDNN's TF32 is off for the comparison."""
+    modes = [(m, m.training) for m in original.modules()]
     original.eval()
+    cudnn = torch.backends.cudnn
     try:
-        a, b = original(example).float(), folded(example).float()
+        with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                         allow_tf32=False):
+            a, b = original(example).float(), folded(example).float()
     finally:
-        original.train(original_mode)
+        for m, mode in modes:
+            m.training = mode
     return a.shape == b.shape and float((a - b).abs().max()) <= tol * max(1.0, float(a.abs().max()))
 
 

@@ -76,6 +76,11 @@ def test_feature_cache_is_reused_and_keyed_on_what_determines_the_features(tmp_p
                dataclasses.replace(SMALL, fast_tune_last_stage=False)]  # pooled features, not trunk maps
     for cfg in changed:
         assert _run(cfg, data, out)[0] > 0, cfg
+    # computed in another precision (bf16 on CPUs that have it natively, else fp32): not the same numbers
+    native = precision.cpu_has_fast_bf16()
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: not native)
+    assert _run(SMALL, data, out)[0] > 0
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: native)
 
     # an image replaced in place (same path) must not be served stale features
     victim = sorted((data / "circle").iterdir())[0]
@@ -114,12 +119,14 @@ def test_fast_mode_fine_tunes_the_last_stage_and_leaves_the_trunk_as_pretrained(
     assert not any("running_" in k for k in changed)  # BatchNorm keeps its ImageNet statistics
 
 
-@pytest.mark.parametrize("how", ["option off", "over the memory budget"])
+@pytest.mark.parametrize("how", ["option off", "freeze backbone", "over the memory budget"])
 def test_head_only_fast_mode_leaves_the_whole_backbone_unchanged(how, tmp_path, monkeypatch, caplog):
     data = make_dataset(tmp_path / "data", per_class=6, size=40)
     cfg = dataclasses.replace(SMALL, epochs=3, pretrained=True)
     if how == "option off":
         cfg = dataclasses.replace(cfg, fast_tune_last_stage=False)
+    elif how == "freeze backbone":
+        cfg = dataclasses.replace(cfg, freeze="backbone")
     else:
         monkeypatch.setattr(fastmode, "MAP_BUDGET_BYTES", 1000)
     with caplog.at_level(logging.WARNING, logger="flowerdemo.fastmode"):
@@ -156,3 +163,20 @@ def test_feature_cache_prunes_least_recently_used_files_and_keeps_the_new_one(tm
     assert [p.name for p in deleted] == ["old.safetensors"]
     assert featurecache.prune(tmp_path, keep="mid", max_bytes=0) == [tmp_path / "used.safetensors"]
     assert [p.name for p in tmp_path.glob("*.safetensors")] == ["mid.safetensors"]  # kept though over the limit
+
+
+def test_a_cache_that_cannot_be_written_is_skipped_and_leaves_no_temp_file(tmp_path, monkeypatch, caplog):
+    from safetensors import SafetensorError
+
+    from flowerdemo import featurecache
+
+    def failing_save(tensors, path):
+        Path(path).write_bytes(b"partial")
+        raise SafetensorError("No space left on device")
+
+    monkeypatch.setattr(featurecache, "save_file", failing_save)
+    t = torch.zeros(2, 3)
+    with caplog.at_level(logging.WARNING, logger="flowerdemo.featurecache"):
+        featurecache.save_features(tmp_path, "k", t, t)  # no exception: training goes on
+    assert "could not write the feature cache" in caplog.text
+    assert list(tmp_path.iterdir()) == []

@@ -46,11 +46,13 @@ def test_verification_restores_the_training_mode_and_catches_a_wrong_fold():
     model = build_model("resnet18", 3, pretrained=False).train()
     _randomise_bn(model)
     trunk, _ = model.split()
+    trunk[4].eval()  # a submodule in another mode than its parent keeps it
     folded, _ = fold_batchnorm(trunk)
     x = torch.randn(2, 3, 64, 64)
     stats = trunk[1].running_mean.clone()
     assert verify_fold(trunk, folded, x)
-    assert trunk.training and torch.equal(trunk[1].running_mean, stats)  # compared in eval mode, stats untouched
+    assert trunk.training and trunk[1].training and not trunk[4].training
+    assert torch.equal(trunk[1].running_mean, stats)  # compared in eval mode, stats untouched
     with torch.no_grad():
         folded[0].bias.add_(0.5)  # a fold that went wrong
     assert not verify_fold(trunk, folded, x)
