@@ -11,12 +11,13 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -206,3 +207,20 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def fmt(value: float | None, spec: str = ".1f", none: str = "n/a") -> str:
     return none if value is None else format(value, spec)
+
+
+def time_calls(fn: Callable[[], Any], repeats: int, warmup: int) -> dict[str, float]:
+    """Wall time of `fn()` over `repeats` calls after `warmup` untimed ones: p50/p95/mean/min/max/stdev in ms."""
+    import numpy as np
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000)
+    a = np.asarray(times)
+    return {"p50_ms": round(float(np.percentile(a, 50)), 2), "p95_ms": round(float(np.percentile(a, 95)), 2),
+            "mean_ms": round(float(a.mean()), 2), "min_ms": round(float(a.min()), 2),
+            "max_ms": round(float(a.max()), 2), "stdev_ms": round(statistics.pstdev(times), 2), "n": repeats}

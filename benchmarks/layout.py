@@ -9,9 +9,7 @@ Why full mode and load_checkpoint use channels_last on the CPU too. Random input
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -32,17 +30,6 @@ from flowerdemo.runs import DEFAULT_RUN  # noqa: E402
 NAME = "layout"
 
 
-def median_ms(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1000
-
-
 def train_step_ms(args, nhwc: bool) -> float:
     torch.manual_seed(0)
     model = build_model(args.model, 5, pretrained=False).train()
@@ -60,7 +47,7 @@ def train_step_ms(args, nhwc: bool) -> float:
         loss.backward()
         opt.step()
 
-    return median_ms(step, args.repeats)
+    return common.time_calls(step, args.repeats, warmup=2)["p50_ms"]
 
 
 @torch.inference_mode()
@@ -71,7 +58,7 @@ def forward_ms(args, nhwc: bool) -> float:
     x = torch.randn(1, 3, size, size)
     if nhwc:
         x = x.contiguous(memory_format=torch.channels_last)
-    return median_ms(lambda: model(x), args.repeats * 4)
+    return common.time_calls(lambda: model(x), args.repeats * 4, warmup=2)["p50_ms"]
 
 
 def main(argv: list[str] | None = None) -> int:

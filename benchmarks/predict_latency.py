@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import sys
 import tempfile
 import time
@@ -91,22 +90,6 @@ def untrained_checkpoint(data: Path, folder: Path) -> Path:
     return save_checkpoint(folder / "untrained-efficientnet_lite0", model, meta)
 
 
-def time_calls(fn: Callable[[], Any], repeats: int, warmup: int) -> dict[str, float]:
-    import numpy as np
-
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1000)
-    a = np.asarray(times)
-    return {"p50_ms": round(float(np.percentile(a, 50)), 2), "p95_ms": round(float(np.percentile(a, 95)), 2),
-            "mean_ms": round(float(a.mean()), 2), "min_ms": round(float(a.min()), 2),
-            "max_ms": round(float(a.max()), 2), "stdev_ms": round(statistics.pstdev(times), 2), "n": repeats}
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -163,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for image_label, path in (("small", photo), ("12 MP", big)):
             for key, label, fn in cases:
-                stats = time_calls(lambda: fn(path), args.repeats, args.warmup)
+                stats = common.time_calls(lambda: fn(path), args.repeats, args.warmup)
                 results.append({"image": image_label, "case": key, "label": label, **stats})
                 print(f"  {image_label:6s} {label:34s} p50 {stats['p50_ms']:8.1f} ms  p95 {stats['p95_ms']:8.1f} ms",
                       file=sys.stderr, flush=True)
