@@ -91,7 +91,7 @@ class FastTrainer:
         if cfg.channels_last:
             model.backbone.to(memory_format=torch.channels_last)
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        # bf16 on CPUs with native bf16 units: extraction ~2x faster, same accuracy (docs/benchmarks.md §1)
+        # bf16 on CPUs with native bf16 units: extraction 1.7x faster, same accuracy (docs/benchmarks.md §1)
         self.autocast, self.scaler = autocast_for(device, cfg.amp, cpu_bf16=True)
         self.trunk, self.tail = model.split()
         # freeze="backbone" asks for a frozen backbone: the head alone trains, as in a linear probe
