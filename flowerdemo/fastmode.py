@@ -50,7 +50,7 @@ def extract_features(
 ) -> Generator[Progress, None, torch.Tensor]:
     """(views, N, ...) fp16 outputs of `encoder` (the backbone trunk, or the whole backbone); view 0 is
     the eval crop, the rest augmented. channels_last pays on CPUs too: oneDNN's depthwise
-    convolutions are ~2x faster in NHWC. `progress=(done, total)` continues a count started by an
+    convolutions are faster in NHWC (benchmarks/layout.py). `progress=(done, total)` continues a count started by an
     earlier call (train then val: one bar, not two that restart)."""
     encoder.eval()
     done, total = progress if progress is not None else (0, views * _batches(len(data), batch_size))
