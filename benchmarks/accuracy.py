@@ -1,6 +1,6 @@
 """Accuracy of the default training recipe: flowerdemo's TrainConfig defaults on a seeded 80/20 split.
 
-Trains with `flowerdemo.engine.train` and reads everything from its events (EpochEnd, Finished):
+Trains with `flowerdemo.train.engine.train` and reads everything from its events (EpochEnd, Finished):
 best validation accuracy, per-class recall (and precision/F1), the per-epoch curve, wall time and
 training images/s. Only --mode, --image-size, --epochs (and --fast-views, --head-only, --seed,
 --device) are overridden; every other setting is the TrainConfig default and is stored in the JSON.
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     common.require_data(args.data)
     common.apply_threads(args.threads)
     from flowerdemo.config import ConfigError, TrainConfig
-    from flowerdemo.dataset import DatasetError, scan_dataset
+    from flowerdemo.data.dataset import DatasetError, scan_dataset
 
     device = common.resolve_device(args.device)
     overrides: dict[str, Any] = {"mode": args.mode, "seed": args.seed, "device": device}
@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"accuracy benchmark: {cfg.model}, mode {cfg.mode}, {device}, {len(split.train)} train / {len(split.val)} "
           f"val images, {cfg.epochs} epoch(s)\nmachine: {common.machine_line(info)}", file=sys.stderr, flush=True)
 
-    from flowerdemo.engine import train
-    from flowerdemo.events import EpochEnd, Finished, RunStarted
+    from flowerdemo.train.engine import train
+    from flowerdemo.train.events import EpochEnd, Finished, RunStarted
 
     with tempfile.TemporaryDirectory(prefix="flowerdemo-accuracy-") as tmp:
         os.environ["FLOWERDEMO_CACHE"] = str(Path(tmp) / "cache")  # cold fast-mode feature cache

@@ -23,9 +23,9 @@ try:
 except ImportError:  # run as a script
     import _common as common  # type: ignore[no-redef]
 
-from flowerdemo.checkpoints import load_checkpoint  # noqa: E402
-from flowerdemo.models import build_model, freeze  # noqa: E402
-from flowerdemo.runs import DEFAULT_RUN  # noqa: E402
+from flowerdemo.models.checkpoints import load_checkpoint  # noqa: E402
+from flowerdemo.models.registry import build_model, freeze  # noqa: E402
+from flowerdemo.serve.runs import DEFAULT_RUN  # noqa: E402
 
 NAME = "layout"
 

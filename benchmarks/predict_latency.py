@@ -4,8 +4,8 @@ The model is loaded once. For a small photo (a 227x227 JPEG from the dataset) an
 JPEG (that photo upscaled to 4000x3000, JPEG quality 90, written to a temporary folder and deleted
 afterwards) it times:
 
-  predict            flowerdemo.predict.predict(clf, path): class probabilities only
-  gradcam            flowerdemo.explain.explain(clf, path, "gradcam"): as the CLI calls it (max_side=None)
+  predict            flowerdemo.infer.predict.predict(clf, path): class probabilities only
+  gradcam            flowerdemo.infer.explain.explain(clf, path, "gradcam"): as the CLI calls it (max_side=None)
   gradcam max_side=N the same as the app calls it (max_side=1024: the overlay is drawn at most 1024 px)
 
 Warm-up calls are excluded; p50/p95 over --repeats timed calls.
@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def first_photo(data: Path) -> Path:
-    from flowerdemo.images import is_image_file
+    from flowerdemo.data.images import is_image_file
 
     for folder in sorted(d for d in data.iterdir() if d.is_dir() and not d.name.startswith(".")):
         photos = sorted(f for f in folder.rglob("*") if f.is_file() and is_image_file(f)
@@ -77,8 +77,8 @@ def make_big_jpeg(photo: Path, folder: Path) -> Path:
 def untrained_checkpoint(data: Path, folder: Path) -> Path:
     """efficientnet_lite0 with the bundled ImageNet backbone (random weights if that package is missing),
     an untrained head and the dataset's class names: the same cost as a trained one."""
-    from flowerdemo.checkpoints import library_versions, save_checkpoint
-    from flowerdemo.models import build_model, weights_available
+    from flowerdemo.models.checkpoints import library_versions, save_checkpoint
+    from flowerdemo.models.registry import build_model, weights_available
 
     classes = sorted(d.name for d in data.iterdir() if d.is_dir() and not d.name.startswith("."))
     classes = classes if len(classes) >= 2 else ["a", "b"]
@@ -97,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     common.apply_threads(args.threads)
     from PIL import Image
 
-    from flowerdemo.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
-    from flowerdemo.explain import explain
-    from flowerdemo.predict import predict
+    from flowerdemo.models.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
+    from flowerdemo.infer.explain import explain
+    from flowerdemo.infer.predict import predict
 
     device = common.resolve_device(args.device)
     photo = args.photo

@@ -1,6 +1,6 @@
 """Training speed: a plain PyTorch reference loop vs flowerdemo's engine, in one run.
 
-Same files (one flowerdemo.dataset.scan_dataset split), same model (flowerdemo.models.build_model),
+Same files (one flowerdemo.data.dataset.scan_dataset split), same model (flowerdemo.models.registry.build_model),
 same epochs, batch size, input size and recipe (param groups, warm-up + cosine schedule, label
 smoothing, gradient clipping, AdamW), so what differs is the pipeline:
 
@@ -8,10 +8,10 @@ smoothing, gradient clipping, AdamW), so what differs is the pipeline:
          PIL transforms (RandomResizedCrop, flip, ColorJitter, RandomAffine rotation/translate,
          ToTensor, Normalize, RandomErasing) decoded every epoch, fp32, `.item()` every step,
          torch.optim.AdamW (default implementation), best weights saved with torch.save.
-  full   flowerdemo.engine.train(mode="full"): images decoded once into a uint8 tensor cache (on the
+  full   flowerdemo.train.engine.train(mode="full"): images decoded once into a uint8 tensor cache (on the
          GPU when there is one), batched tensor augmentations, bf16 autocast + channels_last +
          fused AdamW on CUDA, one host sync per epoch.
-  fast   flowerdemo.engine.train(mode="fast", the CPU default): the backbone up to its last stage
+  fast   flowerdemo.train.engine.train(mode="fast", the CPU default): the backbone up to its last stage
          runs once per view (cached), then the last stage + head train from that cache. Its img/s
          counts steps on cached activations, so compare it by wall time / time to target, not img/s.
 
@@ -95,7 +95,7 @@ def save_split(split, path: Path) -> None:
 
 
 def load_split(path: Path):
-    from flowerdemo.dataset import DatasetSplit, Sample
+    from flowerdemo.data.dataset import DatasetSplit, Sample
 
     d = json.loads(path.read_text())
     return DatasetSplit(Path(d["root"]), tuple(d["classes"]), tuple(Sample(Path(p), int(y)) for p, y in d["train"]),
@@ -150,8 +150,8 @@ def run_plain(args: argparse.Namespace, split, device_name: str, work: Path) -> 
     from torchvision import transforms as T
     from torchvision.datasets.folder import pil_loader
 
-    from flowerdemo.models import build_model
-    from flowerdemo.optim import lr_factor, param_groups
+    from flowerdemo.models.registry import build_model
+    from flowerdemo.train.optim import lr_factor, param_groups
 
     class Files(Dataset):
         """The split's files, loaded like torchvision's ImageFolder does (pil_loader + transform)."""
@@ -242,10 +242,10 @@ def run_engine(args: argparse.Namespace, split, device_name: str, mode: str, wor
     import torch
 
     os.environ["FLOWERDEMO_CACHE"] = str(work / "cache")  # fresh fast-mode feature cache: a cold run
-    from flowerdemo.engine import train
-    from flowerdemo.precision import autocast_for
-    from flowerdemo.events import CheckpointSaved, EpochEnd, Finished, Progress, RunStarted
-    from flowerdemo.models import get_spec
+    from flowerdemo.train.engine import train
+    from flowerdemo.device import autocast_for
+    from flowerdemo.train.events import CheckpointSaved, EpochEnd, Finished, Progress, RunStarted
+    from flowerdemo.models.registry import get_spec
 
     cfg = train_config(args, mode, device_name)
     clock = Clock()
@@ -335,8 +335,8 @@ def main(argv: list[str] | None = None) -> int:
 
     common.require_data(args.data)
     common.apply_threads(args.threads)
-    from flowerdemo.dataset import DatasetError, scan_dataset
-    from flowerdemo.models import ModelError, get_spec, weights_available
+    from flowerdemo.data.dataset import DatasetError, scan_dataset
+    from flowerdemo.models.registry import ModelError, get_spec, weights_available
 
     device = common.resolve_device(args.device)
     try:

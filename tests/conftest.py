@@ -33,7 +33,7 @@ def _private_feature_cache(tmp_path_factory, monkeypatch):
 def trained_run(tmp_path_factory) -> TrainedRun:
     """One fast-mode EfficientNet-Lite0 (bundled ImageNet weights) trained on synthetic shapes, shared by
     the prediction, explanation, checkpoint and CLI tests."""
-    from flowerdemo.engine import train
+    from flowerdemo.train.engine import train
 
     root = tmp_path_factory.mktemp("trained")
     data = make_dataset(root / "data", per_class=20, size=96)

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from flowerdemo.checkpoints import WEIGHTS, load_checkpoint
+from flowerdemo.models.checkpoints import WEIGHTS, load_checkpoint
 from flowerdemo.config import TrainConfig
 from tests.synth import draw_sample, make_dataset
 
@@ -39,7 +39,7 @@ PREDICTED = "(predicted class)"
 
 def tiny_model(base: Path) -> Path:
     """A trained tiny run directory under `base`; trained once per test session, then reused."""
-    from flowerdemo.engine import train
+    from flowerdemo.train.engine import train
 
     done = base / "tiny-model"
     found = sorted(done.glob(f"*/{WEIGHTS}"))
@@ -145,7 +145,7 @@ def max_epoch(plot) -> int:
 # --- tests ----------------------------------------------------------------------------------------
 
 def test_cam_names_in_the_ui_match_the_core():
-    from flowerdemo.explain import CAM_METHODS
+    from flowerdemo.infer.explain import CAM_METHODS
     from ui.predict_tab import CAM_NAMES
 
     assert CAM_NAMES == list(CAM_METHODS)
@@ -154,7 +154,7 @@ def test_cam_names_in_the_ui_match_the_core():
 def test_an_empty_heatmap_is_explained_in_the_summary():
     import numpy as np
 
-    from flowerdemo.explain import Explanation
+    from flowerdemo.infer.explain import Explanation
     from ui.predict_tab import summary_text
 
     def ex(heat: float) -> Explanation:

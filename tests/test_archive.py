@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-import flowerdemo.archive as archive_mod
-from flowerdemo.archive import ArchiveError, extract_tar, extract_zip
-from flowerdemo.dataset import find_dataset_root, scan_dataset
+import flowerdemo.data.archive as archive_mod
+from flowerdemo.data.archive import ArchiveError, extract_tar, extract_zip
+from flowerdemo.data.dataset import find_dataset_root, scan_dataset
 from tests.synth import make_dataset
 
 

@@ -11,12 +11,12 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
-from flowerdemo.augment import BatchAugment, eval_batch
+from flowerdemo.data.augment import BatchAugment, eval_batch
 from flowerdemo.config import AugmentConfig
-from flowerdemo.dataset import Sample
-from flowerdemo.models import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from flowerdemo.predict import prepare_image
-from flowerdemo.tensorcache import decode_samples
+from flowerdemo.data.dataset import Sample
+from flowerdemo.models.registry import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from flowerdemo.infer.predict import prepare_image
+from flowerdemo.data.tensorcache import decode_samples
 from tests.synth import CLASS_STYLES, draw_sample
 
 LITE = Preprocessing(64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))

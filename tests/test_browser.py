@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from flowerdemo.checkpoints import read_meta
-from flowerdemo.runs import DEFAULT_RUN
+from flowerdemo.models.checkpoints import read_meta
+from flowerdemo.serve.runs import DEFAULT_RUN
 from tests.synth import draw_sample, make_dataset
 from tests.test_app import running_app, tiny_model
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from flowerdemo.checkpoints import read_meta
-from flowerdemo.cli import main
+from flowerdemo.models.checkpoints import read_meta
+from flowerdemo.cli.main import main
 from flowerdemo.config import TrainConfig
-from flowerdemo.explain import CAM_METHODS
+from flowerdemo.infer.explain import CAM_METHODS
 from tests.synth import draw_sample, make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ def test_train_writes_a_checkpoint_with_the_options_given(tmp_path, caplog):
 
 
 def test_no_augment_turns_every_augmentation_off(tmp_path):
-    from flowerdemo.cli import build_parser, config_from_args
+    from flowerdemo.cli.parser import build_parser, config_from_args
 
     args = build_parser().parse_args(["train", "--data", str(tmp_path), "--no-augment", "--crop-scale-min", "0.5"])
     aug = config_from_args(args).augment

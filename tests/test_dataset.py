@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from flowerdemo.dataset import DatasetError, DatasetSplit, find_dataset_root, scan_dataset
+from flowerdemo.data.dataset import DatasetError, DatasetSplit, find_dataset_root, scan_dataset
 from tests.synth import make_dataset
 
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flowerdemo.checkpoints import list_checkpoints, load_checkpoint
+from flowerdemo.models.checkpoints import list_checkpoints, load_checkpoint
 from tests.synth import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]

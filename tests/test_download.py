@@ -11,8 +11,8 @@ import threading
 
 import pytest
 
-from flowerdemo.dataset import scan_dataset
-from flowerdemo.download import FLOWERS_SHA256, FLOWERS_URL, DownloadError, download_flowers
+from flowerdemo.data.dataset import scan_dataset
+from flowerdemo.data.download import FLOWERS_SHA256, FLOWERS_URL, DownloadError, download_flowers
 from tests.synth import make_dataset
 
 

@@ -10,11 +10,11 @@ import threading
 import pytest
 import torch
 
-from flowerdemo.checkpoints import load_checkpoint, read_meta
+from flowerdemo.models.checkpoints import load_checkpoint, read_meta
 from flowerdemo.config import FREEZE, HEADS, MODES, OPTIMIZERS, SCHEDULES, AugmentConfig, ConfigError, TrainConfig
-from flowerdemo.engine import train
-from flowerdemo.events import CheckpointSaved, EpochEnd, Finished, Progress, RunStarted, Stopped
-from flowerdemo.models import build_model
+from flowerdemo.train.engine import train
+from flowerdemo.train.events import CheckpointSaved, EpochEnd, Finished, Progress, RunStarted, Stopped
+from flowerdemo.models.registry import build_model
 from tests.synth import make_dataset
 
 FLIP_ONLY = dataclasses.replace(AugmentConfig.none(), hflip=True)

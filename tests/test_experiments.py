@@ -10,9 +10,9 @@ import statistics
 import pytest
 from PIL import Image
 
-from flowerdemo.cli import main
+from flowerdemo.cli.main import main
 from flowerdemo.config import TrainConfig
-from flowerdemo.experiments import SUITES, run_suite
+from flowerdemo.train.experiments import SUITES, run_suite
 from tests.synth import make_dataset
 
 

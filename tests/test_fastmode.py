@@ -13,12 +13,13 @@ import logging
 import pytest
 import torch
 
-from flowerdemo import fastmode, precision
-from flowerdemo.checkpoints import load_checkpoint
+from flowerdemo import device as precision
+from flowerdemo.train import fast as fastmode
+from flowerdemo.models.checkpoints import load_checkpoint
 from flowerdemo.config import AugmentConfig, TrainConfig
-from flowerdemo.engine import train
-from flowerdemo.events import EpochEnd, Finished, Progress, RunStarted
-from flowerdemo.models import build_model
+from flowerdemo.train.engine import train
+from flowerdemo.train.events import EpochEnd, Finished, Progress, RunStarted
+from flowerdemo.models.registry import build_model
 from tests.synth import draw_sample, make_dataset
 
 SMALL = TrainConfig(mode="fast", image_size=32, epochs=2, batch_size=8, fast_views=2, workers=1, seed=0)
@@ -151,7 +152,7 @@ def test_fast_mode_learns_in_fp32_and_in_cpu_bf16(bf16, tmp_path, monkeypatch):
 
 
 def test_feature_cache_prunes_least_recently_used_files_and_keeps_the_new_one(tmp_path):
-    from flowerdemo import featurecache
+    from flowerdemo.train import featurecache
 
     t = torch.zeros(4, 8)
     for i, key in enumerate(["old", "used", "mid"]):
@@ -168,7 +169,7 @@ def test_feature_cache_prunes_least_recently_used_files_and_keeps_the_new_one(tm
 def test_a_cache_that_cannot_be_written_is_skipped_and_leaves_no_temp_file(tmp_path, monkeypatch, caplog):
     from safetensors import SafetensorError
 
-    from flowerdemo import featurecache
+    from flowerdemo.train import featurecache
 
     def failing_save(tensors, path):
         Path(path).write_bytes(b"partial")

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from flowerdemo.fold import fold_batchnorm, folded_or_original, verify_fold
-from flowerdemo.models import build_model
+from flowerdemo.models.fold import fold_batchnorm, folded_or_original, verify_fold
+from flowerdemo.models.registry import build_model
 
 
 def _randomise_bn(model: nn.Module) -> None:
@@ -59,7 +59,7 @@ def test_verification_restores_the_training_mode_and_catches_a_wrong_fold():
 
 
 def test_a_fold_that_changes_outputs_is_not_used(monkeypatch, caplog):
-    from flowerdemo import fold
+    from flowerdemo.models import fold
 
     model = build_model("resnet18", 3, pretrained=False).eval()
     _randomise_bn(model)

@@ -15,10 +15,10 @@ import torch
 from huggingface_hub import constants
 from safetensors.torch import save_file
 
-from flowerdemo import hub
-from flowerdemo.checkpoints import load_checkpoint, save_checkpoint
-from flowerdemo.hub import HubError, check_repo_id, model_card, pull_checkpoint, push_checkpoint
-from flowerdemo.models import build_model
+from flowerdemo.models import hub
+from flowerdemo.models.checkpoints import load_checkpoint, save_checkpoint
+from flowerdemo.models.hub import HubError, check_repo_id, model_card, pull_checkpoint, push_checkpoint
+from flowerdemo.models.registry import build_model
 
 CLASSES = ["daisy", "rose", "tulip"]
 

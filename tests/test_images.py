@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flowerdemo.images import (
+from flowerdemo.data.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     ImageError,

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from flowerdemo import models
-from flowerdemo.models import (MODELS, FlowerNet, ModelError, PretrainedWeightsUnavailable, build_model, freeze,
+from flowerdemo.models import registry as models
+from flowerdemo.models.registry import (MODELS, FlowerNet, ModelError, PretrainedWeightsUnavailable, build_model, freeze,
                                frozen_modules, get_spec)
 
 # cheap to build and run at 64 px; between them every builder and stage/target-layer function is used
@@ -180,7 +180,7 @@ def test_bundled_lite_weights_are_the_packages_tensors_in_order(n):
 def test_bundled_lite_runs_on_the_architecture_its_weights_were_trained_with(n):
     """The package's weights are a TensorFlow port: TF 'SAME' padding and BN eps 1e-3. On PyTorch-style
     padding every stride-2 conv is shifted by a pixel: ImageNet predictions get much less confident."""
-    from flowerdemo.predict import prepare_image
+    from flowerdemo.infer.predict import prepare_image
 
     model = build_model(f"efficientnet_lite{n}", 3, pretrained=True).eval()
     bns = [m for m in model.backbone.modules() if isinstance(m, nn.BatchNorm2d)]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flowerdemo import precision
-from flowerdemo.precision import autocast_dtype, autocast_for
+from flowerdemo import device as precision
+from flowerdemo.device import autocast_dtype, autocast_for
 
 
 def _linear_dtype(autocast) -> torch.dtype:

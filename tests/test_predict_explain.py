@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from flowerdemo import explain as explain_module
-from flowerdemo.checkpoints import load_checkpoint
-from flowerdemo.explain import CAM_METHODS, ExplainError, explain, heatmap_image
-from flowerdemo.models import freeze
-from flowerdemo.predict import predict, prepare_image, probabilities
+from flowerdemo.infer import explain as explain_module
+from flowerdemo.models.checkpoints import load_checkpoint
+from flowerdemo.infer.explain import CAM_METHODS, ExplainError, explain, heatmap_image
+from flowerdemo.models.registry import freeze
+from flowerdemo.infer.predict import predict, prepare_image, probabilities
 from tests.synth import CLASS_STYLES, draw_sample
 
 CLASSES = tuple(CLASS_STYLES)

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from flowerdemo.checkpoints import load_checkpoint, read_meta
-from flowerdemo.predict import predict
-from flowerdemo.runs import DEFAULT_RUN
+from flowerdemo.models.checkpoints import load_checkpoint, read_meta
+from flowerdemo.infer.predict import predict
+from flowerdemo.serve.runs import DEFAULT_RUN
 
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / DEFAULT_RUN
 FLOWERS = ("daisy", "dandelion", "rose", "sunflower", "tulip")

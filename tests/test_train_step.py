@@ -9,12 +9,12 @@ import dataclasses
 import pytest
 import torch
 
-from flowerdemo.augment import BatchAugment
+from flowerdemo.data.augment import BatchAugment
 from flowerdemo.config import TrainConfig
-from flowerdemo.engine import FullTrainer
-from flowerdemo.fastmode import FastTrainer
-from flowerdemo.models import build_model
-from flowerdemo.tensorcache import ImageTensors
+from flowerdemo.train.engine import FullTrainer
+from flowerdemo.train.fast import FastTrainer
+from flowerdemo.models.registry import build_model
+from flowerdemo.data.tensorcache import ImageTensors
 from tests import reference_loops
 
 CFG = TrainConfig(model="efficientnet_lite0", pretrained=False, image_size=32, batch_size=8, epochs=2, seed=3,

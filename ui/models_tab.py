@@ -18,7 +18,7 @@ RUN_COLUMNS = ["run", "model", "classes", "val acc", "created", "pinned"]
 
 def _hub():
     try:
-        from flowerdemo import hub
+        from flowerdemo.models import hub
     except ImportError as exc:
         raise gr.Error(f"Hugging Face Hub support is not available in this installation ({exc}).") from None
     return hub
@@ -56,8 +56,8 @@ def details(ctx: AppContext, active: str | None) -> str:
 
 
 def runs_table(ctx: AppContext) -> pd.DataFrame:
-    from flowerdemo.checkpoints import read_meta
-    from flowerdemo.runs import is_pinned
+    from flowerdemo.models.checkpoints import read_meta
+    from flowerdemo.serve.runs import is_pinned
 
     rows = []
     for run in ctx.models.runs():
@@ -104,14 +104,14 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> None:
         return details(ctx, active), runs_table(ctx)
 
     def download_checkpoint(active: str | None = None) -> str:
-        from flowerdemo.runs import zip_run
+        from flowerdemo.serve.runs import zip_run
 
         ctx.housekeeping()
         return str(zip_run(_active(ctx, active).path, ctx.settings.folder("downloads")))
 
     def adopt(run: Path) -> str:
         """Make a newly arrived run active, or delete it with a clear message if it does not load."""
-        from flowerdemo.runs import remove_tree
+        from flowerdemo.serve.runs import remove_tree
 
         try:
             ctx.models.get(run)
@@ -122,8 +122,8 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> None:
         return str(run)
 
     def upload_checkpoint(file: str | None = None) -> tuple[str, str]:
-        from flowerdemo.checkpoints import CheckpointError
-        from flowerdemo.runs import import_run
+        from flowerdemo.models.checkpoints import CheckpointError
+        from flowerdemo.serve.runs import import_run
 
         if not file:
             raise gr.Error("Choose a checkpoint file first.")

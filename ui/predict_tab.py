@@ -13,11 +13,11 @@ import gradio as gr
 from .state import AppContext
 
 if TYPE_CHECKING:
-    from flowerdemo.explain import Explanation
+    from flowerdemo.infer.explain import Explanation
 
 PREDICTED = "(predicted class)"
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
-# the keys of flowerdemo.explain.CAM_METHODS, listed here so that building the UI does not import
+# the keys of flowerdemo.infer.explain.CAM_METHODS, listed here so that building the UI does not import
 # pytorch-grad-cam (seconds); tests/test_app.py checks that the two agree
 CAM_NAMES = ["gradcam", "gradcam++", "hirescam", "scorecam", "eigencam", "layercam", "xgradcam"]
 MAX_SIDE = 1024  # the overlay is drawn at most this large: big photos stay fast
@@ -42,7 +42,7 @@ def describe(meta: dict, path: Path) -> str:
 
 
 def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
-    from flowerdemo.checkpoints import read_meta
+    from flowerdemo.models.checkpoints import read_meta
 
     out = []
     for run in ctx.models.runs():
@@ -94,8 +94,8 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
 
     def predict(image: Any, method: str = "gradcam", target: str = PREDICTED, alpha: float = 0.5,
                 active: str | None = None):
-        from flowerdemo.explain import explain, heatmap_image
-        from flowerdemo.images import ACCEPTED, ImageError
+        from flowerdemo.infer.explain import explain, heatmap_image
+        from flowerdemo.data.images import ACCEPTED, ImageError
 
         if image is None:
             return None, None, None, ""

@@ -11,7 +11,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flowerdemo.jobs import TrainingJob
+from flowerdemo.serve.jobs import TrainingJob
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class ModelStore:
 
     def get(self, path: str | Path):
         """The Classifier stored at `path` (CheckpointError/ModelError if it does not load)."""
-        from flowerdemo.checkpoints import WEIGHTS, load_checkpoint
+        from flowerdemo.models.checkpoints import WEIGHTS, load_checkpoint
 
         path = Path(path)
         weights = path / WEIGHTS if path.is_dir() else path
@@ -72,7 +72,7 @@ class ModelStore:
             return clf
 
     def runs(self) -> list[Path]:
-        from flowerdemo.checkpoints import list_checkpoints
+        from flowerdemo.models.checkpoints import list_checkpoints
 
         return list_checkpoints(self.settings.checkpoint_dir)
 
@@ -119,7 +119,7 @@ class AppContext:
 
     def housekeeping(self, *extra_protect: str | Path) -> None:
         """Bound disk use: drop old unpinned runs beyond keep_runs, and stale scratch files."""
-        from flowerdemo.runs import prune_files, prune_runs
+        from flowerdemo.serve.runs import prune_files, prune_runs
 
         protect = [*self.models.in_use(), *extra_protect]
         if self.job.state.run_dir is not None and self.job.state.running:

@@ -9,9 +9,9 @@ from typing import Callable
 
 import pandas as pd
 
-from flowerdemo.dataset import DatasetSplit, scan_dataset
-from flowerdemo.images import load_image
-from flowerdemo.runs import allowed_path, remove_tree
+from flowerdemo.data.dataset import DatasetSplit, scan_dataset
+from flowerdemo.data.images import load_image
+from flowerdemo.serve.runs import allowed_path, remove_tree
 
 from .state import MB, AppContext
 
@@ -40,8 +40,8 @@ def resolve(ctx: AppContext, source: str, zip_file: str | None, folder: str | No
         if held and held.get("key") == str(zip_file) and Path(held["path"]).is_dir():
             return Path(held["path"]), held
         release(ctx, held)
-        from flowerdemo.archive import extract_zip
-        from flowerdemo.dataset import find_dataset_root
+        from flowerdemo.data.archive import extract_zip
+        from flowerdemo.data.dataset import find_dataset_root
 
         workdir = uploads / uuid.uuid4().hex
         try:
@@ -57,7 +57,7 @@ def resolve(ctx: AppContext, source: str, zip_file: str | None, folder: str | No
     if source == "folder":
         return allowed_path(folder or "", ctx.settings.data_dirs), None
     if source == "flowers":
-        from flowerdemo.download import download_flowers
+        from flowerdemo.data.download import download_flowers
 
         def report(done: int, total: int | None) -> None:
             if progress and total:

@@ -7,7 +7,7 @@ import dataclasses
 import gradio as gr
 
 from flowerdemo.config import SCHEDULES, TrainConfig
-from flowerdemo.jobs import Busy, on_zero_gpu
+from flowerdemo.serve.jobs import Busy, on_zero_gpu
 
 from . import plots, train_data
 from .predict_tab import PredictRefs
@@ -32,7 +32,7 @@ def gpu_present() -> bool:
 def backbone_choices(check: bool = True) -> list[tuple[str, str]]:
     """Registry names, marked by whether their ImageNet weights are on this machine (checking imports
     torchvision, so the first page load does it, not the import of the app)."""
-    from flowerdemo.models import MODELS, weights_available
+    from flowerdemo.models.registry import MODELS, weights_available
 
     if not check:
         return [(name, name) for name in MODELS]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from flowerdemo.events import CheckpointSaved, EpochEnd, Event, Finished, Progress, RunStarted, Stopped
+from flowerdemo.train.events import CheckpointSaved, EpochEnd, Event, Finished, Progress, RunStarted, Stopped
 
 from . import plots
 from .train_data import mistake_gallery

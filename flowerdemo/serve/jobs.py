@@ -17,8 +17,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .config import TrainConfig
-from .events import EpochEnd, Event, Finished, Progress, RunStarted, Stopped
+from flowerdemo.config import TrainConfig
+from flowerdemo.train.events import EpochEnd, Event, Finished, Progress, RunStarted, Stopped
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class JobState:
 
 
 def _engine(cfg: TrainConfig, data: Any, out_dir: Path, stop: StopFlag) -> Iterator[Event]:
-    from .engine import train
+    from flowerdemo.train.engine import train
 
     yield from train(cfg, data, out_dir, stop)
 
@@ -225,7 +225,7 @@ class Run(Iterator[Event]):
         self._done = True
         run_dir = self._job.state.run_dir
         if run_dir is not None and not (Path(run_dir) / "model.safetensors").exists():
-            from .runs import remove_tree
+            from flowerdemo.serve.runs import remove_tree
 
             remove_tree(run_dir, Path(run_dir).parent)  # stopped before the first checkpoint: nothing to keep
         self._job._release(error)

@@ -20,7 +20,7 @@ import torchvision
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .models import FlowerNet, ModelError, Preprocessing, build_model
+from flowerdemo.models.registry import FlowerNet, ModelError, Preprocessing, build_model
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class Classifier:
 
 
 def library_versions() -> dict[str, str]:
-    from . import __version__
+    from flowerdemo import __version__
 
     return {"flowerdemo": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "timm": timm.__version__, "python": platform.python_version()}

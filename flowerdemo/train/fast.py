@@ -20,15 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import BatchAugment, eval_batch
-from .config import TrainConfig
-from .events import Progress
-from .featurecache import default_cache_dir, feature_key, load_features, save_features
-from .fold import folded_or_original
-from .models import FlowerNet, Preprocessing
-from .optim import make_optimizer, make_scheduler
-from .precision import autocast_dtype, autocast_for
-from .tensorcache import ImageTensors
+from flowerdemo.data.augment import BatchAugment, eval_batch
+from flowerdemo.config import TrainConfig
+from flowerdemo.train.events import Progress
+from flowerdemo.train.featurecache import default_cache_dir, feature_key, load_features, save_features
+from flowerdemo.models.fold import folded_or_original
+from flowerdemo.models.registry import FlowerNet, Preprocessing
+from flowerdemo.train.optim import make_optimizer, make_scheduler
+from flowerdemo.device import autocast_dtype, autocast_for
+from flowerdemo.data.tensorcache import ImageTensors
 
 log = logging.getLogger(__name__)
 FEATURE_BATCH = 64  # images per backbone forward during extraction

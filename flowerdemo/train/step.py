@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import BatchAugment, eval_batch
-from .events import Progress
-from .tensorcache import ImageTensors
+from flowerdemo.data.augment import BatchAugment, eval_batch
+from flowerdemo.train.events import Progress
+from flowerdemo.data.tensorcache import ImageTensors
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]  # sums a tensor across processes (identity on one)
 

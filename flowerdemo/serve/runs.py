@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .checkpoints import META, WEIGHTS, CheckpointError, read_meta, safe_name
+from flowerdemo.models.checkpoints import META, WEIGHTS, CheckpointError, read_meta, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def import_run(upload: str | Path, root: str | Path, max_bytes: int = 2 * 1024**
 
     Raises CheckpointError (and leaves nothing behind) when it is not a flowerdemo checkpoint.
     """
-    from .archive import ArchiveError, extract_zip
+    from flowerdemo.data.archive import ArchiveError, extract_zip
 
     upload, root = Path(upload), Path(root)
     root.mkdir(parents=True, exist_ok=True)

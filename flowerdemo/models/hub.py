@@ -17,7 +17,7 @@ from huggingface_hub import CommitOperationAdd, HfApi, constants, snapshot_downl
 from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError,
                                      RevisionNotFoundError)
 
-from .checkpoints import META, WEIGHTS, CheckpointError, read_meta, safe_name
+from flowerdemo.models.checkpoints import META, WEIGHTS, CheckpointError, read_meta, safe_name
 
 log = logging.getLogger(__name__)
 

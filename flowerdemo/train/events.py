@@ -1,4 +1,4 @@
-"""Typed events yielded by `flowerdemo.engine.train`. The CLI prints them; the app plots them."""
+"""Typed events yielded by `flowerdemo.train.engine.train`. The CLI prints them; the app plots them."""
 
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ from pytorch_grad_cam import (EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, Laye
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from .checkpoints import Classifier
-from .predict import prepare_image
+from flowerdemo.models.checkpoints import Classifier
+from flowerdemo.infer.predict import prepare_image
 
 CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "scorecam": ScoreCAM,
                "eigencam": EigenCAM, "layercam": LayerCAM, "xgradcam": XGradCAM}

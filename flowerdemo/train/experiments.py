@@ -12,9 +12,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from .config import AugmentConfig, TrainConfig
-from .engine import train
-from .events import EpochEnd, Finished, RunStarted
+from flowerdemo.config import AugmentConfig, TrainConfig
+from flowerdemo.train.engine import train
+from flowerdemo.train.events import EpochEnd, Finished, RunStarted
 
 log = logging.getLogger(__name__)
 

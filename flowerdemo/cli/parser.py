@@ -1,4 +1,4 @@
-"""Command line: `python -m flowerdemo train | evaluate | predict`. Prints what the core returns."""
+"""The argument parser of the CLI: sub-commands, and one flag per TrainConfig field."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import config as config_module
-from .config import AugmentConfig, TrainConfig
+from flowerdemo import config as config_module
+from flowerdemo.config import AugmentConfig, TrainConfig
 
 log = logging.getLogger("flowerdemo")
 
@@ -62,8 +62,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .explain import CAM_METHODS
-    from .models import MODELS
+    from flowerdemo.infer.explain import CAM_METHODS
+    from flowerdemo.models.registry import MODELS
 
     parser = argparse.ArgumentParser(prog="python -m flowerdemo", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -108,39 +108,3 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in the overlay [0.5]")
     pr.add_argument("--out", type=Path, help="folder for the overlays [next to each input image]")
     return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    from .commands import run_evaluate, run_experiment, run_predict, run_train
-
-    try:
-        if args.command == "train":
-            return run_train(args, config_from_args(args))
-        if args.command == "experiment":
-            return run_experiment(args, config_from_args(args))
-        if args.command == "evaluate":
-            return run_evaluate(args)
-        return run_predict(args)
-    except KeyboardInterrupt:
-        log.error("interrupted")
-        return 130
-    except (ValueError, RuntimeError, OSError) as exc:  # our errors say what was wrong and what is accepted
-        log.error("%s", exc)
-        return 2
-
-
-def resolve_data(path: Path, workdir: str | None = None) -> Path:
-    """A folder as is; a .zip extracted safely into a temporary folder."""
-    from .archive import extract_zip
-    from .dataset import find_dataset_root
-
-    if path.suffix.lower() == ".zip":
-        dest = Path(workdir or tempfile.mkdtemp(prefix="flowerdemo-"))
-        return find_dataset_root(extract_zip(path, dest / "data"))
-    return path
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Mixed precision: which autocast a device gets.
+"""Device and precision, chosen once per run: which device (`resolve_device`), which autocast it gets.
 
 CUDA: bf16 where supported, else fp16 with a loss scaler. CPU: bf16 only when asked for and the CPU
 has native bf16 matrix units (AMX or AVX512-BF16); oneDNN then runs convolutions in bf16. Measured on
@@ -46,3 +46,18 @@ def autocast_dtype(autocast: Callable) -> str:
     if isinstance(autocast, partial):
         return {torch.bfloat16: "bf16", torch.float16: "fp16"}[autocast.keywords["dtype"]]
     return "fp32"
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} asked for CUDA, but no GPU is available; use 'auto' or 'cpu'")
+    return device
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"

@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .config import AugmentConfig
+from flowerdemo.config import AugmentConfig
 
 # YIQ: luma + two chroma axes; a hue shift is a rotation of the chroma plane.
 _RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])

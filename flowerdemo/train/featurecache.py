@@ -18,8 +18,8 @@ import torch
 import torchvision
 from safetensors.torch import load_file, save_file
 
-from .config import TrainConfig
-from .models import Preprocessing
+from flowerdemo.config import TrainConfig
+from flowerdemo.models.registry import Preprocessing
 
 log = logging.getLogger(__name__)
 

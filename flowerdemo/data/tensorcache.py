@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .dataset import Sample
-from .images import DEFAULT_MAX_PIXELS, ImageError, load_image
+from flowerdemo.data.dataset import Sample
+from flowerdemo.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 
 log = logging.getLogger(__name__)
 

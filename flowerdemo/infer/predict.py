@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .augment import normalize
-from .checkpoints import Classifier
-from .images import DEFAULT_MAX_PIXELS, load_image
-from .models import Preprocessing
+from flowerdemo.data.augment import normalize
+from flowerdemo.models.checkpoints import Classifier
+from flowerdemo.data.images import DEFAULT_MAX_PIXELS, load_image
+from flowerdemo.models.registry import Preprocessing
 
 
 @dataclass

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
-from flowerdemo.archive import ArchiveError, extract_tar
-from flowerdemo.dataset import find_dataset_root
+from flowerdemo.data.archive import ArchiveError, extract_tar
+from flowerdemo.data.dataset import find_dataset_root
 
 logger = logging.getLogger(__name__)
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import random
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from flowerdemo.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, check_image_header, is_image_file
+from flowerdemo.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageError, check_image_header, is_image_file
 
 logger = logging.getLogger(__name__)
 
@@ -255,3 +256,13 @@ def scan_dataset(
         logger.warning("Skipped %d file(s) in %s, e.g. %s", len(skipped), root, examples)
     logger.info("%s", result.summary())
     return result
+
+
+def resolve_data(path: Path, workdir: str | None = None) -> Path:
+    """A folder as is; a .zip extracted safely into a temporary folder."""
+    from flowerdemo.data.archive import extract_zip  # archive is the lower layer; imported here to keep scan imports light
+
+    if path.suffix.lower() == ".zip":
+        dest = Path(workdir or tempfile.mkdtemp(prefix="flowerdemo-"))
+        return find_dataset_root(extract_zip(path, dest / "data"))
+    return path

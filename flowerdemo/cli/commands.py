@@ -10,20 +10,20 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .config import TrainConfig
-from .events import CheckpointSaved, EpochEnd, Finished, Progress, RunStarted, Stopped
+from flowerdemo.config import TrainConfig
+from flowerdemo.train.events import CheckpointSaved, EpochEnd, Finished, Progress, RunStarted, Stopped
 
 log = logging.getLogger("flowerdemo")
 
 
 def run_train(args: argparse.Namespace, cfg: TrainConfig) -> int:
-    from .cli import resolve_data
-    from .engine import train
-    from .metrics import format_report
+    from flowerdemo.data.dataset import resolve_data
+    from flowerdemo.train.engine import train
+    from flowerdemo.train.metrics import format_report
 
     with tempfile.TemporaryDirectory(prefix="flowerdemo-") as work:
         if args.download_flowers:
-            from .download import download_flowers
+            from flowerdemo.data.download import download_flowers
 
             data = download_flowers(args.cache_dir)
         else:
@@ -71,7 +71,7 @@ def run_train(args: argparse.Namespace, cfg: TrainConfig) -> int:
 
 
 def _checkpoint(path: Path | None):
-    from .checkpoints import CheckpointError, list_checkpoints, load_checkpoint
+    from flowerdemo.models.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
 
     if path is None:
         found = list_checkpoints("checkpoints")
@@ -85,13 +85,13 @@ def _checkpoint(path: Path | None):
 def run_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from .cli import resolve_data
-    from .dataset import DatasetError, scan_dataset
-    from .engine import resolve_device
-    from .precision import autocast_for
-    from .loops import loss_and_accuracy, predict_tensors
-    from .metrics import classification_report, format_report
-    from .tensorcache import decode_samples
+    from flowerdemo.data.dataset import resolve_data
+    from flowerdemo.data.dataset import DatasetError, scan_dataset
+    from flowerdemo.device import resolve_device
+    from flowerdemo.device import autocast_for
+    from flowerdemo.train.step import loss_and_accuracy, predict_tensors
+    from flowerdemo.train.metrics import classification_report, format_report
+    from flowerdemo.data.tensorcache import decode_samples
 
     clf = _checkpoint(args.checkpoint)
     cfg = clf.meta.get("config", {})
@@ -118,8 +118,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from .explain import explain, heatmap_image
-    from .predict import predict
+    from flowerdemo.infer.explain import explain, heatmap_image
+    from flowerdemo.infer.predict import predict
 
     clf = _checkpoint(args.checkpoint)
     failures = 0
@@ -143,8 +143,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_experiment(args: argparse.Namespace, cfg: TrainConfig) -> int:
-    from .cli import resolve_data
-    from .experiments import run_suite
+    from flowerdemo.data.dataset import resolve_data
+    from flowerdemo.train.experiments import run_suite
 
     out = args.out / args.suite if args.out == Path("experiments") else args.out
     with tempfile.TemporaryDirectory(prefix="flowerdemo-") as work:

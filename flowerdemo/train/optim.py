@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .config import TrainConfig
+from flowerdemo.config import TrainConfig
 
 
 def param_groups(model: nn.Module, cfg: TrainConfig, backbone_lr_scale: float | None = None) -> list[dict]:

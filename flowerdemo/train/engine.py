@@ -17,37 +17,22 @@ from typing import Generator
 
 import torch
 
-from .augment import BatchAugment
-from .checkpoints import library_versions, new_run_dir, save_checkpoint
-from .config import TrainConfig
-from .dataset import DatasetSplit, scan_dataset
-from .distributed import DistInfo, device_for, init_from_env
-from .events import CheckpointSaved, EpochEnd, Event, Finished, Progress, RunStarted, Stopped
-from .fastmode import FastTrainer
-from .loops import batch_starts, loss_and_accuracy, predict_tensors, train_one_epoch
-from .metrics import classification_report
-from .models import FlowerNet, Preprocessing, build_model, freeze, frozen_modules
-from .optim import head_lr, make_optimizer, make_scheduler
-from .precision import autocast_for
-from .tensorcache import ImageTensors, decode_samples
+from flowerdemo.data.augment import BatchAugment
+from flowerdemo.models.checkpoints import library_versions, new_run_dir, save_checkpoint
+from flowerdemo.config import TrainConfig
+from flowerdemo.data.dataset import DatasetSplit, scan_dataset
+from flowerdemo.train.distributed import DistInfo, device_for, init_from_env
+from flowerdemo.train.events import CheckpointSaved, EpochEnd, Event, Finished, Progress, RunStarted, Stopped
+from flowerdemo.train.fast import FastTrainer
+from flowerdemo.train.step import batch_starts, loss_and_accuracy, predict_tensors, train_one_epoch
+from flowerdemo.train.metrics import classification_report
+from flowerdemo.models.registry import FlowerNet, Preprocessing, build_model, freeze, frozen_modules
+from flowerdemo.train.optim import head_lr, make_optimizer, make_scheduler
+from flowerdemo.device import autocast_for, describe_device, resolve_device
+from flowerdemo.data.tensorcache import ImageTensors, decode_samples
 
 log = logging.getLogger(__name__)
 DECODE_CHUNK = 256
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} asked for CUDA, but no GPU is available; use 'auto' or 'cpu'")
-    return device
-
-
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
 
 
 def resolve_mode(cfg: TrainConfig, device: torch.device) -> str:

@@ -1,0 +1,1 @@
+"""Command line: `flowerdemo train | evaluate | predict | experiment` (also `python -m flowerdemo`)."""

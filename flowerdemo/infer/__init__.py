@@ -1,0 +1,1 @@
+"""Serving a trained model: image preprocessing, prediction, Grad-CAM explanation."""

@@ -1,0 +1,1 @@
+"""What a shared server needs besides a UI: the training slot and run-folder housekeeping."""
