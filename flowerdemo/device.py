@@ -61,3 +61,11 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def configure_process() -> None:
+    """Backend flags, set once when a process starts (the CLI, the app), never per run: a server's
+    runs and predictions share them. cuDNN autotuning picks the fastest convolution kernels for the
+    fixed input sizes of training and serving."""
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True

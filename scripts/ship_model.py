@@ -23,7 +23,7 @@ from flowerdemo.models.checkpoints import load_checkpoint, save_checkpoint  # no
 from flowerdemo.data.dataset import scan_dataset  # noqa: E402
 from flowerdemo.device import autocast_for  # noqa: E402
 from flowerdemo.models.hub import model_card  # noqa: E402
-from flowerdemo.train.step import predict_tensors  # noqa: E402
+from flowerdemo.train.evaluate import predict_tensors  # noqa: E402
 from flowerdemo.train.metrics import classification_report  # noqa: E402
 from flowerdemo.serve.runs import DEFAULT_RUN  # noqa: E402
 from flowerdemo.data.tensorcache import decode_samples  # noqa: E402

@@ -18,7 +18,7 @@ from flowerdemo.models.checkpoints import (META, WEIGHTS, CheckpointError, list_
                                     save_checkpoint)
 from flowerdemo.config import TrainConfig
 from flowerdemo.data.dataset import scan_dataset
-from flowerdemo.train.step import loss_and_accuracy, predict_tensors
+from flowerdemo.train.evaluate import loss_and_accuracy, predict_tensors
 from flowerdemo.models.registry import build_model
 from flowerdemo.data.tensorcache import decode_samples
 

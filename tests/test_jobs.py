@@ -24,13 +24,18 @@ CFG = TrainConfig(mode="fast", image_size=64, epochs=3, batch_size=8, fast_views
 
 
 def fake_engine(epochs: int = 3, prepare_steps: int = 2):
-    """A stand-in for engine.train that honours `stop` like the real one (checked between batches)."""
+    """A stand-in for engine.train that honours `stop` like the real one (in preparation, and between
+    batches once training)."""
 
     def train(cfg, data, out_dir, stop):
-        run_dir = Path(out_dir) / "run"
-        run_dir.mkdir(parents=True, exist_ok=True)
         for i in range(prepare_steps):
             yield Progress("decode", i + 1, prepare_steps)
+            if stop.is_set():
+                yield Stopped(0, "stopped while preparing the data; nothing was trained")
+                yield Finished(None, 0.0, 0, 0, 0.1, True)
+                return
+        run_dir = Path(out_dir) / "run"
+        run_dir.mkdir(parents=True, exist_ok=True)
         yield RunStarted(run_dir, "cpu", "fast", cfg.model, ("a", "b"), 8, 2, epochs, 0)
         for epoch in range(1, epochs + 1):
             yield Progress("train", 1, 1, epoch)

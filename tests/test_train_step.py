@@ -11,8 +11,10 @@ import torch
 
 from flowerdemo.data.augment import BatchAugment
 from flowerdemo.config import TrainConfig
-from flowerdemo.train.engine import FullTrainer
 from flowerdemo.train.fast import FastTrainer
+from flowerdemo.train.full import FullTrainer
+from flowerdemo.train.step import drain
+from flowerdemo.train.trainer import TrainSetup
 from flowerdemo.models.registry import build_model
 from flowerdemo.data.tensorcache import ImageTensors
 from tests import reference_loops
@@ -51,17 +53,13 @@ def test_full_mode_step_matches_the_old_loop(freeze):
     prep = model.spec.preprocessing.with_size(cfg.image_size)
     reference = copy.deepcopy(model)
 
-    trainer = FullTrainer(model, cfg, train, val, prep, torch.device("cpu"), None)
+    trainer = FullTrainer(TrainSetup(cfg, model, train, val, prep, torch.device("cpu")))
     list(trainer.prepare())
-    stats = None
-    gen = trainer.epoch(1)
-    try:
-        while True:
-            next(gen)
-    except StopIteration as done:
-        stats = done.value
+    stats = drain(trainer.train_epoch(1))
 
-    ref_trainer = FullTrainer(reference, cfg, train, val, prep, torch.device("cpu"), None)  # same freezing/layout/optimiser
+    # the reference gets the same freezing, layout and optimiser from a second trainer it does not run
+    ref_trainer = FullTrainer(TrainSetup(cfg, reference, train, val, prep, torch.device("cpu")))
+    list(ref_trainer.prepare())
     ref_stats = reference_loops.full_epoch(
         reference, train.images, train.labels, BatchAugment(cfg.augment, prep.input_size, prep.mean, prep.std),
         ref_trainer.opt, ref_trainer.sched, batch_size=cfg.batch_size, autocast=ref_trainer.autocast,
@@ -69,8 +67,8 @@ def test_full_mode_step_matches_the_old_loop(freeze):
         generator=torch.Generator().manual_seed(cfg.seed), aug_generator=torch.Generator().manual_seed(cfg.seed + 1),
         channels_last=cfg.channels_last, frozen=ref_trainer.frozen)
     _assert_same_weights(model, reference)
-    assert stats["loss"] == pytest.approx(ref_stats["loss"], rel=1e-6)
-    assert stats["acc"] == ref_stats["acc"]
+    assert stats.loss == pytest.approx(ref_stats["loss"], rel=1e-6)
+    assert stats.acc == ref_stats["acc"]
 
 
 @pytest.mark.parametrize("tune_tail", [True, False])
@@ -81,16 +79,11 @@ def test_fast_mode_step_matches_the_old_loop(tune_tail):
     prep = model.spec.preprocessing.with_size(cfg.image_size)
     reference = copy.deepcopy(model)
 
-    trainer = FastTrainer(model, cfg, train, val, prep, torch.device("cpu"), None)
+    trainer = FastTrainer(TrainSetup(cfg, model, train, val, prep, torch.device("cpu")))
     list(trainer.prepare())
-    gen = trainer.epoch(1)
-    try:
-        while True:
-            next(gen)
-    except StopIteration as done:
-        stats = done.value
+    stats = drain(trainer.train_epoch(1))
 
-    ref_trainer = FastTrainer(reference, cfg, train, val, prep, torch.device("cpu"), None)
+    ref_trainer = FastTrainer(TrainSetup(cfg, reference, train, val, prep, torch.device("cpu")))
     list(ref_trainer.prepare())  # the same cached activations (seeded extraction) and optimiser
     assert torch.equal(ref_trainer.train_feats, trainer.train_feats)
     ref_stats = reference_loops.fast_epoch(
@@ -100,5 +93,5 @@ def test_fast_mode_step_matches_the_old_loop(tune_tail):
         label_smoothing=cfg.label_smoothing, generator=torch.Generator().manual_seed(cfg.seed),
         channels_last=cfg.channels_last)
     _assert_same_weights(model, reference)
-    assert stats["loss"] == pytest.approx(ref_stats["loss"], rel=1e-6)
-    assert stats["acc"] == ref_stats["acc"]
+    assert stats.loss == pytest.approx(ref_stats["loss"], rel=1e-6)
+    assert stats.acc == ref_stats["acc"]

@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from flowerdemo.config import TrainConfig
-from flowerdemo.train.events import EpochEnd, Event, Finished, Progress, RunStarted, Stopped
+from flowerdemo.train.events import EpochEnd, Event, RunStarted
 
 log = logging.getLogger(__name__)
 
 _LOCK = threading.Lock()  # process-wide: however many apps or visitors, one training at a time
 GPU_SECONDS = int(os.environ.get("FLOWERDEMO_GPU_SECONDS", "600"))  # ZeroGPU time asked for per training
-PREPARING = ("decode", "features")  # stages before the first batch; the engine checks `stop` only in training
 
 
 class Busy(RuntimeError):
@@ -171,14 +170,11 @@ class TrainingJob:
 
 class Run(Iterator[Event]):
     """The event stream of one claimed training; the slot is released when it ends or is closed.
-
-    A stop requested while the data is still being prepared ends the run at once (nothing to keep yet).
-    """
+    Stopping is the engine's business (honoured in every phase); this only relays and records."""
 
     def __init__(self, job: TrainingJob, events: Iterator[Event], stop: StopFlag) -> None:
         self._job, self._events, self._stop = job, events, stop
         self._done = False
-        self._t0 = time.perf_counter()
 
     def __iter__(self) -> "Run":
         return self
@@ -186,10 +182,6 @@ class Run(Iterator[Event]):
     def __next__(self) -> Event:
         if self._done:
             raise StopIteration
-        last = self._job.state.last_event
-        if self._stop.is_set() and (last is None or isinstance(last, RunStarted)
-                                    or (isinstance(last, Progress) and last.stage in PREPARING)):
-            return self._abort_preparation()
         try:
             event = next(self._events)
         except StopIteration:
@@ -201,33 +193,16 @@ class Run(Iterator[Event]):
         self._job._record(event)
         return event
 
-    def _abort_preparation(self) -> Event:
-        self._close_engine()
-        seconds = time.perf_counter() - self._t0
-        self._pending = Finished(None, 0.0, 0, 0, seconds, True)
-        self._events = iter([self._pending])
-        event = Stopped(0, "stopped while preparing the data; nothing was trained")
-        self._job._record(event)
-        return event
-
     def close(self) -> None:
-        """End the run now (e.g. the visitor went away): the engine's best checkpoint stays on disk."""
+        """End the run now (e.g. the visitor went away): the engine keeps its best checkpoint, if any."""
         if not self._done:
-            self._close_engine()
+            close = getattr(self._events, "close", None)
+            if close is not None:
+                close()
             self._finish(None)
-
-    def _close_engine(self) -> None:
-        close = getattr(self._events, "close", None)
-        if close is not None:
-            close()
 
     def _finish(self, error: BaseException | None) -> None:
         self._done = True
-        run_dir = self._job.state.run_dir
-        if run_dir is not None and not (Path(run_dir) / "model.safetensors").exists():
-            from flowerdemo.serve.runs import remove_tree
-
-            remove_tree(run_dir, Path(run_dir).parent)  # stopped before the first checkpoint: nothing to keep
         self._job._release(error)
 
     def __del__(self) -> None:  # an abandoned stream must not hold the slot forever

@@ -1,38 +1,52 @@
 """The training engine: `train(config, data)` is a generator of typed events.
 
-Device and precision are chosen once. Both modes (full fine-tuning, fast mode on cached activations)
-share one driver: per epoch it trains, scores the validation split, keeps the best weights and
-writes them atomically. Stopping = setting `stop` (honoured within one batch) or closing the
-generator; either way the best checkpoint on disk stays loadable.
+One run is three phases around a `Run` context:
+- prepare: scan the data, choose the device and the mode once, build the model, decode every image
+  once into a uint8 cache, let the trainer prepare (fast mode: extract activations);
+- fit: per epoch the trainer trains, the validation split is scored, the best weights are kept and
+  written atomically;
+- finish: the best weights' report (per-class metrics, worst mistakes) is added to the checkpoint.
+
+Stopping = setting `stop` or closing the generator; it is honoured within one batch or chunk in every
+phase. Stopped before anything was trained, the run leaves nothing on disk; stopped later, the best
+checkpoint so far stays loadable. A run dir without a checkpoint is never left behind.
+
+Nothing process-wide is changed: no global seed (the run's generators are its own), no backend flags
+(`flowerdemo.device.configure_process` sets those once at start-up).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
+import shutil
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Generator
+from typing import Any, Iterator
 
 import torch
 
-from flowerdemo.data.augment import BatchAugment
-from flowerdemo.models.checkpoints import library_versions, new_run_dir, save_checkpoint
 from flowerdemo.config import TrainConfig
 from flowerdemo.data.dataset import DatasetSplit, scan_dataset
-from flowerdemo.train.distributed import DistInfo, device_for, init_from_env
+from flowerdemo.data.tensorcache import ImageTensors, decode_samples
+from flowerdemo.device import describe_device, resolve_device
+from flowerdemo.models.checkpoints import WEIGHTS, library_versions, new_run_dir, save_checkpoint
+from flowerdemo.models.registry import build_model
+from flowerdemo.train.distributed import device_for, init_from_env
+from flowerdemo.train.evaluate import loss_and_accuracy
 from flowerdemo.train.events import CheckpointSaved, EpochEnd, Event, Finished, Progress, RunStarted, Stopped
 from flowerdemo.train.fast import FastTrainer
-from flowerdemo.train.step import batch_starts, loss_and_accuracy, predict_tensors, train_one_epoch
+from flowerdemo.train.full import FullTrainer
 from flowerdemo.train.metrics import classification_report
-from flowerdemo.models.registry import FlowerNet, Preprocessing, build_model, freeze, frozen_modules
-from flowerdemo.train.optim import head_lr, make_optimizer, make_scheduler
-from flowerdemo.device import autocast_for, describe_device, resolve_device
-from flowerdemo.data.tensorcache import ImageTensors, decode_samples
+from flowerdemo.train.optim import head_lr
+from flowerdemo.train.seeding import init_, seed_dropout_
+from flowerdemo.train.step import StopSignal, stop_requested
+from flowerdemo.train.trainer import Trainer, TrainSetup
 
 log = logging.getLogger(__name__)
-DECODE_CHUNK = 256
+DECODE_CHUNK = 256  # images decoded between two progress events (and stop checks)
+STOPPED_PREPARING = "stopped while preparing the data; nothing was trained"
 
 
 def resolve_mode(cfg: TrainConfig, device: torch.device) -> str:
@@ -40,60 +54,50 @@ def resolve_mode(cfg: TrainConfig, device: torch.device) -> str:
     return cfg.mode if cfg.mode != "auto" else ("full" if device.type == "cuda" else "fast")
 
 
-class FullTrainer:
-    """Fine-tunes the whole network (minus frozen stages) on augmented batches from the cache."""
+@dataclass
+class Run:
+    """One training run's context, filled in by the phases."""
 
-    def __init__(self, model: FlowerNet, cfg: TrainConfig, train: ImageTensors, val: ImageTensors,
-                 prep: Preprocessing, device: torch.device, stop: threading.Event | None,
-                 dist_info: DistInfo = DistInfo()) -> None:
-        self.model, self.cfg, self.train, self.val, self.prep, self.device, self.stop = model, cfg, train, val, prep, device, stop
-        self.dist = dist_info
-        freeze(model, cfg.freeze, cfg.frozen_stages)
-        self.frozen = frozen_modules(model)
-        # NHWC pays on CPUs too (oneDNN's depthwise/1x1 kernels): benchmarks/speed.py, Lite0 224 px, one
-        # epoch on the 2-core dev machine, 9.2 -> 16.2 img/s; benchmarks/layout.py train step 1.2-1.6x
-        self.channels_last = cfg.channels_last
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
-        self.forward_model = torch.compile(model) if cfg.compile else model
-        if dist_info.enabled:  # gradients averaged across processes after each backward
-            from torch.nn.parallel import DistributedDataParallel
+    cfg: TrainConfig
+    stop: StopSignal | None
+    out_dir: Path
+    t_start: float = field(default_factory=time.perf_counter)
+    run_dir: Path | None = None  # None on non-zero ranks (rank 0 writes) and until the run has started
+    trainer: Trainer | None = None
+    classes: tuple[str, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict)  # what every checkpoint of this run says about it
+    history: list[dict[str, float]] = field(default_factory=list)
+    best: tuple[float, int, dict[str, torch.Tensor] | None, torch.Tensor | None] = (-1.0, 0, None, None)
+    saved: bool = False
 
-            self.forward_model = DistributedDataParallel(
-                self.forward_model, device_ids=[device.index] if device.type == "cuda" else None)
-        self.autocast, self.scaler = autocast_for(device, cfg.amp)
-        self.augment = BatchAugment(cfg.augment, prep.input_size, prep.mean, prep.std)
-        self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.aug_generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-        # the batches train_one_epoch will run: a partial last batch is a step too
-        self.steps_per_epoch = max(1, len(batch_starts(len(train) // dist_info.world, cfg.batch_size)))
-        self.opt = make_optimizer(model, cfg, device)
-        self.sched = make_scheduler(self.opt, cfg, self.steps_per_epoch)
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.t_start
 
-    def prepare(self) -> Generator[Progress, None, None]:
-        if self.device.type == "cuda":  # the whole uint8 cache lives on the GPU: no loader, no copies
-            self.train, self.val = self.train.to(self.device), self.val.to(self.device)
-            torch.backends.cudnn.benchmark = True
-        return
-        yield  # a generator like the fast trainer's
-
-    def epoch(self, epoch: int) -> Generator[Progress, None, dict[str, float]]:
-        return (yield from train_one_epoch(
-            self.forward_model, self.train, self.augment, self.opt, self.sched, epoch=epoch,
-            batch_size=self.cfg.batch_size, device=self.device, autocast=self.autocast, scaler=self.scaler,
-            grad_clip=self.cfg.grad_clip, label_smoothing=self.cfg.label_smoothing, generator=self.generator,
-            aug_generator=self.aug_generator, channels_last=self.channels_last, frozen=self.frozen, stop=self.stop,
-            shard=(self.dist.rank, self.dist.world), reduce=self.dist.reduce_sum))
-
-    def val_logits(self) -> torch.Tensor:
-        # every process scores the whole (small) val split with rank 0's buffers: all agree on the best epoch
-        self.dist.sync_buffers(self.model)
-        return predict_tensors(self.model, self.val, size=self.prep.input_size, mean=self.prep.mean,
-                               std=self.prep.std, device=self.device, autocast=self.autocast,
-                               batch_size=max(128, self.cfg.batch_size * 4), channels_last=self.channels_last)
+    def discard_if_unsaved(self) -> None:
+        """A run dir with no checkpoint in it is removed (stopped, failed or closed before the first save)."""
+        if self.run_dir is not None and not (self.run_dir / WEIGHTS).exists():
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
-def _decode(split: DatasetSplit, size: int, workers: int) -> Generator[Progress, None, tuple[ImageTensors, ImageTensors, list]]:
+def train(cfg: TrainConfig, data: str | Path | DatasetSplit, out_dir: str | Path = "checkpoints",
+          stop: StopSignal | None = None) -> Iterator[Event]:
+    """Fine-tune `cfg.model` on `data` (a folder, or an already scanned split), yielding events."""
+    run = Run(cfg, stop, Path(out_dir))
+    try:
+        if not (yield from prepare(run, data)):
+            yield Stopped(0, STOPPED_PREPARING)
+            yield Finished(None, 0.0, 0, 0, run.seconds, True)
+            return
+        yield from fit(run)
+        yield from finish(run)
+    finally:  # also when the consumer closes the generator, or an error ends the run
+        run.discard_if_unsaved()
+
+
+def _decode(split: DatasetSplit, size: int, workers: int,
+            stop: StopSignal | None) -> Iterator[Progress]:
+    """Decode both splits chunk by chunk; returns (train, val, skipped), or None when stopped."""
     parts: dict[str, list[ImageTensors]] = {"train": [], "val": []}
     skipped: list = []
     total = len(split.train) + len(split.val)
@@ -105,6 +109,8 @@ def _decode(split: DatasetSplit, size: int, workers: int) -> Generator[Progress,
             skipped += bad
             done += len(samples[start:start + DECODE_CHUNK])
             yield Progress("decode", done, total)
+            if stop_requested(stop) and done < total:
+                return None
 
     def cat(items: list[ImageTensors]) -> ImageTensors:
         return ImageTensors(torch.cat([t.images for t in items]), torch.cat([t.labels for t in items]),
@@ -113,90 +119,115 @@ def _decode(split: DatasetSplit, size: int, workers: int) -> Generator[Progress,
     return cat(parts["train"]), cat(parts["val"]), skipped
 
 
-def train(cfg: TrainConfig, data: str | Path | DatasetSplit, out_dir: str | Path = "checkpoints",
-          stop: threading.Event | None = None) -> Generator[Event, None, None]:
-    """Fine-tune `cfg.model` on `data` (a folder, or an already scanned split), yielding events."""
-    t_start = time.perf_counter()
+def prepare(run: Run, data: str | Path | DatasetSplit) -> Iterator[Event]:
+    """Data, device, mode, model, decoded images, the trainer ready; returns False when stopped."""
+    cfg = run.cfg
     split = data if isinstance(data, DatasetSplit) else scan_dataset(data, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    torch.manual_seed(cfg.seed)
     dist_info = init_from_env()
     device = device_for(dist_info, resolve_device(cfg.device))
     mode = resolve_mode(cfg, device)
     if dist_info.enabled and mode == "fast":
         log.warning("fast mode trains from one process's activation cache; under torchrun it runs as full fine-tuning instead")
         mode = "full"
-    model = build_model(cfg.model, len(split.classes), cfg.pretrained, cfg.head, cfg.head_hidden, cfg.head_dropout).to(device)
+    model = build_model(cfg.model, len(split.classes), cfg.pretrained, cfg.head, cfg.head_hidden, cfg.head_dropout)
+    # the run's own generator for what layers draw by themselves (same in every process)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    init_(model.head, generator)
+    if not cfg.pretrained:
+        init_(model.backbone, generator)
+    seed_dropout_(model.head, generator)
+    model.to(device)
     prep = model.spec.preprocessing.with_size(cfg.image_size)
-    train_data, val_data, bad = yield from _decode(split, prep.resize_size, cfg.workers)
+    decoded = yield from _decode(split, prep.resize_size, cfg.workers, run.stop)
+    if decoded is None:
+        return False
+    train_data, val_data, bad = decoded
     if len(train_data) < 2 or len(val_data) < 1:
         raise ValueError(f"only {len(train_data)} training and {len(val_data)} validation images could be decoded; "
                          "need at least 2 and 1")
-    run_dir = new_run_dir(out_dir, cfg.model) if dist_info.is_main else Path(out_dir) / "(rank 0 writes)"
-    yield RunStarted(run_dir, describe_device(device), mode, cfg.model, split.classes, len(train_data), len(val_data),
-                     cfg.epochs, len(split.skipped) + len(bad))
-    if mode == "fast":
-        trainer = FastTrainer(model, cfg, train_data, val_data, prep, device, stop)
-    else:
-        trainer = FullTrainer(model, cfg, train_data, val_data, prep, device, stop, dist_info)
-    yield from trainer.prepare()
+    if dist_info.is_main:
+        run.run_dir = new_run_dir(run.out_dir, cfg.model)
+    run.classes = split.classes
+    yield RunStarted(run.run_dir, describe_device(device), mode, cfg.model, split.classes, len(train_data),
+                     len(val_data), cfg.epochs, len(split.skipped) + len(bad))
+    setup = TrainSetup(cfg, model, train_data, val_data, prep, device, run.stop, dist_info)
+    run.trainer = FastTrainer(setup) if mode == "fast" else FullTrainer(setup)
+    yield from run.trainer.prepare()
+    if stop_requested(run.stop):
+        return False
+    run.meta = {"architecture": cfg.model, "classes": list(split.classes),
+                "head": {"kind": cfg.head, "hidden": cfg.head_hidden, "dropout": cfg.head_dropout},
+                "preprocessing": prep.to_dict(), "config": cfg.to_dict(), "mode": mode,
+                "device": describe_device(device),
+                "data": {"root": str(split.root), "counts": split.counts(), "presplit": split.presplit,
+                         "skipped": len(split.skipped) + len(bad)},
+                "world_size": dist_info.world, "versions": library_versions()}
+    return True
 
-    meta = {"architecture": cfg.model, "classes": list(split.classes),
-            "head": {"kind": cfg.head, "hidden": cfg.head_hidden, "dropout": cfg.head_dropout},
-            "preprocessing": prep.to_dict(), "config": cfg.to_dict(), "mode": mode, "device": describe_device(device),
-            "data": {"root": str(split.root), "counts": split.counts(), "presplit": split.presplit,
-                     "skipped": len(split.skipped) + len(bad)},
-            "world_size": dist_info.world,
-            "versions": library_versions()}
-    history: list[dict[str, float]] = []
-    best_acc, best_epoch, best_state, saved = -1.0, 0, None, False
+
+def fit(run: Run) -> Iterator[Event]:
+    """Train epoch by epoch, keeping (and writing) the best weights; ends early on a stop request.
+
+    The first epoch is always scored and saved, even when a stop arrives during it: a run that has
+    trained anything leaves a checkpoint. Later, a stop also ends the scoring of the epoch at once."""
+    cfg, trainer = run.cfg, run.trainer
+    setup = trainer.setup
     stopped_at = 0
     for epoch in range(1, cfg.epochs + 1):
-        stats = yield from trainer.epoch(epoch)
-        if stats["stopped"] and saved:
+        stats = yield from trainer.train_epoch(epoch)
+        if stats.stopped and run.saved:
             stopped_at = epoch
             break
-        epoch_logits = trainer.val_logits()
-        val_loss, val_acc = loss_and_accuracy(epoch_logits, val_data.labels)
+        logits = yield from trainer.val_logits(epoch, stoppable=run.saved)
+        if logits is None:  # stopped while scoring: the best checkpoint so far stands
+            stopped_at = epoch
+            break
+        val_loss, val_acc = loss_and_accuracy(logits, setup.val.labels)
+        best_acc = run.best[0]
         is_best = val_acc > best_acc
         if is_best:
-            best_acc, best_epoch = val_acc, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            best_logits = epoch_logits  # the final report needs no second validation pass
-        elapsed = time.perf_counter() - t_start
-        row = EpochEnd(epoch, cfg.epochs, stats["loss"], stats["acc"], val_loss, val_acc, head_lr(trainer.opt),
-                       stats["seconds"], elapsed, stats["images"] / max(stats["seconds"], 1e-9), best_acc, is_best)
-        history.append(row.as_row())
+            best_acc = val_acc
+            run.best = (val_acc, epoch, {k: v.detach().clone() for k, v in setup.model.state_dict().items()}, logits)
+        row = EpochEnd(epoch, cfg.epochs, stats.loss, stats.acc, val_loss, val_acc, head_lr(trainer.opt),
+                       stats.seconds, run.seconds, stats.images / max(stats.seconds, 1e-9), best_acc, is_best)
+        run.history.append(row.as_row())
         yield row
         if is_best:
-            if dist_info.is_main:
-                save_checkpoint(run_dir, model, {**meta, "created": _now(), "history": history,
-                                                 "metrics": {"best_val_acc": best_acc, "best_epoch": best_epoch}})
-                yield CheckpointSaved(run_dir, epoch, val_acc)
-            saved = True
-        if stats["stopped"]:
+            if run.run_dir is not None:
+                save_checkpoint(run.run_dir, setup.model, {**run.meta, "created": _now(), "history": run.history,
+                                                           "metrics": {"best_val_acc": val_acc, "best_epoch": epoch}})
+                yield CheckpointSaved(run.run_dir, epoch, val_acc)
+            run.saved = True
+        if stats.stopped:
             stopped_at = epoch
             break
     if stopped_at:
         yield Stopped(stopped_at, "stop requested")
+    run.meta["stopped"] = bool(stopped_at)
 
-    model.load_state_dict(best_state)
-    logits = best_logits
-    report = classification_report(val_data.labels, logits.argmax(1), split.classes)
-    mistakes = _mistakes(logits, val_data, split.classes)
-    seconds = time.perf_counter() - t_start
-    metrics = {"best_val_acc": best_acc, "best_epoch": best_epoch, "epochs_run": len(history),
-               "seconds": round(seconds, 2), "stopped": bool(stopped_at), **report}
-    if dist_info.is_main:
-        save_checkpoint(run_dir, model, {**meta, "created": _now(), "history": history, "metrics": metrics,
-                                         "mistakes": list(mistakes)})
-    yield Finished(run_dir, best_acc, best_epoch, len(history), seconds, bool(stopped_at), report, mistakes)
+
+def finish(run: Run) -> Iterator[Event]:
+    """The best epoch's report and worst mistakes, written into its checkpoint."""
+    setup = run.trainer.setup
+    best_acc, best_epoch, best_state, logits = run.best
+    setup.model.load_state_dict(best_state)
+    stopped = run.meta.pop("stopped")
+    report = classification_report(setup.val.labels, logits.argmax(1), run.classes)
+    mistakes = _mistakes(logits, setup.val, run.classes)
+    seconds = run.seconds
+    metrics = {"best_val_acc": best_acc, "best_epoch": best_epoch, "epochs_run": len(run.history),
+               "seconds": round(seconds, 2), "stopped": stopped, **report}
+    if run.run_dir is not None:
+        save_checkpoint(run.run_dir, setup.model, {**run.meta, "created": _now(), "history": run.history,
+                                                   "metrics": metrics, "mistakes": list(mistakes)})
+    yield Finished(run.run_dir, best_acc, best_epoch, len(run.history), seconds, stopped, report, mistakes)
 
 
 def _mistakes(logits: torch.Tensor, data: ImageTensors, classes: tuple[str, ...], limit: int = 12) -> tuple[dict, ...]:
     """The most confidently wrong validation predictions (for the app's gallery)."""
     probs = logits.softmax(1)
     conf, pred = probs.max(1)
-    wrong = (pred != data.labels).nonzero().flatten().tolist()
+    wrong = (pred != data.labels.cpu()).nonzero().flatten().tolist()
     wrong.sort(key=lambda i: -float(conf[i]))
     return tuple({"path": str(data.paths[i]), "true": classes[int(data.labels[i])], "pred": classes[int(pred[i])],
                   "confidence": round(float(conf[i]), 4)} for i in wrong[:limit])

@@ -5,36 +5,35 @@ head from that cache, drawing one view per image. With `fast_tune_last_stage=Fal
 cached activations would not fit in memory) the whole backbone is frozen and only pooled features
 are cached, as in a plain linear probe.
 
-Measured on flowers5-dev, Lite0 224 px, 20 epochs, 3 splits, 2-core CPU (docs/benchmarks.md §1):
-head only 93.4 % best / 92.8 % last epoch (mean); last stage + head 95.4 % / 95.0 %, 143-168 s in all.
+Fast mode honours `freeze`: "backbone" trains the head alone; "stages" freezes at least the stages
+asked for (the trunk is frozen anyway), and the head alone when they include the last stage.
+Accuracy and time of both variants: docs/benchmarks.md §1.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from typing import Callable, Generator
+from typing import Callable, Generator, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from flowerdemo.data.augment import BatchAugment, eval_batch
-from flowerdemo.config import TrainConfig
 from flowerdemo.train.events import Progress
 from flowerdemo.train.featurecache import default_cache_dir, feature_key, load_features, save_features
 from flowerdemo.models.fold import folded_or_original
-from flowerdemo.models.registry import FlowerNet, Preprocessing
+from flowerdemo.models.registry import Preprocessing
 from flowerdemo.train.optim import make_optimizer, make_scheduler
+from flowerdemo.train.step import OptimStep, StopSignal, batch_slices, run_epoch, stop_requested
+from flowerdemo.train.trainer import TrainSetup
 from flowerdemo.device import autocast_dtype, autocast_for
 from flowerdemo.data.tensorcache import ImageTensors
 
 log = logging.getLogger(__name__)
 FEATURE_BATCH = 64  # images per backbone forward during extraction
 EVAL_BATCH = 256  # cached items per tail forward when scoring the validation split
-# cached last-stage inputs above this size fall back to pooled features (head-only training):
-# EfficientNet-Lite0 at 224 px needs 19 KB per image and view, ResNet-50 400 KB
+# cached last-stage inputs above this size fall back to pooled features (head-only training); per
+# image and view a Lite0 at 224 px needs ~20 KB, a ResNet-50 ~20x that
 MAP_BUDGET_BYTES = 3 * 2**30
 
 
@@ -46,12 +45,13 @@ def _batches(n: int, batch_size: int = FEATURE_BATCH) -> int:
 def extract_features(
     encoder: nn.Module, data: ImageTensors, prep: Preprocessing, views: int, augment: BatchAugment | None,
     generator: torch.Generator, device: torch.device, batch_size: int = FEATURE_BATCH, channels_last: bool = True,
-    progress: tuple[int, int] | None = None, autocast: Callable = None,
-) -> Generator[Progress, None, torch.Tensor]:
+    progress: tuple[int, int] | None = None, autocast: Callable = None, stop: StopSignal | None = None,
+) -> Generator[Progress, None, torch.Tensor | None]:
     """(views, N, ...) fp16 outputs of `encoder` (the backbone trunk, or the whole backbone); view 0 is
     the eval crop, the rest augmented. channels_last pays on CPUs too: oneDNN's depthwise
     convolutions are faster in NHWC (benchmarks/layout.py). `progress=(done, total)` continues a count started by an
-    earlier call (train then val: one bar, not two that restart)."""
+    earlier call (train then val: one bar, not two that restart). Returns None when `stop` is set
+    (checked after every batch)."""
     encoder.eval()
     done, total = progress if progress is not None else (0, views * _batches(len(data), batch_size))
     out = None  # (views, N, ...) fp16, allocated once the first output's shape is known: no copies
@@ -68,6 +68,8 @@ def extract_features(
             out[v, start:start + len(y)] = y  # NCHW fp16: the cache's layout on disk and in memory
             done += 1
             yield Progress("features", done, total)
+            if stop_requested(stop):
+                return None
     return out
 
 
@@ -79,37 +81,51 @@ def cached_item_shape(encoder: nn.Module, prep: Preprocessing, device: torch.dev
 
 
 class FastTrainer:
-    """Trains `model.head` (and the backbone's tail) from cached activations; same interface as the
-    full-mode trainer."""
+    """The `Trainer` of fast mode (see flowerdemo.train.trainer): trains `model.head`, and the
+    backbone's tail unless asked not to, from cached activations."""
 
-    def __init__(self, model: FlowerNet, cfg: TrainConfig, train: ImageTensors, val: ImageTensors,
-                 prep: Preprocessing, device: torch.device, stop: threading.Event | None) -> None:
-        self.model, self.cfg, self.train, self.val, self.prep = model, cfg, train, val, prep
-        self.device, self.stop = device, stop
+    def __init__(self, setup: TrainSetup) -> None:
+        self.setup = setup
+        cfg, model = setup.cfg, setup.model
         for p in model.backbone.parameters():
             p.requires_grad_(False)
         if cfg.channels_last:
             model.backbone.to(memory_format=torch.channels_last)
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        # bf16 on CPUs with native bf16 units: extraction 1.7x faster, same accuracy (docs/benchmarks.md §1)
-        self.autocast, self.scaler = autocast_for(device, cfg.amp, cpu_bf16=True)
+        # bf16 on CPUs with native bf16 units: extraction faster at the same accuracy (docs/benchmarks.md §1)
+        self.autocast, self.scaler = autocast_for(setup.device, cfg.amp, cpu_bf16=True)
         self.trunk, self.tail = model.split()
-        # freeze="backbone" asks for a frozen backbone: the head alone trains, as in a linear probe
-        self.tune_tail = cfg.fast_tune_last_stage and cfg.freeze != "backbone" and self._maps_fit()
+        self.tune_tail = cfg.fast_tune_last_stage and not self._tail_frozen_by_config() and self._maps_fit()
         if self.tune_tail:
             for p in self.tail.parameters():
                 p.requires_grad_(True)
             self.tail.eval()  # BatchNorm keeps its ImageNet statistics: batches of 32 would make them noisy
         self.encoder = self.trunk if self.tune_tail else model.backbone
+        self.slices = batch_slices(len(setup.train), cfg.batch_size)
+
+    def _tail_frozen_by_config(self) -> bool:
+        """freeze="backbone", or freeze="stages" reaching into the tail: the head alone trains."""
+        cfg = self.setup.cfg
+        if cfg.freeze == "backbone":
+            return True
+        if cfg.freeze == "stages":
+            tail = {id(p) for p in self.tail.parameters()}
+            frozen = self.setup.model.stages()[:cfg.frozen_stages]
+            if any(id(p) in tail for stage in frozen for p in stage.parameters()):
+                log.info("fast mode: the %d frozen stages include the last one; only the head trains", cfg.frozen_stages)
+                return True
+            log.info("fast mode: the first %d stages stay frozen, as does everything before the last stage", cfg.frozen_stages)
+        return False
 
     def _maps_fit(self) -> bool:
-        shape = cached_item_shape(self.trunk, self.prep, self.device)
-        items = self.cfg.fast_views * len(self.train) + len(self.val)  # validation: the clean view only
+        setup = self.setup
+        shape = cached_item_shape(self.trunk, setup.prep, setup.device)
+        items = setup.cfg.fast_views * len(setup.train) + len(setup.val)  # validation: the clean view only
         size = 2 * items * torch.Size(shape).numel()  # fp16
         if size > MAP_BUDGET_BYTES:
             log.warning("fast mode: the last stage's inputs (%s per image) would need %.1f GiB for %d view(s); "
                         "training the head only, on pooled features", "x".join(map(str, shape)), size / 2**30,
-                        self.cfg.fast_views)
+                        setup.cfg.fast_views)
             return False
         return True
 
@@ -118,86 +134,82 @@ class FastTrainer:
         """What the cache holds: 'trunk' activations (tail fine-tuned) or 'pooled' features (head only)."""
         return "trunk" if self.tune_tail else "pooled"
 
-    def prepare(self) -> Generator[Progress, None, None]:
+    def prepare(self) -> Iterator[Progress]:
+        """Extract (or load from the feature cache) the activations, then build the optimiser. Ends
+        within one batch when a stop is requested, without writing the cache."""
+        setup, cfg = self.setup, self.setup.cfg
+        train, val, prep, device = setup.train, setup.val, setup.prep, setup.device
         # the encoder is frozen: extract with BatchNorm folded into the convolutions (one memory pass
-        # less per layer; Lite0 extraction ~1.5x faster), a copy checked against the original first
-        example = torch.randn(2, 3, self.prep.input_size, self.prep.input_size,  # own generator: the run's
-                              generator=torch.Generator().manual_seed(0)).to(self.device)  # draws stay as they were
+        # less per layer), a copy checked against the original first
+        example = torch.randn(2, 3, prep.input_size, prep.input_size,  # own generator: the run's
+                              generator=torch.Generator().manual_seed(0)).to(device)  # draws stay as they were
         encoder = folded_or_original(self.encoder, example)
         precision = autocast_dtype(self.autocast) + ("-folded" if encoder is not self.encoder else "")
-        key = feature_key(self.cfg, self.prep, self.train.paths, self.val.paths, cached=self.cached, precision=precision,
-                          device=self.device.type)
-        cached = load_features(default_cache_dir(), key) if self.cfg.cache_features else None
-        if cached is not None and (cached[0].shape[:2] != (self.cfg.fast_views, len(self.train))
-                                   or cached[1].shape[0] != len(self.val)):
+        key = feature_key(cfg, prep, train.paths, val.paths, cached=self.cached, precision=precision,
+                          device=device.type)
+        cached = load_features(default_cache_dir(), key) if cfg.cache_features else None
+        if cached is not None and (cached[0].shape[:2] != (cfg.fast_views, len(train)) or cached[1].shape[0] != len(val)):
             log.warning("fast mode: cached features %s do not fit this run's data; extracting again", key)
             cached = None
         if cached is not None:
-            self.train_feats, self.val_feats = (t.to(self.device) for t in cached)
+            self.train_feats, self.val_feats = (t.to(device) for t in cached)
             log.info("fast mode: reusing cached %s features %s", self.cached, key)
         else:
-            augment = BatchAugment(self.cfg.augment, self.prep.input_size, self.prep.mean, self.prep.std)
-            aug_generator = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 1)  # augment draws on the device
-            n_train = self.cfg.fast_views * _batches(len(self.train))
-            total = n_train + _batches(len(self.val))
-            common = dict(device=self.device, channels_last=self.cfg.channels_last, autocast=self.autocast)
-            self.train_feats = yield from extract_features(encoder, self.train, self.prep, self.cfg.fast_views,
-                                                           augment, aug_generator, progress=(0, total), **common)
-            self.val_feats = (yield from extract_features(encoder, self.val, self.prep, 1, None, aug_generator,
-                                                          progress=(n_train, total), **common))[0]
-            if self.cfg.cache_features:
+            augment = BatchAugment(cfg.augment, prep.input_size, prep.mean, prep.std)
+            aug_generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)  # augment draws on the device
+            n_train = cfg.fast_views * _batches(len(train))
+            total = n_train + _batches(len(val))
+            common = dict(device=device, channels_last=cfg.channels_last, autocast=self.autocast, stop=setup.stop)
+            self.train_feats = yield from extract_features(encoder, train, prep, cfg.fast_views, augment, aug_generator,
+                                                           progress=(0, total), **common)
+            if self.train_feats is None:
+                return
+            val_feats = yield from extract_features(encoder, val, prep, 1, None, aug_generator,
+                                                    progress=(n_train, total), **common)
+            if val_feats is None:
+                return
+            self.val_feats = val_feats[0]
+            if cfg.cache_features:
                 save_features(default_cache_dir(), key, self.train_feats.cpu(), self.val_feats.cpu())
-        self.steps_per_epoch = max(1, len(self.train) // self.cfg.batch_size)
-        self.opt = make_optimizer(self.model, self.cfg, self.device, backbone_lr_scale=self.cfg.fast_tail_lr_scale)
-        self.sched = make_scheduler(self.opt, self.cfg, self.steps_per_epoch)
+        self.opt = make_optimizer(setup.model, cfg, device, backbone_lr_scale=cfg.fast_tail_lr_scale)
+        self.sched = make_scheduler(self.opt, cfg, max(1, len(self.slices)))
+        self.step = OptimStep(self.opt, self.sched, self.scaler,
+                              [p for group in self.opt.param_groups for p in group["params"]],
+                              cfg.grad_clip, cfg.label_smoothing)
 
-    def _logits(self, cached: torch.Tensor) -> torch.Tensor:
+    def _forward(self, cached: torch.Tensor) -> torch.Tensor:
         """Head (after the tail, when it is trained) applied to a batch of fp16 cache items."""
         x = cached.float()
         if self.tune_tail:
-            if self.cfg.channels_last:
+            if self.setup.cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self.autocast():
                 x = self.tail(x)
             x = x.float()
-        return self.model.head(x)
+        return self.setup.model.head(x)
 
-    def epoch(self, epoch: int) -> Generator[Progress, None, dict[str, float]]:
-        head, cfg = self.model.head, self.cfg
-        head.train()
-        t0 = time.perf_counter()
-        n = len(self.train)
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        device, n = self.setup.device, len(self.setup.train)
         order = torch.randperm(n, generator=self.generator)
-        view = torch.randint(0, self.train_feats.shape[0], (n,), generator=self.generator)
-        params = [p for group in self.opt.param_groups for p in group["params"]]
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
-        seen, stopped = 0, False
-        for i in range(self.steps_per_epoch):
-            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size if i + 1 < self.steps_per_epoch else n]
-            y = self.train.labels[idx].to(self.device)
-            logits = self._logits(self.train_feats[view[idx].to(self.device), idx.to(self.device)])
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            self.opt.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()  # a no-op scaler except fp16 on GPUs without bf16
-            if cfg.grad_clip > 0:
-                self.scaler.unscale_(self.opt)
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            self.scaler.step(self.opt)
-            self.scaler.update()
-            self.sched.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
-            yield Progress("train", i + 1, self.steps_per_epoch, epoch)
-            if self.stop is not None and self.stop.is_set():
-                stopped = True
-                break
-        return {"loss": float(loss_sum) / max(1, seen), "acc": int(correct) / max(1, seen), "images": seen,
-                "seconds": time.perf_counter() - t0, "stopped": stopped}
+        view = torch.randint(0, self.train_feats.shape[0], (n,), generator=self.generator)  # one cached view each
+        for start, end in self.slices:
+            idx = order[start:end]
+            yield self.train_feats[view[idx].to(device), idx.to(device)], self.setup.train.labels[idx].to(device)
 
-    @torch.no_grad()
-    def val_logits(self) -> torch.Tensor:
-        self.model.head.eval()
-        return torch.cat([self._logits(self.val_feats[s:s + EVAL_BATCH]).float().cpu()
-                          for s in range(0, len(self.val_feats), EVAL_BATCH)])
+    def train_epoch(self, epoch: int) -> Iterator[Progress]:
+        self.setup.model.head.train()  # the tail stays in eval mode: its BatchNorm statistics are fixed
+        return (yield from run_epoch(self._batches(), len(self.slices), self._forward, self.step, epoch=epoch,
+                                     device=self.setup.device, stop=self.setup.stop))
+
+    def val_logits(self, epoch: int, stoppable: bool = True) -> Iterator[Progress]:
+        self.setup.model.head.eval()
+        stop = self.setup.stop if stoppable else None
+        chunks = _batches(len(self.val_feats), EVAL_BATCH)
+        out = []
+        with torch.no_grad():
+            for i, start in enumerate(range(0, len(self.val_feats), EVAL_BATCH)):
+                out.append(self._forward(self.val_feats[start:start + EVAL_BATCH]).float().cpu())
+                yield Progress("val", i + 1, chunks, epoch)
+                if stop_requested(stop) and i + 1 < chunks:
+                    return None
+        return torch.cat(out) if out else torch.empty(0)

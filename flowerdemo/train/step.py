@@ -1,134 +1,120 @@
-"""One epoch of training and one evaluation pass over the uint8 tensor cache.
+"""The one optimisation step and the one epoch loop that both training modes run.
 
-Metrics are accumulated on the device and read once per epoch (one host sync, not one per step).
-`train_one_epoch` is a generator: it yields a Progress event per batch and returns its metrics,
-so the caller writes `stats = yield from train_one_epoch(...)`.
+A trainer (full or fast mode) only says *what* a batch is and how its logits are computed; this
+module does the rest, once: loss, zero_grad, (scaled) backward, unscale + clip, optimiser step,
+scaler update, LR schedule, on-device metrics, progress and stop. Metrics are accumulated on the
+device and read once per epoch (one host sync, not one per step).
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from contextlib import AbstractContextManager
-from typing import Callable, Generator
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from flowerdemo.data.augment import BatchAugment, eval_batch
 from flowerdemo.train.events import Progress
-from flowerdemo.data.tensorcache import ImageTensors
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]  # sums a tensor across processes (identity on one)
+
+
+class StopSignal(Protocol):
+    """What the engine polls: a threading.Event, or the app's cross-process StopFlag."""
+
+    def is_set(self) -> bool: ...
+
+
+def stop_requested(stop: StopSignal | None) -> bool:
+    return stop is not None and stop.is_set()
+
+
+def batch_slices(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """The batches of an epoch over `n` items, as (start, end): the one batch policy of both modes.
+
+    A partial last batch is a step of its own, except that a last batch of a single item is folded
+    into the one before (a batch of one breaks BatchNorm in train mode). The LR schedule counts
+    `len(batch_slices(...))` as the steps of an epoch."""
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] < 2:
+        starts.pop()
+    return [(s, starts[i + 1] if i + 1 < len(starts) else n) for i, s in enumerate(starts)]
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    loss: float  # mean training loss over the images seen this epoch
+    acc: float  # training accuracy (on augmented inputs)
+    images: float  # images seen (summed over processes)
+    seconds: float
+    stopped: bool  # the epoch ended early because a stop was requested
+
+
+class OptimStep:
+    """One optimisation step: forward (the trainer's, under its own autocast), loss, backward,
+    clip, step, schedule. Holds the pieces a step needs and nothing else."""
+
+    def __init__(self, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
+                 scaler: torch.amp.GradScaler, clip_params: Iterable[torch.nn.Parameter], grad_clip: float,
+                 label_smoothing: float) -> None:
+        self.opt, self.sched, self.scaler = opt, sched, scaler
+        # clipping sums per-tensor norms in this order: kept as the trainer gives it, so a run is reproducible
+        self.clip_params = list(clip_params)
+        self.grad_clip, self.label_smoothing = grad_clip, label_smoothing
+
+    def __call__(self, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                 y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train on one batch; returns (logits, loss), both detached."""
+        logits = forward(x)
+        # fp32 loss whatever the autocast dtype of the forward (what autocast itself does for cross_entropy)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()  # a no-op scaler except fp16 on GPUs without bf16
+        if self.grad_clip > 0:
+            self.scaler.unscale_(self.opt)
+            torch.nn.utils.clip_grad_norm_(self.clip_params, self.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        return logits.detach(), loss.detach()
 
 
 def _identity(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def batch_starts(n: int, batch_size: int) -> list[int]:
-    """Start index of each training batch; the LR schedule counts these (len) as steps per epoch."""
-    starts = list(range(0, n, batch_size))
-    if len(starts) > 1 and n - starts[-1] < 2:  # a last batch of one breaks BatchNorm in train mode:
-        starts.pop()  # fold it into the previous batch
-    return starts
-
-
-def train_one_epoch(
-    model: nn.Module,
-    data: ImageTensors,
-    augment: BatchAugment,
-    opt: torch.optim.Optimizer,
-    sched: torch.optim.lr_scheduler.LRScheduler,
-    *,
-    epoch: int,
-    batch_size: int,
-    device: torch.device,
-    autocast: Callable[[], AbstractContextManager],
-    scaler: torch.amp.GradScaler,
-    grad_clip: float,
-    label_smoothing: float,
-    generator: torch.Generator,
-    aug_generator: torch.Generator,
-    channels_last: bool = False,
-    frozen: list[nn.Module] = (),
-    stop: threading.Event | None = None,
-    shard: tuple[int, int] = (0, 1),
-    reduce: Reduce = _identity,
-) -> Generator[Progress, None, dict[str, float]]:
-    """Train for one epoch; returns {"loss", "acc", "images", "seconds", "stopped"}."""
-    model.train()
-    for m in frozen:  # frozen BatchNorm keeps its ImageNet statistics
-        m.eval()
-    rank, world = shard
-    order = torch.randperm(len(data), generator=generator)  # same permutation in every process
-    order = order[: len(order) // world * world][rank::world]  # equal shards: DDP needs equal step counts
-    n = len(order)
-    starts = batch_starts(n, batch_size)
+def run_epoch(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], n_batches: int,
+              forward: Callable[[torch.Tensor], torch.Tensor], step: OptimStep, *, epoch: int,
+              device: torch.device, stop: StopSignal | None = None,
+              reduce: Reduce = _identity) -> Iterator[Progress]:
+    """Train over `batches` (the trainer's (x, y) pairs, `n_batches` of them); a generator that yields
+    a Progress per batch and returns EpochStats (`stats = yield from run_epoch(...)`). A stop request
+    ends the epoch after the current batch."""
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
     t0 = time.perf_counter()
     stopped = False
-    for i, start in enumerate(starts):
-        end = starts[i + 1] if i + 1 < len(starts) else n
-        idx = order[start:end]
-        x = augment(data.images[idx.to(data.images.device)].to(device, non_blocking=True), aug_generator)
-        y = data.labels[idx.to(data.labels.device)].to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast():
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if grad_clip > 0:
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        sched.step()
-        loss_sum += loss.detach().float() * len(y)
-        correct += (logits.detach().argmax(1) == y).sum()
+    for i, (x, y) in enumerate(batches):
+        logits, loss = step(forward, x, y)
+        loss_sum += loss.float() * len(y)
+        correct += (logits.argmax(1) == y).sum()
         seen += len(y)
-        yield Progress("train", i + 1, len(starts), epoch)
-        if stop is not None and stop.is_set():
+        yield Progress("train", i + 1, n_batches, epoch)
+        if stop_requested(stop):
             stopped = True
             break
     totals = reduce(torch.stack([loss_sum, correct.to(loss_sum.dtype), torch.tensor(float(seen), device=device)]))
     loss_total, correct_total, seen_total = totals.tolist()  # the one host sync of the epoch
-    return {"loss": loss_total / max(1.0, seen_total), "acc": correct_total / max(1.0, seen_total),
-            "images": seen_total, "seconds": time.perf_counter() - t0, "stopped": stopped}
+    return EpochStats(loss_total / max(1.0, seen_total), correct_total / max(1.0, seen_total), seen_total,
+                      time.perf_counter() - t0, stopped)
 
 
-@torch.no_grad()
-def predict_tensors(
-    model: nn.Module,
-    data: ImageTensors,
-    *,
-    size: int,
-    mean,
-    std,
-    device: torch.device,
-    autocast: Callable[[], AbstractContextManager],
-    batch_size: int = 128,
-    channels_last: bool = False,
-) -> torch.Tensor:
-    """Logits (float32, on CPU) for every cached image, eval transform (centre crop)."""
-    model.eval()
-    out = []
-    for start in range(0, len(data), batch_size):
-        x = eval_batch(data.images[start:start + batch_size].to(device, non_blocking=True), size, mean, std)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast():
-            out.append(model(x).float())
-    return torch.cat(out).cpu() if out else torch.empty(0)
-
-
-def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    if len(labels) == 0:
-        return 0.0, 0.0
-    labels = labels.to(logits.device)
-    return float(F.cross_entropy(logits, labels)), float((logits.argmax(1) == labels).float().mean())
+def drain(gen: Iterator[Progress]):
+    """Run a Progress generator to its end and return its value (for callers that show no progress)."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as done:
+            return done.value
