@@ -9,7 +9,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class RunStarted:
-    run_dir: Path
+    run_dir: Path | None  # None in the processes of a torchrun other than rank 0 (which writes)
     device: str  # e.g. "cpu", "cuda:0 (NVIDIA H100)"
     mode: str  # "full" or "fast"
     model: str
@@ -22,7 +22,7 @@ class RunStarted:
 
 @dataclass(frozen=True)
 class Progress:
-    stage: str  # "decode" | "features" | "train" | "val"
+    stage: str  # "decode" | "features" | "train" | "val" (scoring the validation split)
     done: int
     total: int
     epoch: int = 0  # 1-based; 0 before training starts
