@@ -160,7 +160,7 @@ if [ -n "$CHECKPOINT" ]; then
     | engine exec -i "$name" sh -c "mkdir -p $ckdir/$run && tar -x -m -C $ckdir/$run" || die "copy failed"
 else
   count=$(engine exec "$name" python -c \
-    "from flowerdemo.checkpoints import list_checkpoints; print(len(list_checkpoints('$ckdir')))") \
+    "from flowerdemo.models.checkpoints import list_checkpoints; print(len(list_checkpoints('$ckdir')))") \
     || die "could not list checkpoints in the container"
   if [ "$count" = 0 ]; then
     say "the image has no checkpoint: training a tiny one inside the container (synthetic images)"
