@@ -1,10 +1,9 @@
 """Device and precision, chosen once per run: which device (`resolve_device`), which autocast it gets.
 
 CUDA: bf16 where supported, else fp16 with a loss scaler. CPU: bf16 only when asked for and the CPU
-has native bf16 matrix units (AMX or AVX512-BF16); oneDNN then runs convolutions in bf16. Measured on
-the 2-core dev machine (Xeon with AMX), EfficientNet-Lite0 inference at 224 px, channels_last: 36 ->
-62-77 img/s, features within 2 % (relative norm) of fp32. Without those units bf16 is emulated and
-slower than fp32, so plain fp32 is kept there.
+has native bf16 matrix units (AMX or AVX512-BF16); oneDNN then runs convolutions in bf16, faster and
+with features close to fp32 (measured: docs/benchmarks.md §1, "Scratch measurements"). Without those
+units bf16 is emulated and slower than fp32, so plain fp32 is kept there.
 """
 
 from __future__ import annotations

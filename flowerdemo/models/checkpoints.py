@@ -134,8 +134,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Cla
         model.load_state_dict({k: v.to(expected[k].dtype) if k in expected else v for k, v in state.items()})
     except RuntimeError as exc:
         raise CheckpointError(f"{weights}: weights do not fit {meta['architecture']}: {exc}") from exc
-    # NHWC: oneDNN's depthwise/1x1 kernels (and tensor cores on CUDA). Shipped Lite2 at 240 px, one image,
-    # 2-core CPU (benchmarks/layout.py): 35 -> 21-26 ms per forward. save_checkpoint stores contiguous copies.
+    # NHWC: oneDNN's depthwise/1x1 kernels are faster in it (and tensor cores on CUDA); the single-image
+    # forward it saves is measured in docs/benchmarks.md §3 (benchmarks/layout.py). save_checkpoint stores
+    # contiguous copies.
     model.to(device).eval().to(memory_format=torch.channels_last)
     return Classifier(model, tuple(meta["classes"]), Preprocessing.from_dict(meta["preprocessing"]), meta,
                       weights.parent)

@@ -2,9 +2,9 @@
 
 In eval mode BatchNorm is a per-channel scale and shift, so it can be merged into the weights and
 bias of the convolution that feeds it; what is left is its activation (timm's BatchNormAct2d) or
-nothing. The memory pass over every activation map that BN costs disappears: fast mode's cached
-forward of EfficientNet-Lite0 at 224 px in bf16 went from 79-100 to 119-155 img/s on the 2-core dev
-machine (docs/benchmarks.md §1). The folded copy is checked against the original before it is used.
+nothing. The memory pass over every activation map that BN costs disappears, so fast mode extracts
+its cached activations with a folded copy of the frozen trunk (measured speed-up: docs/benchmarks.md
+§1, "Scratch measurements"). The folded copy is checked against the original before it is used.
 """
 
 from __future__ import annotations

@@ -24,9 +24,9 @@ from flowerdemo.models.registry import Preprocessing
 log = logging.getLogger(__name__)
 
 
-# Least recently used entries beyond this total are deleted after each write (one Lite0 entry for the
-# 2.5k-photo dev set with 3 views of last-stage inputs is ~140 MB)
-MAX_CACHE_BYTES = 4 * 2**30  # above fastmode.MAP_BUDGET_BYTES: one big entry never evicts all others
+# Least recently used entries beyond this total are deleted after each write, so the cache's disk use
+# stays bounded (what one entry weighs for the dev set: docs/benchmarks.md §1, fast mode)
+MAX_CACHE_BYTES = 4 * 2**30  # above fast.MAP_BUDGET_BYTES: one big entry never evicts all others
 
 
 def default_cache_dir() -> Path:
