@@ -1,5 +1,7 @@
-"""The web app: `python app.py` (see `--help`). Importing this module builds `demo` without loading
-any model; the newest usable checkpoint is loaded at launch, or on the first prediction.
+"""The web app: `python app.py` (see `--help`; each setting is also an environment variable). Importing
+this module builds nothing: `demo` is built on first access (`gradio app.py`, embedding, tests), from the
+environment's settings, without loading any model; the newest usable checkpoint is loaded at launch, or on
+the first prediction.
 
 UI only: training, prediction and explanation live in the `flowerdemo` package; the tabs in `ui/`.
 """
@@ -8,24 +10,26 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-from pathlib import Path
+import threading
 
 import gradio as gr
 
+from flowerdemo.config import ConfigError
+from flowerdemo.settings import MB, Settings, add_arguments, export_cache_dir
 from ui import models_tab, predict_tab, train_tab
 from ui.plots import CSS
-from ui.state import MB, AppContext, Settings
+from ui.state import AppContext
 
 log = logging.getLogger("flowerdemo.app")
 
 INTRO = ("# Flower classifier\nFine-tune an ImageNet CNN on your own labelled photos, classify new ones, "
          "and see where the model looked (Grad-CAM).")
 THEME = gr.themes.Soft(primary_hue="rose", secondary_hue="emerald", neutral_hue="slate")
+_BUILDING = threading.Lock()  # two first reads of `demo` at once still build one
 
 
 def create_demo(ctx: AppContext | None = None) -> gr.Blocks:
-    """Build the Blocks for `ctx` (default: settings from FLOWERDEMO_* environment variables)."""
+    """Build the Blocks for `ctx` (default: the settings of the environment, `Settings.from_env()`)."""
     ctx = ctx or AppContext.create()
     with gr.Blocks(title="Flower classifier", delete_cache=(1800, 3600)) as demo:
         gr.Markdown(INTRO)
@@ -46,25 +50,19 @@ def launch_kwargs(settings: Settings) -> dict:
             "theme": THEME, "css": CSS}
 
 
-demo = create_demo()
+def __getattr__(name: str) -> gr.Blocks:
+    """`app.demo`, built once on first access (PEP 562), so that `import app` builds nothing."""
+    if name != "demo":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    with _BUILDING:
+        if "demo" not in globals():
+            globals()["demo"] = create_demo()  # cached: later reads find it without coming here
+    return globals()["demo"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    env = os.environ.get
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--host", default=None, help="interface to listen on [GRADIO_SERVER_NAME or 127.0.0.1]")
-    p.add_argument("--port", type=int, default=None, help="port [GRADIO_SERVER_PORT or 7860]")
-    p.add_argument("--checkpoint-dir", type=Path, default=Path(env("FLOWERDEMO_CHECKPOINT_DIR", "checkpoints")),
-                   help="where runs are written and read [FLOWERDEMO_CHECKPOINT_DIR or checkpoints]")
-    p.add_argument("--data-dir", type=Path, action="append", default=None,
-                   help="a server folder visitors may train from by typing a path under it; repeatable "
-                        "[FLOWERDEMO_DATA_DIRS, os.pathsep-separated; none: only uploads and the flowers download]")
-    p.add_argument("--keep-runs", type=int, default=int(env("FLOWERDEMO_KEEP_RUNS", "20")),
-                   help="unpinned runs kept on disk, oldest deleted first; 0 = keep all [20]")
-    p.add_argument("--max-upload-mb", type=int, default=int(env("FLOWERDEMO_MAX_UPLOAD_MB", "1024")),
-                   help="largest accepted upload in MB [1024]")
-    p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "flowerdemo",
-                   help="download cache for the built-in flowers dataset [~/.cache/flowerdemo]")
+    add_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p.parse_args(argv)
 
@@ -72,16 +70,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    base = Settings.from_env()
-    settings = Settings(checkpoint_dir=args.checkpoint_dir, data_dirs=tuple(args.data_dir or base.data_dirs),
-                        keep_runs=args.keep_runs, max_upload_mb=args.max_upload_mb, cache_dir=args.cache_dir)
+    try:
+        settings = Settings.from_args(args)
+    except ConfigError as exc:  # a bad FLOWERDEMO_* value: the message names it and what is accepted
+        raise SystemExit(f"app.py: {exc}") from None
+    export_cache_dir(settings.cache_dir)  # --cache-dir holds fast mode's feature cache too
     ctx = AppContext.create(settings)
-    app = create_demo(ctx)
+    demo = globals()["demo"] = create_demo(ctx)  # the one demo: `app.demo` is this one from now on
     ctx.housekeeping()
     clf = ctx.models.newest()  # load before the first visitor arrives
     log.info("active model: %s", clf.path if clf else f"none under {settings.checkpoint_dir} (train or load one)")
-    app.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port,
-                                                  **launch_kwargs(settings))
+    demo.queue(default_concurrency_limit=1).launch(server_name=settings.host, server_port=settings.port,
+                                                   **launch_kwargs(settings))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Training configuration: frozen dataclasses, overridden with `dataclasses.replace`."""
+"""Training configuration: frozen dataclasses, overridden with `dataclasses.replace`. Each field's
+metadata["help"] says why its default is what it is; the CLI's --help shows it."""
 
 from __future__ import annotations
 
@@ -12,21 +13,30 @@ FREEZE = ("none", "backbone", "stages")
 HEADS = ("mlp", "linear")
 
 
+# The backbone a run, the app and the CLI start from; the model registry imports it from here.
+DEFAULT_MODEL = "efficientnet_lite0"
+
+
 class ConfigError(ValueError):
     """A configuration value is outside what is accepted."""
+
+
+def _opt(default: Any, why: str) -> Any:
+    """A config field whose `why` (why the default is what it is) is also its --help text."""
+    return field(default=default, metadata={"help": why})
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
     """The report's training augmentations, each switchable (Table 2 turns them on one by one)."""
 
-    random_resized_crop: bool = True  # report: RandomResizedCrop(224); off = centre crop
-    crop_scale_min: float = 0.25  # torchvision's 0.08 often crops the flower away on 227 px photos
-    hflip: bool = True  # report: p = 0.5
-    color_jitter: bool = True  # report: ColorJitter(0.2, 0.2, 0.2, 0.1)
-    rotation: bool = True  # report: +-30 degrees
-    translate: bool = True  # report: +-10 % of the image size
-    random_erasing: bool = True  # report: "erasing"; torchvision defaults p=0.5, area 2-33 %
+    random_resized_crop: bool = _opt(True, "report: RandomResizedCrop(224); off = centre crop")
+    crop_scale_min: float = _opt(0.25, "torchvision's 0.08 often crops the flower away on 227 px photos")
+    hflip: bool = _opt(True, "report: p = 0.5")
+    color_jitter: bool = _opt(True, "report: ColorJitter(0.2, 0.2, 0.2, 0.1)")
+    rotation: bool = _opt(True, "report: +-30 degrees")
+    translate: bool = _opt(True, "report: +-10 % of the image size")
+    random_erasing: bool = _opt(True, 'report: "erasing"; torchvision defaults p=0.5, area 2-33 %')
 
     def __post_init__(self) -> None:
         if not 0 < self.crop_scale_min <= 1:
@@ -42,43 +52,46 @@ class AugmentConfig:
 class TrainConfig:
     """Everything a training run depends on; stored verbatim in every checkpoint."""
 
-    model: str = "efficientnet_lite0"  # bundled ImageNet weights: works offline
-    pretrained: bool = True  # False only for smoke tests and throughput benchmarks
-    head: str = "mlp"  # report eq. (1): Linear(in,256)-ReLU-Dropout(0.2)-Linear; or "linear"
-    head_hidden: int = 256  # report eq. (1)
-    head_dropout: float = 0.2  # report eq. (1)
-    mode: str = "auto"  # auto: full fine-tune on a GPU, fast mode (cached activations) on a CPU
-    freeze: str = "none"  # none | backbone (head only) | stages (the first `frozen_stages`)
-    frozen_stages: int = 2  # early stages hold generic edges/colours; used when freeze="stages"
-    image_size: int = 0  # 0 = the backbone's own input size (224); smaller trains faster
-    epochs: int = 20  # full fine-tuning converges in ~10-20 epochs here; the report ran 50
-    batch_size: int = 32  # report: 32
-    lr: float = 1e-3  # head LR; the report's 1e-2 is too high for AdamW fine-tuning
-    backbone_lr_scale: float = 0.1  # pretrained layers move 10x slower than the new head
-    optimizer: str = "adamw"  # report: AdamW
-    weight_decay: float = 0.01  # report: 0.01
-    momentum: float = 0.9  # SGD only
-    schedule: str = "warmup_cosine"  # report: linear warm-up then cosine annealing
-    warmup_epochs: float = 1.0  # a short warm-up is enough with a pretrained backbone
-    warmup_start_factor: float = 0.1  # report: warm-up from 0.001 to 0.01
-    step_epochs: int = 10  # step schedule: decay every this many epochs
-    step_gamma: float = 0.1  # step schedule: decay factor
-    grad_clip: float = 1.0  # report: gradient clipping; 0 disables
-    label_smoothing: float = 0.1  # softens near-duplicate / mislabelled photos
-    val_fraction: float = 0.2  # report: 80/20 split
-    seed: int = 0  # split, init, augmentation order
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    fast_views: int = 3  # fast mode: cached views per image (1 clean, the rest augmented)
-    # each view costs a forward pass of the training set (~25 s for 2k images on 2 cores); with the last stage
-    # fine-tuned, 3 views beat 2 and 4 no longer fit the 3-minute budget (docs/benchmarks.md §1)
-    fast_tune_last_stage: bool = True  # fast mode: also fine-tune the backbone's last stage from cached activations (not with --freeze backbone)
-    fast_tail_lr_scale: float = 1.0  # fast mode: last-stage LR relative to the head's (measured best: 1.0 > 0.3 > 0.1)
-    cache_features: bool = True  # fast mode: reuse features across runs on the same data + backbone
-    amp: bool = True  # CUDA: bf16 autocast where supported, else fp16 with a scaler; CPU fast mode: bf16 on AMX/AVX512-BF16
-    channels_last: bool = True  # faster convolutions: tensor cores on CUDA; oneDNN NHWC kernels on CPU
-    compile: bool = False  # torch.compile; off where not allowed (e.g. ZeroGPU)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    workers: int = 0  # image decode threads; 0 = one per CPU core
+    model: str = _opt(DEFAULT_MODEL, "bundled ImageNet weights: works offline")
+    pretrained: bool = _opt(True, "False only for smoke tests and throughput benchmarks")
+    head: str = _opt("mlp", 'report eq. (1): Linear(in,256)-ReLU-Dropout(0.2)-Linear; or "linear"')
+    head_hidden: int = _opt(256, "report eq. (1)")
+    head_dropout: float = _opt(0.2, "report eq. (1)")
+    mode: str = _opt("auto", "auto: full fine-tune on a GPU, fast mode (cached activations) on a CPU")
+    freeze: str = _opt("none", "none | backbone (head only) | stages (the first `frozen_stages`)")
+    frozen_stages: int = _opt(2, 'early stages hold generic edges/colours; used when freeze="stages"')
+    image_size: int = _opt(0, "0 = the backbone's own input size (224); smaller trains faster")
+    epochs: int = _opt(20, "full fine-tuning converges in ~10-20 epochs here; the report ran 50")
+    batch_size: int = _opt(32, "report: 32")
+    lr: float = _opt(1e-3, "head LR; the report's 1e-2 is too high for AdamW fine-tuning")
+    backbone_lr_scale: float = _opt(0.1, "pretrained layers move 10x slower than the new head")
+    optimizer: str = _opt("adamw", "report: AdamW")
+    weight_decay: float = _opt(0.01, "report: 0.01")
+    momentum: float = _opt(0.9, "SGD only")
+    schedule: str = _opt("warmup_cosine", "report: linear warm-up then cosine annealing")
+    warmup_epochs: float = _opt(1.0, "a short warm-up is enough with a pretrained backbone")
+    warmup_start_factor: float = _opt(0.1, "report: warm-up from 0.001 to 0.01")
+    step_epochs: int = _opt(10, "step schedule: decay every this many epochs")
+    step_gamma: float = _opt(0.1, "step schedule: decay factor")
+    grad_clip: float = _opt(1.0, "report: gradient clipping; 0 disables")
+    label_smoothing: float = _opt(0.1, "softens near-duplicate / mislabelled photos")
+    val_fraction: float = _opt(0.2, "report: 80/20 split")
+    seed: int = _opt(0, "split, init, augmentation order")
+    augment: AugmentConfig = field(default_factory=AugmentConfig, metadata={"help": "see AugmentConfig"})
+    fast_views: int = _opt(3, "fast mode: cached views per image (1 clean, the rest augmented); each view costs "
+                              "a forward pass of the training set, and with the last stage fine-tuned 3 views beat "
+                              "2 while 4 no longer fit the 3-minute budget (see docs/benchmarks.md)")
+    fast_tune_last_stage: bool = _opt(True, "fast mode: also fine-tune the backbone's last stage from cached "
+                                            "activations (not with --freeze backbone)")
+    fast_tail_lr_scale: float = _opt(1.0, "fast mode: last-stage LR relative to the head's; the best of the scales "
+                                          "measured (see docs/benchmarks.md)")
+    cache_features: bool = _opt(True, "fast mode: reuse features across runs on the same data + backbone")
+    amp: bool = _opt(True, "CUDA: bf16 autocast where supported, else fp16 with a scaler; CPU fast mode: bf16 on "
+                           "AMX/AVX512-BF16")
+    channels_last: bool = _opt(True, "faster convolutions: tensor cores on CUDA; oneDNN NHWC kernels on CPU")
+    compile: bool = _opt(False, "torch.compile; off where not allowed (e.g. ZeroGPU)")
+    device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
+    workers: int = _opt(0, "image decode threads; 0 = one per CPU core")
 
     def __post_init__(self) -> None:
         _check_choice("mode", self.mode, MODES)

@@ -312,3 +312,44 @@ def test_bad_datasets_get_clear_errors_and_leave_nothing_behind(served, client, 
     assert not any((root / "work" / "uploads").iterdir())  # failed extractions are cleaned up
     label, _, _, _ = classify(client, photo(tmp_path / "after.png", "square"))
     assert len(label["confidences"]) >= 2
+
+
+def _handler(demo, api_name: str):
+    return next(f.fn for f in demo.fns.values() if f.api_name == api_name)
+
+
+def test_a_bug_in_a_handler_is_logged_with_its_traceback_and_shown_as_an_error(tmp_path, monkeypatch, caplog):
+    import logging
+
+    import gradio as gr
+
+    import app
+    from flowerdemo.data.dataset import DatasetError
+    from ui import train_data
+    from ui.state import AppContext, Settings
+
+    settings = Settings(checkpoint_dir=tmp_path / "checkpoints", work_dir=tmp_path / "work", cache_dir=tmp_path / "c")
+    check = _handler(app.create_demo(AppContext.create(settings)), "scan_dataset")
+    caplog.set_level(logging.INFO)
+
+    def buggy(*args, **kwargs):
+        raise TypeError("unsupported operand type(s)")
+
+    monkeypatch.setattr(train_data, "open_dataset", buggy)
+    with pytest.raises(gr.Error) as err:
+        check("zip", "data.zip", "", None)
+    assert "error in the server (TypeError)" in err.value.message and err.value.message.endswith(".")
+    bug = next(r for r in caplog.records if r.exc_info)
+    assert bug.levelno == logging.ERROR and bug.exc_info[0] is TypeError and "Checking the dataset" in bug.getMessage()
+    assert "Traceback" in caplog.text and "unsupported operand type(s)" in caplog.text
+
+    caplog.clear()  # the visitor's mistake: one log line, no traceback, the core's message shown as it is
+
+    def bad_input(*args, **kwargs):
+        raise DatasetError("no class folders found in data.zip; expected one sub-folder per class")
+
+    monkeypatch.setattr(train_data, "open_dataset", bad_input)
+    with pytest.raises(gr.Error) as err:
+        check("zip", "data.zip", "", None)
+    assert err.value.message == "no class folders found in data.zip; expected one sub-folder per class."
+    assert [r.levelno for r in caplog.records] == [logging.INFO] and not caplog.records[0].exc_info

@@ -9,6 +9,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from .errors import ui_error
 from .predict_tab import PredictRefs
 from .state import AppContext
 
@@ -20,7 +21,8 @@ def _hub():
     try:
         from flowerdemo.models import hub
     except ImportError as exc:
-        raise gr.Error(f"Hugging Face Hub support is not available in this installation ({exc}).") from None
+        raise ui_error(exc, "Loading Hugging Face Hub support",
+                       message=f"Hugging Face Hub support is not available in this installation ({exc}).") from None
     return hub
 
 
@@ -115,22 +117,23 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> None:
 
         try:
             ctx.models.get(run)
-        except (ValueError, RuntimeError, OSError) as exc:
+        except Exception as exc:
             remove_tree(run, ctx.settings.checkpoint_dir)
-            raise gr.Error(f"That checkpoint does not load: {exc}", title="Bad checkpoint") from None
+            raise ui_error(exc, "Loading a new checkpoint", title="Bad checkpoint",
+                           message=f"That checkpoint does not load: {exc}") from None
         ctx.housekeeping(run)
         return str(run)
 
     def upload_checkpoint(file: str | None = None) -> tuple[str, str]:
-        from flowerdemo.models.checkpoints import CheckpointError
         from flowerdemo.serve.runs import import_run
 
         if not file:
             raise gr.Error("Choose a checkpoint file first.")
         try:
             run = import_run(file, ctx.settings.checkpoint_dir)
-        except (CheckpointError, ValueError, OSError) as exc:
-            raise gr.Error(f"That file is not a usable checkpoint: {exc}", title="Bad checkpoint") from None
+        except Exception as exc:
+            raise ui_error(exc, "Importing an uploaded checkpoint", title="Bad checkpoint",
+                           message=f"That file is not a usable checkpoint: {exc}") from None
         return adopt(run), f"Loaded `{run.name}` from the uploaded file."
 
     def hub_load(repo_id: str, token: str = "", revision: str = "") -> tuple[str, str]:
@@ -139,8 +142,8 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> None:
         try:
             run = hub.pull_checkpoint(repo_id, ctx.settings.checkpoint_dir, token=token.strip() or None,
                                       revision=revision.strip() or None)
-        except (hub.HubError, ValueError, RuntimeError, OSError) as exc:
-            raise gr.Error(str(exc), title="Hub") from None
+        except Exception as exc:
+            raise ui_error(exc, f"Loading {repo_id} from the Hub", title="Hub") from None
         return adopt(Path(run)), f"Loaded `{repo_id}` from the Hub; it is now the active model."
 
     def hub_push(repo_id: str, token: str = "", private: bool = False, active: str | None = None) -> str:
@@ -150,8 +153,8 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> None:
         clf = _active(ctx, active)
         try:
             url = hub.push_checkpoint(clf.path, repo_id, token=token, private=bool(private))
-        except (hub.HubError, ValueError, RuntimeError, OSError) as exc:
-            raise gr.Error(str(exc), title="Hub") from None
+        except Exception as exc:
+            raise ui_error(exc, f"Pushing to {repo_id} on the Hub", title="Hub") from None
         return f"Pushed `{clf.name}` to [{repo_id}]({url})."
 
     def model_card(active: str | None = None) -> str:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import gradio as gr
 
+from .errors import log_failure, ui_error
 from .state import AppContext
 
 if TYPE_CHECKING:
@@ -111,9 +112,10 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
             ex = explain(clf, source, method=method, target=target if target in clf.classes else None,
                          alpha=float(alpha), max_side=MAX_SIDE)
         except ImageError as exc:
-            raise gr.Error(f"{name}: {exc.problem}. Accepted: {ACCEPTED}.", title="Not a usable image") from None
-        except (ValueError, RuntimeError) as exc:
-            raise gr.Error(str(exc), title="Prediction failed") from None
+            raise ui_error(exc, "Prediction", title="Not a usable image",
+                           message=f"{name}: {exc.problem}. Accepted: {ACCEPTED}.") from None
+        except Exception as exc:
+            raise ui_error(exc, "Prediction", title="Prediction failed") from None
         seconds = time.perf_counter() - t0
         text = summary_text(ex, seconds, str(next(clf.model.parameters()).device), clf.name)
         return ex.probabilities, ex.overlay, heatmap_image(ex.heatmap), text
@@ -138,8 +140,9 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
             return gr.skip(), gr.skip(), gr.skip()
         try:
             clf = ctx.models.get(path)
-        except (ValueError, RuntimeError, OSError) as exc:
-            gr.Warning(f"That checkpoint does not load: {exc}. Keeping the current model.")
+        except Exception as exc:
+            shown = exc if log_failure(exc, "Loading the chosen model") else "an error in the server"
+            gr.Warning(f"That checkpoint does not load: {shown}. Keeping the current model.")
             return gr.skip(), gr.skip(), gr.update(value=active)
         return path, gr.update(choices=[PREDICTED, *clf.classes], value=PREDICTED), gr.skip()
 

@@ -1,48 +1,18 @@
-"""What the app shares across visitors: its settings, the training slot and a cache of loaded models.
-No gradio here: this is plain glue between the UI and the core."""
+"""What the app shares across visitors: its settings (flowerdemo.settings), the training slot and a cache
+of loaded models. No gradio here: this is plain glue between the UI and the core."""
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from flowerdemo.serve.jobs import TrainingJob
+from flowerdemo.settings import Settings
 
 log = logging.getLogger(__name__)
-
-MB = 1024**2
-
-
-@dataclass
-class Settings:
-    """Operator choices, from CLI flags or FLOWERDEMO_* environment variables (see app.py)."""
-
-    checkpoint_dir: Path = Path("checkpoints")
-    data_dirs: tuple[Path, ...] = ()  # folders a visitor may type paths under; none = folder paths refused
-    keep_runs: int = 20  # unpinned runs kept on disk, oldest deleted first; 0 = keep all
-    max_upload_mb: int = 1024  # per uploaded file (Gradio's max_file_size)
-    max_extract_mb: int = 4096  # uncompressed size of an uploaded .zip
-    cache_dir: Path = Path.home() / ".cache" / "flowerdemo"  # the flowers download
-    work_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "flowerdemo-app")
-
-    @classmethod
-    def from_env(cls) -> "Settings":
-        env = os.environ.get
-        dirs = tuple(Path(p) for p in env("FLOWERDEMO_DATA_DIRS", "").split(os.pathsep) if p)
-        return cls(checkpoint_dir=Path(env("FLOWERDEMO_CHECKPOINT_DIR", "checkpoints")), data_dirs=dirs,
-                   keep_runs=int(env("FLOWERDEMO_KEEP_RUNS", "20")),
-                   max_upload_mb=int(env("FLOWERDEMO_MAX_UPLOAD_MB", "1024")))
-
-    def folder(self, name: str) -> Path:
-        """A private scratch folder of the app (uploads, downloads), created on demand."""
-        path = self.work_dir / name
-        path.mkdir(parents=True, exist_ok=True)
-        return path
 
 
 class ModelStore:
@@ -92,6 +62,7 @@ class ModelStore:
                 try:
                     return self.get(chosen), ""
                 except (ValueError, RuntimeError, OSError) as exc:
+                    log.warning("the chosen checkpoint %s does not load: %s", chosen, exc)
                     note = f"The chosen model could not be loaded ({exc}); using the newest one instead."
             else:
                 note = "The chosen model was removed from the server; using the newest one instead."

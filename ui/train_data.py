@@ -12,8 +12,9 @@ import pandas as pd
 from flowerdemo.data.dataset import DatasetSplit, scan_dataset
 from flowerdemo.data.images import load_image
 from flowerdemo.serve.runs import allowed_path, remove_tree
+from flowerdemo.settings import MB
 
-from .state import MB, AppContext
+from .state import AppContext
 
 SOURCES = [("Upload a .zip of class folders", "zip"), ("Folder on this server", "folder"),
            ("Built-in flowers: 5 classes, 3,670 photos (218 MB download)", "flowers")]

@@ -10,6 +10,7 @@ from flowerdemo.config import SCHEDULES, TrainConfig
 from flowerdemo.serve.jobs import Busy, on_zero_gpu
 
 from . import plots, train_data
+from .errors import ui_error
 from .predict_tab import PredictRefs
 from .state import AppContext
 from .train_view import TrainView
@@ -133,8 +134,8 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
             split, held = train_data.open_dataset(ctx, source, zip_file, folder, held,
                                                   progress=lambda f, d: progress(f, desc=d))
             text, table, skipped_df, pics = train_data.preview(split)
-        except (ValueError, RuntimeError) as exc:
-            raise gr.Error(str(exc), title="Dataset problem") from None
+        except Exception as exc:
+            raise ui_error(exc, "Checking the dataset", title="Dataset problem") from None
         return text, gr.update(open=True), pics, table, gr.update(value=skipped_df, visible=len(skipped_df) > 0), held
 
     gr.on([scan_btn.click, zip_file.upload, folder.submit], check, [source, zip_file, folder, held],
@@ -160,9 +161,9 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
             split, held = train_data.open_dataset(ctx, source, zip_file, folder, held, cfg.val_fraction, cfg.seed)
             run = ctx.job.start(cfg, split, ctx.settings.checkpoint_dir, owner=getattr(request, "session_hash", None))
         except Busy as exc:
-            raise gr.Error(str(exc), title="Busy") from None
-        except (ValueError, RuntimeError) as exc:
-            raise gr.Error(str(exc), title="Cannot start training") from None
+            raise ui_error(exc, "Starting training", title="Busy") from None
+        except Exception as exc:
+            raise ui_error(exc, "Starting training", title="Cannot start training") from None
         view = TrainView(cfg.epochs)
         first = {"status": "Starting…", "results": gr.update(visible=False), "held": held,
                  "loss": plots.EMPTY_PLOT, "acc": plots.EMPTY_PLOT, "lr": plots.EMPTY_PLOT}
@@ -181,8 +182,8 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
                     update["active"] = str(ev.run_dir)
                     ctx.housekeeping(ev.run_dir)
                 yield {outputs[k]: v for k, v in update.items()}
-        except (ValueError, RuntimeError) as exc:
-            raise gr.Error(f"Training failed: {exc}", title="Training failed") from None
+        except Exception as exc:
+            raise ui_error(exc, "Training", title="Training failed", message=f"Training failed: {exc}") from None
         finally:  # also when the visitor leaves mid-run: free the slot, delete the extracted upload
             run.close()
             train_data.release(ctx, held)

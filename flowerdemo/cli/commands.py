@@ -11,6 +11,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from flowerdemo.config import TrainConfig
+from flowerdemo.settings import Settings
 from flowerdemo.train.events import CheckpointSaved, EpochEnd, Finished, Progress, RunStarted, Stopped
 
 log = logging.getLogger("flowerdemo")
@@ -21,17 +22,18 @@ def run_train(args: argparse.Namespace, cfg: TrainConfig) -> int:
     from flowerdemo.train.engine import train
     from flowerdemo.train.metrics import format_report
 
+    settings = Settings.from_args(args)  # --out and --cache-dir, else FLOWERDEMO_*, else the defaults
     with tempfile.TemporaryDirectory(prefix="flowerdemo-") as work:
         if args.download_flowers:
             from flowerdemo.data.download import download_flowers
 
-            data = download_flowers(args.cache_dir)
+            data = download_flowers(settings.cache_dir)
         else:
             data = resolve_data(args.data, work)
         stop = threading.Event()
         bar: tqdm | None = None
         stage = None
-        events = train(cfg, data, out_dir=args.out, stop=stop)
+        events = train(cfg, data, out_dir=settings.checkpoint_dir, stop=stop)
         try:
             for ev in events:
                 if isinstance(ev, Progress):
@@ -74,10 +76,11 @@ def _checkpoint(path: Path | None):
     from flowerdemo.models.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
 
     if path is None:
-        found = list_checkpoints("checkpoints")
+        runs = Settings.from_env().checkpoint_dir
+        found = list_checkpoints(runs)
         if not found:
-            raise CheckpointError("no checkpoint under checkpoints/: train one with `python -m flowerdemo train --data DIR` "
-                                  "or pass --checkpoint")
+            raise CheckpointError(f"no checkpoint under {runs}/: train one with "
+                                  "`python -m flowerdemo train --data DIR` or pass --checkpoint")
         path = found[0]
     return load_checkpoint(path)
 

@@ -8,6 +8,7 @@ import sys
 
 from flowerdemo.cli.commands import run_evaluate, run_experiment, run_predict, run_train
 from flowerdemo.cli.parser import build_parser, config_from_args
+from flowerdemo.settings import export_cache_dir
 
 log = logging.getLogger("flowerdemo")
 
@@ -15,6 +16,8 @@ log = logging.getLogger("flowerdemo")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    if getattr(args, "cache_dir", None) is not None:  # train --cache-dir: fast mode's feature cache goes there too
+        export_cache_dir(args.cache_dir)
     try:
         if args.command == "train":
             return run_train(args, config_from_args(args))
@@ -29,7 +32,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError, OSError) as exc:  # our errors say what was wrong and what is accepted
         log.error("%s", exc)
         return 2
-
 
 
 if __name__ == "__main__":  # pragma: no cover

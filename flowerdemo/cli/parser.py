@@ -4,31 +4,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
-import logging
-import re
-import sys
-import tempfile
 from pathlib import Path
 
 from flowerdemo import config as config_module
 from flowerdemo.config import AugmentConfig, TrainConfig
+from flowerdemo.settings import add_arguments
 
-log = logging.getLogger("flowerdemo")
 
-
-def _field_help(cls: type) -> dict[str, str]:
-    """The inline comment of each dataclass field: one source for the code and for --help."""
-    out = {}
-    for line in inspect.getsource(cls).splitlines():
-        m = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
-        if m:
-            out[m.group(1)] = m.group(2).replace("%", "%%")
-    return out
+def _help(f: dataclasses.Field) -> str:
+    """A config field's help text: its metadata, the one place that says why its default is what it is."""
+    return f.metadata.get("help", "").replace("%", "%%")
 
 
 def _add_config_options(p: argparse.ArgumentParser) -> None:
-    helps = _field_help(TrainConfig)
     choices = {"mode": config_module.MODES, "optimizer": config_module.OPTIMIZERS, "schedule": config_module.SCHEDULES,
                "freeze": config_module.FREEZE, "head": config_module.HEADS}
     g = p.add_argument_group("training options (defaults in brackets)")
@@ -38,18 +26,17 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
         default = f.default
         flag = "--" + f.name.replace("_", "-")
         if isinstance(default, bool):
-            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=helps.get(f.name, ""))
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=_help(f))
         else:
             g.add_argument(flag, type=type(default), default=default, choices=choices.get(f.name),
-                           help=f"{helps.get(f.name, '')} [{default}]")
+                           help=f"{_help(f)} [{default}]")
     a = p.add_argument_group("augmentations (each switchable, e.g. --no-rotation)")
-    aug_help = _field_help(AugmentConfig)
     for f in dataclasses.fields(AugmentConfig):
         flag = "--" + f.name.replace("_", "-")
         if isinstance(f.default, bool):
-            a.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=aug_help.get(f.name, ""))
+            a.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=_help(f))
         else:
-            a.add_argument(flag, type=type(f.default), default=f.default, help=f"{aug_help.get(f.name, '')} [{f.default}]")
+            a.add_argument(flag, type=type(f.default), default=f.default, help=f"{_help(f)} [{f.default}]")
     a.add_argument("--no-augment", action="store_true", help="turn every augmentation off (centre crop only)")
 
 
@@ -76,13 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--data", type=Path, help="folder with one sub-folder per class (or train/ and val/), or a .zip of one")
     src.add_argument("--download-flowers", action="store_true",
                      help="download the public 5-class TensorFlow flowers archive (needs a network) and train on it")
-    t.add_argument("--out", type=Path, default=Path("checkpoints"), help="where run directories are written [checkpoints]")
-    t.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "flowerdemo",
-                   help="download cache for --download-flowers [~/.cache/flowerdemo]")
+    # --out is the app's checkpoint dir, --cache-dir its cache root (for --download-flowers): read with
+    # Settings.from_args, so FLOWERDEMO_CHECKPOINT_DIR / FLOWERDEMO_CACHE apply here too
+    add_arguments(t, ("checkpoint_dir", "cache_dir"), flags={"checkpoint_dir": "--out"})
     _add_config_options(t)
 
     e = sub.add_parser("evaluate", help="accuracy, per-class metrics and confusion matrix of a checkpoint on a folder")
-    e.add_argument("--checkpoint", type=Path, help="run directory or .safetensors file [newest under checkpoints/]")
+    e.add_argument("--checkpoint", type=Path, help="run directory or .safetensors file "
+                    "[the newest under FLOWERDEMO_CHECKPOINT_DIR, else checkpoints/]")
     e.add_argument("--data", type=Path, required=True, help="ImageFolder dataset (or .zip) with the checkpoint's classes")
     e.add_argument("--split", choices=("all", "val"), default="all",
                    help="all images, or only the validation part of the split the checkpoint was trained with [all]")
@@ -100,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="top-k classes and a Grad-CAM overlay for image files")
     pr.add_argument("images", nargs="+", type=Path, help="image files (jpg, png, webp, bmp, gif)")
-    pr.add_argument("--checkpoint", type=Path, help="run directory or .safetensors file [newest under checkpoints/]")
+    pr.add_argument("--checkpoint", type=Path, help="run directory or .safetensors file "
+                    "[the newest under FLOWERDEMO_CHECKPOINT_DIR, else checkpoints/]")
     pr.add_argument("--top-k", type=int, default=5, help="how many classes to print [5]")
     pr.add_argument("--tta", action="store_true", help="average with the mirrored image (test-time augmentation)")
     pr.add_argument("--cam", default="gradcam", choices=[*CAM_METHODS, "none"], help="CAM method, or none [gradcam]")

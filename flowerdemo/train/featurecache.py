@@ -30,7 +30,10 @@ MAX_CACHE_BYTES = 4 * 2**30  # above fast.MAP_BUDGET_BYTES: one big entry never 
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("FLOWERDEMO_CACHE", Path.home() / ".cache" / "flowerdemo")) / "features"
+    """<cache root>/features: the root is the app's and the CLI's cache_dir setting ($FLOWERDEMO_CACHE)."""
+    from flowerdemo.settings import Settings
+
+    return Settings.from_env().cache_dir / "features"
 
 
 # Bump when the features of the same backbone name change: 2 = Lite weights on timm's tf_ variant
