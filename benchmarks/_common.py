@@ -195,7 +195,10 @@ def default_out(name: str) -> Path:
 def write_json(path: Path | None, name: str, payload: dict[str, Any]) -> Path:
     path = Path(path) if path else default_out(name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    text = json.dumps(payload, indent=2, default=str)
+    # paths relative to the repository (../shared/... for the data beside it): no machine path in the results
+    text = text.replace(str(REPO) + "/", "").replace(str(REPO.parent) + "/", "../")
+    path.write_text(text + "\n")
     return path
 
 
