@@ -92,7 +92,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from flowerdemo.data.dataset import DatasetError, scan_dataset
     from flowerdemo.device import resolve_device
     from flowerdemo.device import autocast_for
-    from flowerdemo.train.step import loss_and_accuracy, predict_tensors
+    from flowerdemo.train.evaluate import loss_and_accuracy, predict_tensors
     from flowerdemo.train.metrics import classification_report, format_report
     from flowerdemo.data.tensorcache import decode_samples
 
