@@ -15,6 +15,7 @@ import threading
 import gradio as gr
 
 from flowerdemo.config import ConfigError
+from flowerdemo.device import configure_process
 from flowerdemo.settings import MB, Settings, add_arguments, export_cache_dir
 from ui import models_tab, predict_tab, train_tab
 from ui.plots import CSS
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:  # a bad FLOWERDEMO_* value: the message names it and what is accepted
         raise SystemExit(f"app.py: {exc}") from None
     export_cache_dir(settings.cache_dir)  # --cache-dir holds fast mode's feature cache too
+    configure_process()  # backend flags: once per process, never per request or run
     ctx = AppContext.create(settings)
     demo = globals()["demo"] = create_demo(ctx)  # the one demo: `app.demo` is this one from now on
     ctx.housekeeping()

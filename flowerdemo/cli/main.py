@@ -8,6 +8,7 @@ import sys
 
 from flowerdemo.cli.commands import run_evaluate, run_experiment, run_predict, run_train
 from flowerdemo.cli.parser import build_parser, config_from_args
+from flowerdemo.device import configure_process
 from flowerdemo.settings import export_cache_dir
 
 log = logging.getLogger("flowerdemo")
@@ -16,6 +17,7 @@ log = logging.getLogger("flowerdemo")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    configure_process()  # backend flags: once per process, never per run
     if getattr(args, "cache_dir", None) is not None:  # train --cache-dir: fast mode's feature cache goes there too
         export_cache_dir(args.cache_dir)
     try:
