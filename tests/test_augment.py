@@ -15,7 +15,7 @@ from flowerdemo.data.augment import BatchAugment, eval_batch
 from flowerdemo.config import AugmentConfig
 from flowerdemo.data.dataset import Sample
 from flowerdemo.models.registry import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from flowerdemo.infer.predict import prepare_image
+from flowerdemo.infer.preprocess import prepare_image
 from flowerdemo.data.tensorcache import decode_samples
 from tests.synth import CLASS_STYLES, draw_sample
 

