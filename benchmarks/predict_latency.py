@@ -22,8 +22,9 @@ import logging
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 try:
     from . import _common as common  # type: ignore[no-redef]
@@ -97,9 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     common.apply_threads(args.threads)
     from PIL import Image
 
-    from flowerdemo.models.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
     from flowerdemo.infer.explain import explain
     from flowerdemo.infer.predict import predict
+    from flowerdemo.models.checkpoints import CheckpointError, list_checkpoints, load_checkpoint
 
     device = common.resolve_device(args.device)
     photo = args.photo
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for image_label, path in (("small", photo), ("12 MP", big)):
             for key, label, fn in cases:
-                stats = common.time_calls(lambda: fn(path), args.repeats, args.warmup)
+                stats = common.time_calls(lambda fn=fn, path=path: fn(path), args.repeats, args.warmup)
                 results.append({"image": image_label, "case": key, "label": label, **stats})
                 print(f"  {image_label:6s} {label:34s} p50 {stats['p50_ms']:8.1f} ms  p95 {stats['p95_ms']:8.1f} ms",
                       file=sys.stderr, flush=True)
@@ -157,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     print(common.markdown_table(header, rows))
     payload = {"benchmark": NAME, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": info,
                "command": "python benchmarks/predict_latency.py " + " ".join(argv),
-               "settings": {"device": device, "checkpoint": str(ckpt_shown), "checkpoint_source": ckpt_source, "architecture": clf.meta["architecture"],
+               "settings": {"device": device, "checkpoint": str(ckpt_shown), "checkpoint_source": ckpt_source,
+                            "architecture": clf.meta["architecture"],
                             "input_size": clf.preprocessing.input_size, "repeats": args.repeats,
                             "warmup": args.warmup, "torch_threads": info["torch_threads"],
                             "model_load_s": round(load_s, 3), "images": images},

@@ -242,10 +242,10 @@ def run_engine(args: argparse.Namespace, split, device_name: str, mode: str, wor
     import torch
 
     os.environ["FLOWERDEMO_CACHE"] = str(work / "cache")  # fresh fast-mode feature cache: a cold run
-    from flowerdemo.train.engine import train
     from flowerdemo.device import autocast_for
-    from flowerdemo.train.events import CheckpointSaved, EpochEnd, Finished, Progress, RunStarted
     from flowerdemo.models.registry import get_spec
+    from flowerdemo.train.engine import train
+    from flowerdemo.train.events import CheckpointSaved, EpochEnd, Finished, Progress, RunStarted
 
     cfg = train_config(args, mode, device_name)
     clock = Clock()
@@ -398,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
                "settings": {"model": args.model, "pretrained": args.pretrained, "device": device, "epochs": args.epochs,
                             "batch_size": args.batch_size, "image_size": args.image_size or "model default",
                             "limit_per_class": args.limit_per_class or None, "target_acc": args.target_acc,
-                            "seed": args.seed, "threads": args.threads or "torch default", "n_train": len(split.train), "n_val": len(split.val),
+                            "seed": args.seed, "threads": args.threads or "torch default",
+                            "n_train": len(split.train), "n_val": len(split.val),
                             "data": str(args.data), "page_cache_warm_s": round(warm_s, 2),
                             "subset": bool(args.limit_per_class)},
                "results": results, "table": {"header": header, "rows": rows}}

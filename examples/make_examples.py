@@ -21,7 +21,7 @@ def background(rng: random.Random, top: tuple, bottom: tuple) -> Image.Image:
     d = ImageDraw.Draw(img)
     for y in range(SIZE):
         t = y / (SIZE - 1)
-        d.line([(0, y), (SIZE, y)], fill=tuple(int(a + (b - a) * t) for a, b in zip(top, bottom)))
+        d.line([(0, y), (SIZE, y)], fill=tuple(int(a + (b - a) * t) for a, b in zip(top, bottom, strict=True)))
     for _ in range(60):  # blurred foliage specks
         x, y, r = rng.randrange(SIZE), rng.randrange(SIZE // 2, SIZE), rng.randint(6, 22)
         g = rng.randint(90, 160)

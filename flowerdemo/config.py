@@ -43,7 +43,7 @@ class AugmentConfig:
             raise ConfigError(f"crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
 
     @classmethod
-    def none(cls) -> "AugmentConfig":
+    def none(cls) -> AugmentConfig:
         """Evaluation-style input only (the report's baseline: centre crop + normalisation)."""
         return cls(False, 0.25, False, False, False, False, False)
 
@@ -128,7 +128,7 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Rebuild from `to_dict()` output; unknown keys (from newer versions) are ignored."""
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}

@@ -8,9 +8,9 @@ units bf16 is emulated and slower than fp32, so plain fp32 is kept there.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from functools import partial
-from typing import Callable
 
 import torch
 

@@ -19,14 +19,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flowerdemo.models.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
 from flowerdemo.data.dataset import scan_dataset  # noqa: E402
+from flowerdemo.data.tensorcache import decode_samples  # noqa: E402
 from flowerdemo.device import autocast_for  # noqa: E402
+from flowerdemo.models.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
 from flowerdemo.models.hub import model_card  # noqa: E402
+from flowerdemo.serve.runs import DEFAULT_RUN  # noqa: E402
 from flowerdemo.train.evaluate import predict_tensors  # noqa: E402
 from flowerdemo.train.metrics import classification_report  # noqa: E402
-from flowerdemo.serve.runs import DEFAULT_RUN  # noqa: E402
-from flowerdemo.data.tensorcache import decode_samples  # noqa: E402
 
 PROVENANCE = (
     "Trained on `flowers5-dev`: 2,482 photos at 227x227 px, a subset of the public Kaggle \"Flowers "

@@ -10,4 +10,5 @@ if ! command -v chromium >/dev/null 2>&1; then  # the browser test drives Debian
   fi
 fi
 python -m pip install -q -r requirements-dev.txt
+python -m ruff check .  # lint (pyproject.toml [tool.ruff]): a failing check fails the run
 python -m pytest -q "$@"

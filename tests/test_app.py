@@ -20,8 +20,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from flowerdemo.models.checkpoints import WEIGHTS, load_checkpoint
 from flowerdemo.config import TrainConfig
+from flowerdemo.models.checkpoints import WEIGHTS, load_checkpoint
 from tests.synth import draw_sample, make_dataset
 
 gradio_client = pytest.importorskip("gradio_client")

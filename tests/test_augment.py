@@ -11,12 +11,12 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
-from flowerdemo.data.augment import BatchAugment, eval_batch
 from flowerdemo.config import AugmentConfig
+from flowerdemo.data.augment import BatchAugment, eval_batch
 from flowerdemo.data.dataset import Sample
-from flowerdemo.models.registry import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from flowerdemo.infer.preprocess import prepare_image
 from flowerdemo.data.tensorcache import decode_samples
+from flowerdemo.infer.preprocess import prepare_image
+from flowerdemo.models.registry import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from tests.synth import CLASS_STYLES, draw_sample
 
 LITE = Preprocessing(64, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -45,7 +45,7 @@ def test_cached_eval_pipeline_matches_torchvision(tmp_path, prep):
     ours = eval_batch(cache.images, prep.input_size, prep.mean, prep.std)
     reference = T.Compose([T.Resize(prep.resize_size), T.CenterCrop(prep.input_size), T.ToTensor(),
                            T.Normalize(prep.mean, prep.std)])
-    for path, x in zip(paths, ours):
+    for path, x in zip(paths, ours, strict=True):
         ref = reference(Image.open(path).convert("RGB"))
         assert x.shape == ref.shape and x.dtype == ref.dtype == torch.float32
         std = torch.tensor(prep.std).view(3, 1, 1)
@@ -91,7 +91,7 @@ def test_each_augmentation_changes_the_image_only_when_on(tmp_path, switch):
     assert out.shape == clean.shape and out.dtype == torch.float32
     lo, hi = _bounds(LITE)
     assert (out >= lo - 1e-5).all() and (out <= hi + 1e-5).all()  # still a normalised image
-    changed = [(o - c).abs().mean().item() > 1e-3 for o, c in zip(out, clean)]
+    changed = [(o - c).abs().mean().item() > 1e-3 for o, c in zip(out, clean, strict=True)]
     if switch in ("hflip", "random_erasing"):  # applied with p = 0.5: some images, not all
         assert 1 <= sum(changed) <= 7
     else:
@@ -109,9 +109,9 @@ def test_hflip_mirrors_or_keeps_each_image(tmp_path):
     square = torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear").round().to(torch.uint8)
     out = _augment(dataclasses.replace(AugmentConfig.none(), hflip=True), square, seed=2)
     clean = eval_batch(square, size, LITE.mean, LITE.std)
-    flipped = [bool(torch.allclose(o, c.flip(-1), atol=1e-4)) for o, c in zip(out, clean)]
-    kept = [bool(torch.allclose(o, c, atol=1e-4)) for o, c in zip(out, clean)]
-    assert all(f != k for f, k in zip(flipped, kept))  # every image is one or the other
+    flipped = [bool(torch.allclose(o, c.flip(-1), atol=1e-4)) for o, c in zip(out, clean, strict=True)]
+    kept = [bool(torch.allclose(o, c, atol=1e-4)) for o, c in zip(out, clean, strict=True)]
+    assert all(f != k for f, k in zip(flipped, kept, strict=True))  # every image is one or the other
     assert 1 <= sum(flipped) <= 7
 
 
@@ -120,7 +120,7 @@ def test_random_erasing_blanks_one_rectangle_to_the_mean_colour(tmp_path):
     clean = eval_batch(x, LITE.input_size, LITE.mean, LITE.std)
     out = _augment(dataclasses.replace(AugmentConfig.none(), random_erasing=True), x, seed=4)
     erased = 0
-    for o, c in zip(out, clean):
+    for o, c in zip(out, clean, strict=True):
         mask = (o != c).any(0)
         if not mask.any():
             continue
@@ -138,7 +138,7 @@ def test_colour_jitter_is_a_per_pixel_colour_map(tmp_path):
     x = _batch(tmp_path)
     clean = eval_batch(x, LITE.input_size, LITE.mean, LITE.std)
     out = _augment(dataclasses.replace(AugmentConfig.none(), color_jitter=True), x, seed=5)
-    for o, c in zip(out, clean):
+    for o, c in zip(out, clean, strict=True):
         colours, group = torch.unique(c.flatten(1).T, dim=0, return_inverse=True)
         assert len(colours) > 1
         pixels = o.flatten(1).T

@@ -13,14 +13,21 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from flowerdemo.models import checkpoints
-from flowerdemo.models.checkpoints import (META, WEIGHTS, CheckpointError, list_checkpoints, load_checkpoint, read_meta,
-                                    save_checkpoint)
 from flowerdemo.config import TrainConfig
 from flowerdemo.data.dataset import scan_dataset
-from flowerdemo.train.evaluate import loss_and_accuracy, predict_tensors
-from flowerdemo.models.registry import build_model
 from flowerdemo.data.tensorcache import decode_samples
+from flowerdemo.models import checkpoints
+from flowerdemo.models.checkpoints import (
+    META,
+    WEIGHTS,
+    CheckpointError,
+    list_checkpoints,
+    load_checkpoint,
+    read_meta,
+    save_checkpoint,
+)
+from flowerdemo.models.registry import build_model
+from flowerdemo.train.evaluate import loss_and_accuracy, predict_tensors
 
 
 def _meta(model, classes=("a", "b", "c"), **extra) -> dict:

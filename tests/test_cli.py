@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from flowerdemo.models.checkpoints import read_meta
 from flowerdemo.cli.main import main
 from flowerdemo.config import TrainConfig
 from flowerdemo.infer.explain import CAM_METHODS
+from flowerdemo.models.checkpoints import read_meta
 from tests.synth import draw_sample, make_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -116,12 +116,12 @@ def test_predict_prints_top_k_and_writes_the_cam_overlay(trained_run, tmp_path, 
     assert code == 0
     lines = capsys.readouterr().out.splitlines()
     for path in images:
-        line = next(l for l in lines if l.startswith(f"{path}:"))
+        line = next(text for text in lines if text.startswith(f"{path}:"))
         assert len(re.findall(r"\w+ \d+\.\d%", line)) == 2
         overlay = out_dir / f"{path.stem}.gradcam.png"
         assert overlay.is_file() and Image.open(overlay).size == (120, 96)
         assert (out_dir / f"{path.stem}.gradcam.heatmap.png").is_file()
-    assert sum("gradcam for 'square'" in l for l in lines) == 2
+    assert sum("gradcam for 'square'" in text for text in lines) == 2
 
     assert main(["predict", str(images[0]), "--checkpoint", str(trained_run.run_dir), "--cam", "none",
                  "--out", str(tmp_path / "none")]) == 0

@@ -10,11 +10,11 @@ import threading
 import pytest
 import torch
 
-from flowerdemo.models.checkpoints import load_checkpoint, read_meta
 from flowerdemo.config import FREEZE, HEADS, MODES, OPTIMIZERS, SCHEDULES, AugmentConfig, ConfigError, TrainConfig
+from flowerdemo.models.checkpoints import load_checkpoint, read_meta
+from flowerdemo.models.registry import build_model
 from flowerdemo.train.engine import train
 from flowerdemo.train.events import CheckpointSaved, EpochEnd, Finished, Progress, RunStarted, Stopped
-from flowerdemo.models.registry import build_model
 from tests.synth import make_dataset
 
 FLIP_ONLY = dataclasses.replace(AugmentConfig.none(), hflip=True)
@@ -46,8 +46,8 @@ def test_full_mode_fine_tunes_to_high_accuracy(full_run):
     assert clf.meta["mode"] == "full" and clf.meta["metrics"]["best_val_acc"] == done.best_val_acc
     # the backbone was fine-tuned after the frozen stages, and not at all (BatchNorm statistics included) in them
     fresh = build_model("efficientnet_lite0", 3, pretrained=True)
-    for i, (tuned, pretrained) in enumerate(zip(clf.model.stages(), fresh.stages())):
-        same = all(torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), pretrained.state_dict().values()))
+    for i, (tuned, pretrained) in enumerate(zip(clf.model.stages(), fresh.stages(), strict=True)):
+        same = all(torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), pretrained.state_dict().values(), strict=True))
         assert same == (i < 3), f"stage {i}"
 
 
@@ -64,7 +64,7 @@ def test_full_mode_event_sequence(full_run):
     epochs = [e for e in events if isinstance(e, EpochEnd)]
     assert [e.epoch for e in epochs] == [1, 2, 3, 4, 5] and all(e.epochs == 5 for e in epochs)
     best = -1.0
-    for prev, e in zip([None] + epochs, epochs):
+    for prev, e in zip([None] + epochs, epochs, strict=False):
         for value in (e.train_loss, e.val_loss, e.seconds, e.elapsed, e.images_per_s):
             assert math.isfinite(value) and value > 0
         assert 0 <= e.train_acc <= 1 and 0 <= e.val_acc <= 1

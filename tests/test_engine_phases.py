@@ -119,7 +119,7 @@ def test_a_run_changes_no_process_wide_state_and_its_seed_alone_fixes_the_result
     curve = lambda events: [(e.train_loss, e.val_loss, e.val_acc) for e in events if isinstance(e, EpochEnd)]  # noqa: E731
     assert curve(first) == curve(again) and len(curve(first)) == 2
     a, b = load_checkpoint(first[-1].run_dir).model, load_checkpoint(again[-1].run_dir).model
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     other = list(train(dataclasses.replace(cfg, seed=1), data, tmp_path / "c"))
     assert curve(other) != curve(first)
 
@@ -135,6 +135,6 @@ def test_fast_mode_honours_freeze_stages(data, tmp_path, frozen_stages, tail_tra
     done = list(train(cfg, data, tmp_path / "ck"))[-1]
     tuned = load_checkpoint(done.run_dir).model
     fresh = build_model("efficientnet_lite0", 3, pretrained=True)
-    for i, (a, b) in enumerate(zip(tuned.stages(), fresh.stages())):
-        same = all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    for i, (a, b) in enumerate(zip(tuned.stages(), fresh.stages(), strict=True)):
+        same = all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
         assert same == (not in_tail[i] or not tail_trained), f"stage {i}"

@@ -4,22 +4,21 @@ cache), through the public `train()` API, its events and the checkpoints it writ
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import random
 from pathlib import Path
-
-import logging
 
 import pytest
 import torch
 
 from flowerdemo import device as precision
-from flowerdemo.train import fast as fastmode
-from flowerdemo.models.checkpoints import load_checkpoint
 from flowerdemo.config import AugmentConfig, TrainConfig
+from flowerdemo.models.checkpoints import load_checkpoint
+from flowerdemo.models.registry import build_model
+from flowerdemo.train import fast as fastmode
 from flowerdemo.train.engine import train
 from flowerdemo.train.events import EpochEnd, Finished, Progress, RunStarted
-from flowerdemo.models.registry import build_model
 from tests.synth import draw_sample, make_dataset
 
 SMALL = TrainConfig(mode="fast", image_size=32, epochs=2, batch_size=8, fast_views=2, workers=1, seed=0)

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from flowerdemo.models.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from flowerdemo.config import TrainConfig
-from flowerdemo.train.events import EpochEnd, Finished, Progress, RunStarted, Stopped
-from flowerdemo.serve.jobs import Busy, StopFlag, TrainingJob
+from flowerdemo.models.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from flowerdemo.models.registry import build_model
-from flowerdemo.serve.runs import (DEFAULT_RUN, PathNotAllowed, allowed_path, import_run, pin, prune_runs, zip_run)
+from flowerdemo.serve.jobs import Busy, StopFlag, TrainingJob
+from flowerdemo.serve.runs import DEFAULT_RUN, PathNotAllowed, allowed_path, import_run, pin, prune_runs, zip_run
+from flowerdemo.train.events import EpochEnd, Finished, Progress, RunStarted, Stopped
 from tests.synth import make_dataset
 
 CFG = TrainConfig(mode="fast", image_size=64, epochs=3, batch_size=8, fast_views=2, workers=1)

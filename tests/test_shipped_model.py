@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from flowerdemo.models.checkpoints import load_checkpoint, read_meta
 from flowerdemo.infer.predict import predict
+from flowerdemo.models.checkpoints import load_checkpoint, read_meta
 from flowerdemo.serve.runs import DEFAULT_RUN
 
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints" / DEFAULT_RUN

@@ -9,14 +9,14 @@ import dataclasses
 import pytest
 import torch
 
-from flowerdemo.data.augment import BatchAugment
 from flowerdemo.config import TrainConfig
+from flowerdemo.data.augment import BatchAugment
+from flowerdemo.data.tensorcache import ImageTensors
+from flowerdemo.models.registry import build_model
 from flowerdemo.train.fast import FastTrainer
 from flowerdemo.train.full import FullTrainer
 from flowerdemo.train.step import drain
 from flowerdemo.train.trainer import TrainSetup
-from flowerdemo.models.registry import build_model
-from flowerdemo.data.tensorcache import ImageTensors
 from tests import reference_loops
 
 CFG = TrainConfig(model="efficientnet_lite0", pretrained=False, image_size=32, batch_size=8, epochs=2, seed=3,

@@ -7,6 +7,7 @@ import html
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
+
 def fmt_seconds(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     h, rest = divmod(seconds, 3600)

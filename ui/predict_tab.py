@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
@@ -95,8 +96,8 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
 
     def predict(image: Any, method: str = "gradcam", target: str = PREDICTED, alpha: float = 0.5,
                 active: str | None = None):
-        from flowerdemo.infer.explain import explain, heatmap_image
         from flowerdemo.data.images import ACCEPTED, ImageError
+        from flowerdemo.infer.explain import explain, heatmap_image
 
         if image is None:
             return None, None, None, ""

@@ -84,7 +84,7 @@ class AppContext:
     job: TrainingJob
 
     @classmethod
-    def create(cls, settings: Settings | None = None) -> "AppContext":
+    def create(cls, settings: Settings | None = None) -> AppContext:
         settings = settings or Settings.from_env()
         return cls(settings, ModelStore(settings), TrainingJob())
 

@@ -4,8 +4,8 @@ download) and what was found in them. Plain functions: errors are the core's Val
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 

@@ -19,7 +19,8 @@ DEFAULTS = TrainConfig()
 AUGMENTS = [("random resized crop", "random_resized_crop"), ("horizontal flip", "hflip"),
             ("colour jitter", "color_jitter"), ("rotation ±30°", "rotation"), ("translation ±10%", "translate"),
             ("random erasing", "random_erasing")]
-MODES = [("Full fine-tuning (best accuracy; wants a GPU)", "full"), ("Fast: cached backbone, last stage + head trained (CPU-friendly)", "fast")]
+MODES = [("Full fine-tuning (best accuracy; wants a GPU)", "full"),
+         ("Fast: cached backbone, last stage + head trained (CPU-friendly)", "fast")]
 FREEZE = [("train everything", "none"), ("freeze the backbone (head only)", "backbone"),
           ("freeze the first stages", "stages")]
 
@@ -62,8 +63,8 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
                 gr.Markdown("### 1 · Dataset\nOne sub-folder per class (or `train/` and `val/` folders of classes).")
                 source = gr.Radio(sources, value=sources[0][1], label="Images from", show_label=False)
                 zip_file = gr.File(label="Zip of class folders", file_types=[".zip"], type="filepath", height=110)
-                folder = gr.Textbox(label="Folder on this server", visible=False, placeholder="/data/my_flowers", elem_id="train-folder",
-                                    info=f"Allowed under: {allowed}" if allowed else None)
+                folder = gr.Textbox(label="Folder on this server", visible=False, placeholder="/data/my_flowers",
+                                    elem_id="train-folder", info=f"Allowed under: {allowed}" if allowed else None)
                 scan_btn = gr.Button("Check the dataset", size="sm")
                 found = gr.Markdown()
                 with gr.Accordion("What was found", open=False) as found_box:
@@ -74,7 +75,8 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
                                            visible=False)
             with gr.Column(scale=4):
                 gr.Markdown("### 2 · Model and training")
-                backbone = gr.Dropdown(backbone_choices(check=False), value=DEFAULTS.model, label="Backbone (ImageNet-pretrained)")
+                backbone = gr.Dropdown(backbone_choices(check=False), value=DEFAULTS.model,
+                                       label="Backbone (ImageNet-pretrained)")
                 mode = gr.Radio(MODES, value="full" if gpu_present() else "fast", label="Mode",
                                 info="The default follows the hardware: full fine-tuning on a GPU, fast mode on a CPU.")
                 epochs = gr.Slider(1, 100, value=DEFAULTS.epochs, step=1, label="Epochs", elem_id="train-epochs")
@@ -89,7 +91,8 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
                                                info="warmup_cosine: linear warm-up, then cosine decay")
                     with gr.Row():
                         warmup = gr.Slider(0, 10, value=DEFAULTS.warmup_epochs, step=0.5, label="Warm-up epochs")
-                        image_size = gr.Slider(0, 512, value=DEFAULTS.image_size, step=32, label="Image size", elem_id="train-image-size",
+                        image_size = gr.Slider(0, 512, value=DEFAULTS.image_size, step=32, label="Image size",
+                                               elem_id="train-image-size",
                                                info="0 = the backbone's own (224 px); smaller is faster")
                     with gr.Row():
                         freeze = gr.Dropdown(FREEZE, value=DEFAULTS.freeze, label="Freezing (full mode)")

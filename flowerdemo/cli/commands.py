@@ -88,13 +88,11 @@ def _checkpoint(path: Path | None):
 def run_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from flowerdemo.data.dataset import resolve_data
-    from flowerdemo.data.dataset import DatasetError, scan_dataset
-    from flowerdemo.device import resolve_device
-    from flowerdemo.device import autocast_for
+    from flowerdemo.data.dataset import DatasetError, resolve_data, scan_dataset
+    from flowerdemo.data.tensorcache import decode_samples
+    from flowerdemo.device import autocast_for, resolve_device
     from flowerdemo.train.evaluate import loss_and_accuracy, predict_tensors
     from flowerdemo.train.metrics import classification_report, format_report
-    from flowerdemo.data.tensorcache import decode_samples
 
     clf = _checkpoint(args.checkpoint)
     cfg = clf.meta.get("config", {})

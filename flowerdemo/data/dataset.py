@@ -260,7 +260,9 @@ def scan_dataset(
 
 def resolve_data(path: Path, workdir: str | None = None) -> Path:
     """A folder as is; a .zip extracted safely into a temporary folder."""
-    from flowerdemo.data.archive import extract_zip  # archive is the lower layer; imported here to keep scan imports light
+    from flowerdemo.data.archive import (
+        extract_zip,  # archive is the lower layer; imported here to keep scan imports light
+    )
 
     if path.suffix.lower() == ".zip":
         dest = Path(workdir or tempfile.mkdtemp(prefix="flowerdemo-"))

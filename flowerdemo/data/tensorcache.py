@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ class ImageTensors:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def to(self, device: torch.device | str) -> "ImageTensors":
+    def to(self, device: torch.device | str) -> ImageTensors:
         return ImageTensors(self.images.to(device, non_blocking=True), self.labels.to(device, non_blocking=True), self.paths)
 
 
@@ -80,5 +80,5 @@ def decode_samples(
         log.warning("%d image(s) could not be decoded and were skipped, e.g. %s", len(skipped), skipped[0][0])
     keep = torch.from_numpy(ok)
     labels = torch.tensor([s.label for s in samples], dtype=torch.long)
-    paths = tuple(s.path for s, k in zip(samples, ok) if k)
+    paths = tuple(s.path for s, k in zip(samples, ok, strict=True) if k)
     return ImageTensors(out[keep] if not ok.all() else out, labels[keep], paths), skipped

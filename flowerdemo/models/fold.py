@@ -44,7 +44,7 @@ def fold_batchnorm(module: nn.Module) -> tuple[nn.Module, int]:
     count = 0
     for parent in list(folded.modules()):
         names = list(parent._modules)
-        for a, b in zip(names, names[1:]):
+        for a, b in zip(names, names[1:], strict=False):
             conv, bn = parent._modules[a], parent._modules[b]
             if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)):
                 continue

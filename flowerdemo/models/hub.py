@@ -8,14 +8,19 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 from huggingface_hub import CommitOperationAdd, HfApi, constants, snapshot_download
-from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError,
-                                     RevisionNotFoundError)
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 
 from flowerdemo.models.checkpoints import META, WEIGHTS, CheckpointError, read_meta, safe_name
 
@@ -110,7 +115,7 @@ def _metrics_section(m: dict[str, Any], classes: list[str]) -> list[str]:
         out += ["Confusion matrix on the validation split (rows = true class, columns = predicted):", "",
                 "| true \\ predicted | " + " | ".join(_cell(c) for c in names) + " |",
                 "|---|" + "---:|" * len(names)]
-        out += [f"| {_cell(c)} | " + " | ".join(str(v) for v in row) + " |" for c, row in zip(names, cm)]
+        out += [f"| {_cell(c)} | " + " | ".join(str(v) for v in row) + " |" for c, row in zip(names, cm, strict=True)]
         out.append("")
     return out
 
@@ -229,7 +234,10 @@ def _chain(exc: BaseException) -> list[BaseException]:
 def _explain(exc: Exception, action: str, repo_id: str, revision: str | None) -> str | None:
     """A human message for a huggingface_hub failure, or None to let an unexpected error through."""
     chain = _chain(exc)
-    found = lambda kind: next((e for e in chain if isinstance(e, kind)), None)
+
+    def found(kind: type) -> BaseException | None:
+        return next((e for e in chain if isinstance(e, kind)), None)
+
     token_hint = "pass token=... or set HF_TOKEN (a token from https://huggingface.co/settings/tokens)"
     if found(OfflineModeIsEnabled) or constants.HF_HUB_OFFLINE:
         return (f"cannot {action} {repo_id}: Hugging Face Hub offline mode is on (HF_HUB_OFFLINE is set). "

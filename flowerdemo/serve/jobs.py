@@ -13,9 +13,10 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from flowerdemo.config import TrainConfig
 from flowerdemo.train.events import EpochEnd, Event, RunStarted
@@ -120,7 +121,7 @@ class TrainingJob:
         with self._guard:
             return self._state
 
-    def start(self, cfg: TrainConfig, data: Any, out_dir: str | Path, owner: str | None = None) -> "Run":
+    def start(self, cfg: TrainConfig, data: Any, out_dir: str | Path, owner: str | None = None) -> Run:
         """Claim the slot and return the run's event iterator; raise Busy if a training is running."""
         if not _LOCK.acquire(blocking=False):
             raise Busy(f"The server is busy: {self.state.describe()} Only one training runs at a time; "
@@ -176,7 +177,7 @@ class Run(Iterator[Event]):
         self._job, self._events, self._stop = job, events, stop
         self._done = False
 
-    def __iter__(self) -> "Run":
+    def __iter__(self) -> Run:
         return self
 
     def __next__(self) -> Event:

@@ -9,8 +9,8 @@ import shutil
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from flowerdemo.models.checkpoints import META, WEIGHTS, CheckpointError, read_meta, safe_name
 

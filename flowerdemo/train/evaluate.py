@@ -3,8 +3,8 @@ loss/accuracy from logits. Used by the engine after every epoch and by `flowerde
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F

@@ -8,9 +8,9 @@ import logging
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 from flowerdemo.config import AugmentConfig, TrainConfig
 from flowerdemo.train.engine import train
@@ -23,8 +23,10 @@ SUITES: dict[str, list[tuple[str, Callable[[TrainConfig], TrainConfig]]]] = {
     "augment": [  # the report's Table 2 ladder
         ("centre crop + normalisation", lambda c: replace(c, augment=_NONE)),
         ("+ horizontal flip", lambda c: replace(c, augment=replace(_NONE, hflip=True))),
-        ("+ colour jitter + rotation", lambda c: replace(c, augment=replace(_NONE, hflip=True, color_jitter=True, rotation=True))),
-        ("all five (crop, flip, jitter, rotation+translation, erasing)", lambda c: replace(c, augment=AugmentConfig(crop_scale_min=c.augment.crop_scale_min))),
+        ("+ colour jitter + rotation",
+         lambda c: replace(c, augment=replace(_NONE, hflip=True, color_jitter=True, rotation=True))),
+        ("all five (crop, flip, jitter, rotation+translation, erasing)",
+         lambda c: replace(c, augment=AugmentConfig(crop_scale_min=c.augment.crop_scale_min))),
     ],
     "schedule": [  # the report's Table 3, plus a constant LR
         ("linear warm-up + cosine", lambda c: replace(c, schedule="warmup_cosine")),
@@ -120,7 +122,7 @@ def _plot(results: dict[str, list[dict]], path: Path, title: str) -> None:
     for name, runs in results.items():
         n = min(len(r["curve"]) for r in runs)
         epochs = np.arange(1, n + 1)
-        for ax, key in zip(axes, ("val_acc", "train_loss")):
+        for ax, key in zip(axes, ("val_acc", "train_loss"), strict=True):
             values = np.array([[row[key] for row in r["curve"][:n]] for r in runs])
             mean, std = values.mean(0), values.std(0)
             ax.plot(epochs, mean, label=name)

@@ -13,21 +13,21 @@ Accuracy and time of both variants: docs/benchmarks.md §1.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 
 import torch
 from torch import nn
 
 from flowerdemo.data.augment import BatchAugment, eval_batch
-from flowerdemo.train.events import Progress
-from flowerdemo.train.featurecache import default_cache_dir, feature_key, load_features, save_features
+from flowerdemo.data.tensorcache import ImageTensors
+from flowerdemo.device import autocast_dtype, autocast_for
 from flowerdemo.models.fold import folded_or_original
 from flowerdemo.models.registry import Preprocessing
+from flowerdemo.train.events import Progress
+from flowerdemo.train.featurecache import default_cache_dir, feature_key, load_features, save_features
 from flowerdemo.train.optim import make_optimizer, make_scheduler
 from flowerdemo.train.step import OptimStep, StopSignal, batch_slices, run_epoch, stop_requested
 from flowerdemo.train.trainer import TrainSetup
-from flowerdemo.device import autocast_dtype, autocast_for
-from flowerdemo.data.tensorcache import ImageTensors
 
 log = logging.getLogger(__name__)
 FEATURE_BATCH = 64  # images per backbone forward during extraction

@@ -3,7 +3,7 @@ decoded uint8 image cache. The default on a GPU, where the whole cache lives on 
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -47,6 +48,6 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"{name:<{width}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {m['support']:7d}")
     lines += ["", "confusion matrix (rows = true, columns = predicted)",
               " " * (width + 2) + " ".join(f"{c[:6]:>6}" for c in classes)]
-    for name, row in zip(classes, report["confusion_matrix"]):
+    for name, row in zip(classes, report["confusion_matrix"], strict=True):
         lines.append(f"{name:<{width}}  " + " ".join(f"{v:6d}" for v in row))
     return "\n".join(lines)

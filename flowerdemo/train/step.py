@@ -9,8 +9,9 @@ device and read once per epoch (one host sync, not one per step).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F

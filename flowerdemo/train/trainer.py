@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import torch
 
@@ -13,7 +14,7 @@ from flowerdemo.data.tensorcache import ImageTensors
 from flowerdemo.models.registry import FlowerNet, Preprocessing
 from flowerdemo.train.distributed import DistInfo
 from flowerdemo.train.events import Progress
-from flowerdemo.train.step import EpochStats, StopSignal
+from flowerdemo.train.step import StopSignal
 
 
 @dataclass
