@@ -61,7 +61,7 @@ class TrainConfig:
     freeze: str = _opt("none", "none | backbone (head only) | stages (the first `frozen_stages`)")
     frozen_stages: int = _opt(2, 'early stages hold generic edges/colours; used when freeze="stages"')
     image_size: int = _opt(0, "0 = the backbone's own input size (224); smaller trains faster")
-    epochs: int = _opt(20, "full fine-tuning converges in ~10-20 epochs here; the report ran 50")
+    epochs: int = _opt(20, "the report ran 50; 20 is the budget the accuracy benchmarks measure (docs/benchmarks.md)")
     batch_size: int = _opt(32, "report: 32")
     lr: float = _opt(1e-3, "head LR; the report's 1e-2 is too high for AdamW fine-tuning")
     backbone_lr_scale: float = _opt(0.1, "pretrained layers move 10x slower than the new head")

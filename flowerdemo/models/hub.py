@@ -74,9 +74,9 @@ def model_card(meta: dict[str, Any], repo_id: str | None = None) -> str:
     run = f"checkpoints/{repo.replace('/', '--')}"
     out += ["## How to use it", "", "Download the repo into a run directory, then use the flowerdemo CLI or Python API:",
             "", "```bash",
-            f"python -c \"from flowerdemo.hub import pull_checkpoint; pull_checkpoint('{repo}', 'checkpoints')\"",
+            f"python -c \"from flowerdemo.models.hub import pull_checkpoint; pull_checkpoint('{repo}', 'checkpoints')\"",
             f"python -m flowerdemo predict --checkpoint {run} img.jpg", "```", "", "```python",
-            "from flowerdemo.checkpoints import load_checkpoint", "from flowerdemo.predict import predict", "",
+            "from flowerdemo.models.checkpoints import load_checkpoint", "from flowerdemo.infer.predict import predict", "",
             f"clf = load_checkpoint(\"{run}\")  # the run directory: model.safetensors + meta.json",
             "print(predict(clf, \"img.jpg\"))  # {class: probability}, most likely first", "```", "",
             ("`model.safetensors` holds only tensors (no pickle); its header and `meta.json` describe the "

@@ -48,9 +48,9 @@ def extract_features(
     progress: tuple[int, int] | None = None, autocast: Callable = None, stop: StopSignal | None = None,
 ) -> Generator[Progress, None, torch.Tensor | None]:
     """(views, N, ...) fp16 outputs of `encoder` (the backbone trunk, or the whole backbone); view 0 is
-    the eval crop, the rest augmented. channels_last pays on CPUs too: oneDNN's depthwise
-    convolutions are faster in NHWC (benchmarks/layout.py). `progress=(done, total)` continues a count started by an
-    earlier call (train then val: one bar, not two that restart). Returns None when `stop` is set
+    the eval crop, the rest augmented. Extraction runs channels_last, the layout oneDNN's depthwise
+    convolutions are fastest in. `progress=(done, total)` continues a count started by an earlier
+    call (train then val: one bar, not two that restart). Returns None when `stop` is set
     (checked after every batch)."""
     encoder.eval()
     done, total = progress if progress is not None else (0, views * _batches(len(data), batch_size))
