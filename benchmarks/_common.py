@@ -50,9 +50,14 @@ def add_common_args(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def apply_threads(threads: int) -> None:
-    if threads:
-        import torch
+    """Process set-up every benchmark does first: torch's thread count, and the backend flags the app
+    and the CLI set at start-up (flowerdemo.device.configure_process), so the figures are theirs."""
+    import torch
 
+    from flowerdemo.device import configure_process
+
+    configure_process()
+    if threads:
         torch.set_num_threads(threads)
 
 

@@ -78,6 +78,14 @@ class Settings:
         return cls(**values)
 
     @classmethod
+    def one_from_env(cls, name: str, environ: Mapping[str, str] | None = None) -> Any:
+        """One setting from the environment, else its default, without reading (or failing on) the others:
+        for code far from the app's start-up, e.g. the training engine's feature cache."""
+        f = _FIELDS[name]
+        raw = (os.environ if environ is None else environ).get(env_var(f), "")
+        return _parse(f, raw) if raw.strip() else getattr(cls(), name)
+
+    @classmethod
     def from_args(cls, ns: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
         """The flags given (see `add_arguments`) over the environment over the defaults."""
         given = {}

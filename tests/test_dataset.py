@@ -120,7 +120,7 @@ def test_skipped_files_have_reasons(tmp_path, caplog):
     (root / "triangle" / "Thumbs.db").write_bytes(b"junk")
     (root / "triangle" / "__MACOSX").mkdir()
     (root / "triangle" / "__MACOSX" / "._x.png").write_bytes(b"junk")
-    with caplog.at_level(logging.WARNING, logger="flowerdemo.dataset"):
+    with caplog.at_level(logging.WARNING, logger="flowerdemo.data.dataset"):
         ds = scan_dataset(root)
     reasons = {p.name: why for p, why in ds.skipped}
     assert set(reasons) == {"notes.txt", "broken.jpg", "huge.PNG", "stray.png"}  # hidden/OS junk not counted

@@ -108,10 +108,13 @@ def test_stop_while_scoring_a_later_epoch_keeps_the_best_checkpoint(data, tmp_pa
     assert load_checkpoint(done.run_dir).meta["metrics"]["epochs_run"] == 1
 
 
-def test_a_run_changes_no_process_wide_state_and_its_seed_alone_fixes_the_result(data, tmp_path):
+# Lite0: bundled weights, dropout in the head; EfficientNet-B0 (random init, no download): stochastic depth
+@pytest.mark.parametrize("model, pretrained", [("efficientnet_lite0", True), ("efficientnet_b0", False)])
+def test_a_run_changes_no_process_wide_state_and_its_seed_alone_fixes_the_result(data, tmp_path, model, pretrained):
     torch.manual_seed(1234)
     benchmark = torch.backends.cudnn.benchmark
-    cfg = _config(mode="full", epochs=2, cache_features=False)  # full mode: dropout, augmentation, init
+    # full mode: dropout, stochastic depth, augmentation and initialisation all draw
+    cfg = _config(mode="full", epochs=2, cache_features=False, model=model, pretrained=pretrained)
     first = list(train(cfg, data, tmp_path / "a"))
     assert torch.initial_seed() == 1234 and torch.backends.cudnn.benchmark == benchmark
     torch.rand(1000)  # whatever else the process draws in between

@@ -129,7 +129,7 @@ def test_head_only_fast_mode_leaves_the_whole_backbone_unchanged(how, tmp_path, 
         cfg = dataclasses.replace(cfg, freeze="backbone")
     else:
         monkeypatch.setattr(fastmode, "MAP_BUDGET_BYTES", 1000)
-    with caplog.at_level(logging.WARNING, logger="flowerdemo.fastmode"):
+    with caplog.at_level(logging.WARNING, logger="flowerdemo.train.fast"):
         done = list(train(cfg, data, out_dir=tmp_path / "ck"))[-1]
     assert isinstance(done, Finished) and done.epochs_run == 3
     assert _backbone_changes(done.run_dir, 3)[0] == set()
@@ -176,7 +176,7 @@ def test_a_cache_that_cannot_be_written_is_skipped_and_leaves_no_temp_file(tmp_p
 
     monkeypatch.setattr(featurecache, "save_file", failing_save)
     t = torch.zeros(2, 3)
-    with caplog.at_level(logging.WARNING, logger="flowerdemo.featurecache"):
+    with caplog.at_level(logging.WARNING, logger="flowerdemo.train.featurecache"):
         featurecache.save_features(tmp_path, "k", t, t)  # no exception: training goes on
     assert "could not write the feature cache" in caplog.text
     assert list(tmp_path.iterdir()) == []

@@ -67,6 +67,6 @@ def test_a_fold_that_changes_outputs_is_not_used(monkeypatch, caplog):
     x = torch.randn(2, 3, 64, 64)
     assert folded_or_original(trunk, x) is not trunk  # the normal case: a folded copy
     monkeypatch.setattr(fold, "verify_fold", lambda *a, **k: False)
-    with caplog.at_level(logging.WARNING, logger="flowerdemo.fold"):
+    with caplog.at_level(logging.WARNING, logger="flowerdemo.models.fold"):
         assert folded_or_original(trunk, x) is trunk
     assert "unfolded" in caplog.text

@@ -86,14 +86,31 @@ def test_stop_is_owner_only_and_ends_after_the_current_epoch(tmp_path):
     assert not job.stop()  # nothing running any more
 
 
-def test_stop_while_preparing_ends_at_once_and_leaves_no_empty_run(tmp_path):
+def test_a_stop_while_preparing_reaches_the_engine_and_the_slot_is_freed(tmp_path):
+    # the engine ends the run (tests/test_engine_phases.py checks the real one); the job relays it
     job = TrainingJob(fake_engine(prepare_steps=1000))
     run = job.start(CFG, tmp_path, tmp_path)
     next(run)
     job.stop()
     events = list(run)
-    assert isinstance(events[0], Stopped) and events[-1].run_dir is None
-    assert len(events) == 2 and not job.state.running
+    assert [type(e) for e in events] == [Stopped, Finished] and events[-1].run_dir is None
+    assert not job.state.running and isinstance(job.state.last_event, Finished)
+
+
+def test_closing_a_run_also_sets_its_stop_flag(tmp_path):
+    # on ZeroGPU the engine runs in another process: closing the local stream alone would not reach it
+    seen = {}
+
+    def engine(cfg, data, out_dir, stop):
+        seen["stop"] = stop
+        yield Progress("decode", 1, 2)
+        yield Progress("decode", 2, 2)
+
+    job = TrainingJob(engine)
+    run = job.start(CFG, tmp_path, tmp_path)
+    next(run)
+    run.close()
+    assert seen["stop"].is_set() and not job.state.running
 
 
 def test_engine_error_frees_the_slot_and_is_recorded(tmp_path):

@@ -15,7 +15,7 @@ from flowerdemo.data.tensorcache import ImageTensors
 from flowerdemo.models.registry import build_model
 from flowerdemo.train.fast import FastTrainer
 from flowerdemo.train.full import FullTrainer
-from flowerdemo.train.step import drain
+from flowerdemo.train.step import batch_slices, drain
 from flowerdemo.train.trainer import TrainSetup
 from tests import reference_loops
 
@@ -95,3 +95,26 @@ def test_fast_mode_step_matches_the_old_loop(tune_tail):
     _assert_same_weights(model, reference)
     assert stats.loss == pytest.approx(ref_stats["loss"], rel=1e-6)
     assert stats.acc == ref_stats["acc"]
+
+
+def test_one_batch_policy_a_partial_last_batch_is_a_step_but_never_a_batch_of_one():
+    assert batch_slices(16, 8) == [(0, 8), (8, 16)]
+    assert batch_slices(18, 8) == [(0, 8), (8, 16), (16, 18)]  # a partial batch of 2 is a step
+    assert batch_slices(17, 8) == [(0, 8), (8, 17)]  # a batch of 1 would break BatchNorm: folded
+    assert batch_slices(1, 8) == [(0, 1)] and batch_slices(0, 8) == []
+    for n in range(1, 40):  # every item exactly once, in order
+        assert [i for a, b in batch_slices(n, 8) for i in range(a, b)] == list(range(n))
+
+
+def test_fast_mode_schedules_over_the_same_batches_it_trains():
+    # 18 images, batch 8: three steps an epoch (the last of 2); warm-up + cosine ends at 0 on the last one
+    cfg = dataclasses.replace(CFG, mode="fast", fast_views=1, epochs=2, fast_tune_last_stage=False)
+    train, val = _data(18, 1), _data(6, 2)
+    model = _model(cfg)
+    trainer = FastTrainer(TrainSetup(cfg, model, train, val, model.spec.preprocessing.with_size(cfg.image_size),
+                                     torch.device("cpu")))
+    drain(trainer.prepare())
+    steps = [list(trainer.train_epoch(e)) for e in (1, 2)]
+    assert [len(s) for s in steps] == [3, 3] and steps[0][-1].total == 3
+    assert trainer.sched.last_epoch == 6
+    assert trainer.opt.param_groups[0]["lr"] == pytest.approx(0, abs=1e-12)

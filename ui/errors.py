@@ -43,6 +43,7 @@ def log_failure(exc: BaseException, doing: str) -> bool:
     """
     if isinstance(exc, EXPECTED):
         log.info("%s: %s: %s", doing, type(exc).__name__, exc)
+        log.debug("%s: where the %s came from", doing, type(exc).__name__, exc_info=exc)  # -v shows it
         return True
     if isinstance(exc, (RuntimeError, OSError, ImportError)):
         log.exception("%s failed", doing, exc_info=exc)

@@ -60,6 +60,8 @@ class TrainView:
         elapsed = now - self.t0
         if self.stopping:
             head = "**Stopping** after the current batch…"
+        elif ev is not None and ev.stage == "val":
+            head = f"**Epoch {ev.epoch} / {self.epochs}** — {STAGES['val']} {ev.done} / {ev.total}"
         elif ev is None or ev.stage != "train":
             epoch = len(self.rows)
             head = (f"**Epoch {epoch} / {self.epochs} done**" if epoch else "**Preparing**") + (

@@ -52,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flowerdemo.infer.explain import CAM_METHODS
     from flowerdemo.models.registry import MODELS
 
-    parser = argparse.ArgumentParser(prog="python -m flowerdemo", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="flowerdemo", description="Fine-tune an ImageNet CNN on a folder of labelled photos, evaluate it, "
+                                       "predict and explain with Grad-CAM. Also runs as `python -m flowerdemo`.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -36,8 +36,11 @@ log = logging.getLogger(__name__)
 # cores, so a burst of requests waits here instead of multiplying that memory.
 MAX_REPLICAS = 4
 
-HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
-              "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _hook_dicts(m: nn.Module) -> list[dict]:
+    """A module's dicts of hooks and hook-like callbacks (_forward_hooks, _backward_pre_hooks, ...)."""
+    return [value for name, value in vars(m).items() if "hook" in name and isinstance(value, dict)]
 
 
 def make_replica(model: nn.Module) -> nn.Module:
@@ -51,9 +54,8 @@ def make_replica(model: nn.Module) -> nn.Module:
     for b in model.buffers():
         memo[id(b)] = b
     for m in model.modules():  # every dict of hooks and hook-like callbacks starts empty on the replica
-        for name, value in vars(m).items():
-            if "hook" in name and isinstance(value, dict):
-                memo[id(value)] = type(value)()
+        for hooks in _hook_dicts(m):
+            memo[id(hooks)] = type(hooks)()
     return copy.deepcopy(model, memo).eval()
 
 
@@ -65,7 +67,7 @@ def _signature(model: nn.Module) -> tuple[int, ...]:
 
 
 def has_hooks(model: nn.Module) -> bool:
-    return any(getattr(m, name, None) for m in model.modules() for name in HOOK_DICTS)
+    return any(hooks for m in model.modules() for hooks in _hook_dicts(m))
 
 
 class ReplicaPool:

@@ -195,8 +195,10 @@ class Run(Iterator[Event]):
         return event
 
     def close(self) -> None:
-        """End the run now (e.g. the visitor went away): the engine keeps its best checkpoint, if any."""
+        """End the run now (e.g. the visitor went away): the engine keeps its best checkpoint, if any.
+        The stop flag is set too: on ZeroGPU the engine runs in another process, which sees its file."""
         if not self._done:
+            self._stop.set()
             close = getattr(self._events, "close", None)
             if close is not None:
                 close()

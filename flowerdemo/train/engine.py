@@ -41,12 +41,13 @@ from flowerdemo.train.fast import FastTrainer
 from flowerdemo.train.full import FullTrainer
 from flowerdemo.train.metrics import classification_report
 from flowerdemo.train.optim import head_lr
-from flowerdemo.train.seeding import init_, seed_dropout_
+from flowerdemo.train.seeding import init_, seed_randomness_
 from flowerdemo.train.step import StopSignal, stop_requested
 from flowerdemo.train.trainer import Trainer, TrainSetup
 
 log = logging.getLogger(__name__)
 DECODE_CHUNK = 256  # images decoded between two progress events (and stop checks)
+INIT_SEED_OFFSET = 2  # seed + 0 orders the data, seed + 1 draws augmentations
 STOPPED_PREPARING = "stopped while preparing the data; nothing was trained"
 
 
@@ -131,12 +132,13 @@ def prepare(run: Run, data: str | Path | DatasetSplit) -> Iterator[Event]:
         log.warning("fast mode trains from one process's activation cache; under torchrun it runs as full fine-tuning instead")
         mode = "full"
     model = build_model(cfg.model, len(split.classes), cfg.pretrained, cfg.head, cfg.head_hidden, cfg.head_dropout)
-    # the run's own generator for what layers draw by themselves (same in every process)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    # the run's own generator for what layers draw by themselves (same in every process); offset from
+    # the seed of the data order so that the two streams differ
+    generator = torch.Generator().manual_seed(cfg.seed + INIT_SEED_OFFSET)
     init_(model.head, generator)
     if not cfg.pretrained:
         init_(model.backbone, generator)
-    seed_dropout_(model.head, generator)
+    seed_randomness_(model, generator)
     model.to(device)
     prep = model.spec.preprocessing.with_size(cfg.image_size)
     decoded = yield from _decode(split, prep.resize_size, cfg.workers, run.stop)

@@ -17,24 +17,34 @@ from flowerdemo.train.step import StopSignal, drain, stop_requested
 
 
 @torch.no_grad()
-def iter_logits(model: nn.Module, data: ImageTensors, *, size: int, mean, std, device: torch.device,
-                autocast: Callable[[], AbstractContextManager], batch_size: int = 128, channels_last: bool = False,
-                stop: StopSignal | None = None, epoch: int = 0) -> Iterator[Progress]:
-    """Logits (float32, on CPU) for every cached image, centre crop; a generator that yields a
-    Progress("val") per chunk and returns the logits, or None when `stop` was set."""
-    model.eval()
+def chunked_logits(forward: Callable[[torch.Tensor], torch.Tensor], items: torch.Tensor, chunk: int, *,
+                   stop: StopSignal | None = None, epoch: int = 0) -> Iterator[Progress]:
+    """`forward` over `items` chunk by chunk: a generator that yields a Progress("val") per chunk and
+    returns the float32 CPU logits, or None when `stop` was set before the last chunk."""
     out = []
-    chunks = (len(data) + batch_size - 1) // batch_size
-    for i, start in enumerate(range(0, len(data), batch_size)):
-        x = eval_batch(data.images[start:start + batch_size].to(device, non_blocking=True), size, mean, std)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast():
-            out.append(model(x).float())
+    chunks = (len(items) + chunk - 1) // chunk
+    for i, start in enumerate(range(0, len(items), chunk)):
+        out.append(forward(items[start:start + chunk]).float().cpu())
         yield Progress("val", i + 1, chunks, epoch)
         if stop_requested(stop) and i + 1 < chunks:
             return None
-    return torch.cat(out).cpu() if out else torch.empty(0)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def iter_logits(model: nn.Module, data: ImageTensors, *, size: int, mean, std, device: torch.device,
+                autocast: Callable[[], AbstractContextManager], batch_size: int = 128, channels_last: bool = False,
+                stop: StopSignal | None = None, epoch: int = 0) -> Iterator[Progress]:
+    """`chunked_logits` of `model` over the cached uint8 images, eval transform (centre crop)."""
+    model.eval()
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        x = eval_batch(images.to(device, non_blocking=True), size, mean, std)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            return model(x)
+
+    return (yield from chunked_logits(forward, data.images, batch_size, stop=stop, epoch=epoch))
 
 
 def predict_tensors(model: nn.Module, data: ImageTensors, **kwargs) -> torch.Tensor:

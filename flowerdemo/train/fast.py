@@ -23,6 +23,7 @@ from flowerdemo.data.tensorcache import ImageTensors
 from flowerdemo.device import autocast_dtype, autocast_for
 from flowerdemo.models.fold import folded_or_original
 from flowerdemo.models.registry import Preprocessing
+from flowerdemo.train.evaluate import chunked_logits
 from flowerdemo.train.events import Progress
 from flowerdemo.train.featurecache import default_cache_dir, feature_key, load_features, save_features
 from flowerdemo.train.optim import make_optimizer, make_scheduler
@@ -37,7 +38,7 @@ EVAL_BATCH = 256  # cached items per tail forward when scoring the validation sp
 MAP_BUDGET_BYTES = 3 * 2**30
 
 
-def _batches(n: int, batch_size: int = FEATURE_BATCH) -> int:
+def _n_chunks(n: int, batch_size: int = FEATURE_BATCH) -> int:
     return (n + batch_size - 1) // batch_size
 
 
@@ -53,7 +54,7 @@ def extract_features(
     call (train then val: one bar, not two that restart). Returns None when `stop` is set
     (checked after every batch)."""
     encoder.eval()
-    done, total = progress if progress is not None else (0, views * _batches(len(data), batch_size))
+    done, total = progress if progress is not None else (0, views * _n_chunks(len(data), batch_size))
     out = None  # (views, N, ...) fp16, allocated once the first output's shape is known: no copies
     for v in range(views):
         for start in range(0, len(data), batch_size):
@@ -68,7 +69,7 @@ def extract_features(
             out[v, start:start + len(y)] = y  # NCHW fp16: the cache's layout on disk and in memory
             done += 1
             yield Progress("features", done, total)
-            if stop_requested(stop):
+            if stop_requested(stop) and done < total:  # the last batch done: the phase is complete
                 return None
     return out
 
@@ -157,8 +158,8 @@ class FastTrainer:
         else:
             augment = BatchAugment(cfg.augment, prep.input_size, prep.mean, prep.std)
             aug_generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)  # augment draws on the device
-            n_train = cfg.fast_views * _batches(len(train))
-            total = n_train + _batches(len(val))
+            n_train = cfg.fast_views * _n_chunks(len(train))
+            total = n_train + _n_chunks(len(val))
             common = dict(device=device, channels_last=cfg.channels_last, autocast=self.autocast, stop=setup.stop)
             self.train_feats = yield from extract_features(encoder, train, prep, cfg.fast_views, augment, aug_generator,
                                                            progress=(0, total), **common)
@@ -203,13 +204,5 @@ class FastTrainer:
 
     def val_logits(self, epoch: int, stoppable: bool = True) -> Iterator[Progress]:
         self.setup.model.head.eval()
-        stop = self.setup.stop if stoppable else None
-        chunks = _batches(len(self.val_feats), EVAL_BATCH)
-        out = []
-        with torch.no_grad():
-            for i, start in enumerate(range(0, len(self.val_feats), EVAL_BATCH)):
-                out.append(self._forward(self.val_feats[start:start + EVAL_BATCH]).float().cpu())
-                yield Progress("val", i + 1, chunks, epoch)
-                if stop_requested(stop) and i + 1 < chunks:
-                    return None
-        return torch.cat(out) if out else torch.empty(0)
+        return (yield from chunked_logits(self._forward, self.val_feats, EVAL_BATCH,
+                                          stop=self.setup.stop if stoppable else None, epoch=epoch))

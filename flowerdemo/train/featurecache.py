@@ -33,7 +33,7 @@ def default_cache_dir() -> Path:
     """<cache root>/features: the root is the app's and the CLI's cache_dir setting ($FLOWERDEMO_CACHE)."""
     from flowerdemo.settings import Settings
 
-    return Settings.from_env().cache_dir / "features"
+    return Settings.one_from_env("cache_dir") / "features"
 
 
 # Bump when the features of the same backbone name change: 2 = Lite weights on timm's tf_ variant

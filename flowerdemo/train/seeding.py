@@ -1,7 +1,8 @@
 """A run's randomness comes from its own `torch.Generator`s, never from the process-global RNG that a
 server shares with every other visitor's requests: seeding that (`torch.manual_seed`) would change
 what everyone else draws. The data order and augmentations already take generators; this module
-covers what PyTorch layers draw by themselves: parameter initialisation and dropout."""
+covers what PyTorch layers draw by themselves: parameter initialisation, dropout and stochastic depth
+(torchvision's StochasticDepth in EfficientNet/ConvNeXt, timm's DropPath)."""
 
 from __future__ import annotations
 
@@ -47,11 +48,47 @@ class SeededDropout(nn.Module):
         return f"p={self.p}"
 
 
-def seed_dropout_(module: nn.Module, generator: torch.Generator) -> None:
-    """Replace every nn.Dropout inside `module` with a SeededDropout of the same p on `generator`
-    (no parameters change: checkpoints are unaffected)."""
+class SeededDropPath(nn.Module):
+    """Stochastic depth (drop a whole residual branch per sample, "row", or per batch, "batch"; scale
+    the kept ones by 1/keep) drawing from a given CPU generator: torchvision's StochasticDepth and
+    timm's DropPath, which draw from the global RNG."""
+
+    def __init__(self, p: float, mode: str, generator: torch.Generator, scale: bool = True) -> None:
+        super().__init__()
+        self.p, self.mode, self.generator, self.scale = p, mode, generator, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = 1.0 - self.p
+        shape = [x.shape[0]] + [1] * (x.ndim - 1) if self.mode == "row" else [1] * x.ndim
+        mask = (torch.rand(shape, generator=self.generator) < keep).to(x.device, x.dtype)
+        return x * mask / keep if self.scale and keep > 0 else x * mask
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, mode={self.mode}"
+
+
+def _seeded(child: nn.Module, generator: torch.Generator) -> nn.Module | None:
+    """The seeded stand-in for a layer that draws random numbers in training, or None."""
+    from timm.layers import DropPath
+    from torchvision.ops import StochasticDepth
+
+    if isinstance(child, nn.Dropout):
+        return SeededDropout(child.p, generator)
+    if isinstance(child, StochasticDepth):
+        return SeededDropPath(child.p, child.mode, generator)
+    if isinstance(child, DropPath):
+        return SeededDropPath(child.drop_prob, "row", generator, getattr(child, "scale_by_keep", True))
+    return None
+
+
+def seed_randomness_(module: nn.Module, generator: torch.Generator) -> None:
+    """Replace every dropout / stochastic-depth layer inside `module` with a seeded one of the same
+    probability on `generator` (no parameters change: checkpoints are unaffected)."""
     for name, child in module.named_children():
-        if isinstance(child, nn.Dropout):
-            setattr(module, name, SeededDropout(child.p, generator))
+        seeded = _seeded(child, generator)
+        if seeded is not None:
+            setattr(module, name, seeded)
         else:
-            seed_dropout_(child, generator)
+            seed_randomness_(child, generator)
