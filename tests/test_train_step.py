@@ -97,19 +97,22 @@ def test_fast_mode_step_matches_the_old_loop(tune_tail):
     assert stats.acc == ref_stats["acc"]
 
 
-def test_one_batch_policy_a_partial_last_batch_is_a_step_but_never_a_batch_of_one():
+def test_one_batch_policy_a_partial_last_batch_of_at_least_half_a_batch_is_a_step():
     assert batch_slices(16, 8) == [(0, 8), (8, 16)]
-    assert batch_slices(18, 8) == [(0, 8), (8, 16), (16, 18)]  # a partial batch of 2 is a step
-    assert batch_slices(17, 8) == [(0, 8), (8, 17)]  # a batch of 1 would break BatchNorm: folded
+    assert batch_slices(20, 8) == [(0, 8), (8, 16), (16, 20)]  # half a batch: a step of its own
+    assert batch_slices(19, 8) == [(0, 8), (8, 19)]  # less: folded into the batch before
+    assert batch_slices(17, 8) == [(0, 8), (8, 17)]
+    assert batch_slices(5, 4) == [(0, 5)] and batch_slices(6, 4) == [(0, 4), (4, 6)]
+    assert batch_slices(3, 1) == [(0, 1), (1, 3)]  # a last batch of one is folded whatever the batch size
     assert batch_slices(1, 8) == [(0, 1)] and batch_slices(0, 8) == []
     for n in range(1, 40):  # every item exactly once, in order
         assert [i for a, b in batch_slices(n, 8) for i in range(a, b)] == list(range(n))
 
 
 def test_fast_mode_schedules_over_the_same_batches_it_trains():
-    # 18 images, batch 8: three steps an epoch (the last of 2); warm-up + cosine ends at 0 on the last one
+    # 20 images, batch 8: three steps an epoch (the last of 4); warm-up + cosine ends at 0 on the last one
     cfg = dataclasses.replace(CFG, mode="fast", fast_views=1, epochs=2, fast_tune_last_stage=False)
-    train, val = _data(18, 1), _data(6, 2)
+    train, val = _data(20, 1), _data(6, 2)
     model = _model(cfg)
     trainer = FastTrainer(TrainSetup(cfg, model, train, val, model.spec.preprocessing.with_size(cfg.image_size),
                                      torch.device("cpu")))

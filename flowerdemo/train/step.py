@@ -34,11 +34,12 @@ def stop_requested(stop: StopSignal | None) -> bool:
 def batch_slices(n: int, batch_size: int) -> list[tuple[int, int]]:
     """The batches of an epoch over `n` items, as (start, end): the one batch policy of both modes.
 
-    A partial last batch is a step of its own, except that a last batch of a single item is folded
-    into the one before (a batch of one breaks BatchNorm in train mode). The LR schedule counts
-    `len(batch_slices(...))` as the steps of an epoch."""
+    A partial last batch is a step of its own when it holds at least half a batch; a smaller remainder
+    is folded into the batch before, so every step sees between half and one and a half batches (a
+    step on 2 images at the learning rate chosen for 32 is mostly noise; a batch of one also breaks
+    BatchNorm in train mode). The LR schedule counts `len(batch_slices(...))` as the steps of an epoch."""
     starts = list(range(0, n, batch_size))
-    if len(starts) > 1 and n - starts[-1] < 2:
+    if len(starts) > 1 and n - starts[-1] < max(2, (batch_size + 1) // 2):
         starts.pop()
     return [(s, starts[i + 1] if i + 1 < len(starts) else n) for i, s in enumerate(starts)]
 
