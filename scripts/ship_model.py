@@ -3,7 +3,8 @@
     python scripts/ship_model.py RUN_DIR --data ../shared/datasets/flowers5-dev --command "python -m flowerdemo train ..."
 
 Re-scores the run on the validation split it was trained without (same seed and fraction as in its
-config), in float32 and in float16, keeps float16 only if it loses no accuracy, and writes the
+config), in float32 and in float16, keeps float16 only if it loses no accuracy, fits the calibration
+temperature on the shipped weights' validation logits (the training engine's function), and writes the
 checkpoint plus a model card (README.md) with provenance, metrics, command and limits.
 """
 
@@ -25,6 +26,7 @@ from flowerdemo.device import autocast_for  # noqa: E402
 from flowerdemo.models.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
 from flowerdemo.models.hub import model_card  # noqa: E402
 from flowerdemo.serve.runs import DEFAULT_RUN  # noqa: E402
+from flowerdemo.train.calibration import calibration_summary, fit_temperature, unfit_reason  # noqa: E402
 from flowerdemo.train.evaluate import predict_tensors  # noqa: E402
 from flowerdemo.train.metrics import classification_report  # noqa: E402
 
@@ -42,13 +44,13 @@ LIMITS = (
     "unusual colours (e.g. a blue rose) may be misclassified.")
 
 
-def score(clf, data) -> tuple[float, dict]:
+def score(clf, data) -> tuple[float, dict, torch.Tensor]:
     p = clf.preprocessing
     autocast, _ = autocast_for(torch.device("cpu"), False)
     logits = predict_tensors(clf.model, data, size=p.input_size, mean=p.mean, std=p.std,
                              device=torch.device("cpu"), autocast=autocast)
     pred = logits.argmax(1)
-    return float((pred == data.labels).float().mean()), classification_report(data.labels, pred, clf.classes)
+    return float((pred == data.labels).float().mean()), classification_report(data.labels, pred, clf.classes), logits
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,15 +67,24 @@ def main(argv: list[str] | None = None) -> int:
     if tuple(split.classes) != tuple(clf.classes):
         raise SystemExit(f"classes differ: data {split.classes} vs checkpoint {clf.classes}")
     val, bad = decode_samples(split.val, clf.preprocessing.resize_size)
-    acc32, report32 = score(clf, val)
+    acc32, report32, logits32 = score(clf, val)
     save_checkpoint(args.out, clf.model, clf.meta, half=True)  # temporary: measure what fp16 costs
     half = load_checkpoint(args.out)
-    acc16, report16 = score(half, val)
+    acc16, report16, logits16 = score(half, val)
     use_half = acc16 >= acc32
     print(f"validation accuracy ({len(val)} images): float32 {acc32:.4%}, float16 {acc16:.4%} -> "
           f"shipping {'float16' if use_half else 'float32'}")
     report = report16 if use_half else report32
+    # the temperature of the weights that ship, fitted as the engine fits it (on the split that also chose
+    # the epoch and the run, so its "after" figures are optimistic; unseen photos are the real check)
+    logits = logits16 if use_half else logits32
+    temperature = fit_temperature(logits, val.labels)
+    calibration = calibration_summary(logits, val.labels, temperature, fitted_on=f"validation split ({len(val)} photos)",
+                                      note=unfit_reason(logits, val.labels))
+    print(f"calibration: temperature {temperature:.4f}, ECE {calibration['before']['ece']} -> "
+          f"{calibration['after']['ece']} ({len(val)} validation images)")
     meta = dict(clf.meta)
+    meta["calibration"] = calibration
     meta["data"] = {**meta.get("data", {}), "root": args.data.name, "provenance": PROVENANCE}
     meta["metrics"] = {**meta["metrics"], **report, "best_val_acc": acc16 if use_half else acc32,
                        "val_acc_float32": acc32, "val_acc_float16": acc16}
@@ -93,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(card)
     text = text.replace(text[text.index("## Limits"):], "## Limits\n\n" + LIMITS + "\n")
     (args.out / "README.md").write_text(text)
-    print(json.dumps({"out": str(args.out), "size_mb": round(size_mb, 2), "acc32": acc32, "acc16": acc16}))
+    print(json.dumps({"out": str(args.out), "size_mb": round(size_mb, 2), "acc32": acc32, "acc16": acc16,
+                      "temperature": temperature}))
     return 0
 
 

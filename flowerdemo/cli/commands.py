@@ -86,11 +86,14 @@ def _checkpoint(path: Path | None):
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    import json
+
     import torch
 
     from flowerdemo.data.dataset import DatasetError, resolve_data, scan_dataset
     from flowerdemo.data.tensorcache import decode_samples
     from flowerdemo.device import autocast_for, resolve_device
+    from flowerdemo.train.calibration import calibration_summary
     from flowerdemo.train.evaluate import loss_and_accuracy, predict_tensors
     from flowerdemo.train.metrics import classification_report, format_report
 
@@ -113,9 +116,29 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                  autocast=autocast, batch_size=args.batch_size)
     loss, acc = loss_and_accuracy(logits, data.labels)
     report = classification_report(data.labels, logits.argmax(1), clf.classes)
+    # before = the raw softmax (T = 1), after = the checkpoint's own temperature (1 when it has none)
+    fitted_on = (clf.meta.get("calibration") or {}).get("fitted_on")
+    report["calibration"] = calibration_summary(logits, data.labels, clf.temperature, fitted_on=fitted_on,
+                                                note=_calibration_note(clf.meta, split.root, args.split))
+    skipped = len(bad) + len(split.skipped)
+    if args.json:
+        print(json.dumps({"checkpoint": str(clf.path), "data": str(split.root), "split": args.split, "images": len(data),
+                          "skipped": skipped, "loss": round(loss, 4), **report, "temperature": clf.temperature}, indent=2))
+        return 0
     print(f"checkpoint {clf.path}\ndata {split.root} ({args.split}: {len(data)} images, "
-          f"{len(bad) + len(split.skipped)} skipped)\nloss {loss:.4f}\n{format_report(report)}")
+          f"{skipped} skipped)\nloss {loss:.4f}\n{format_report(report)}")
     return 0
+
+
+def _calibration_note(meta: dict, root: Path, split: str) -> str | None:
+    """What the figures after the stored temperature are worth on these photos."""
+    if not meta.get("calibration"):
+        return "this checkpoint has no stored temperature (written before calibration): T = 1, before = after"
+    if Path(str((meta.get("data") or {}).get("root", ""))).name != root.name:
+        return None  # another folder: photos the temperature was not fitted on, the honest check
+    if split == "val":
+        return "the temperature was fitted on this same validation split: the figures with T are optimistic"
+    return "'all' includes the training photos, which the model fits better than new ones"
 
 
 def run_predict(args: argparse.Namespace) -> int:

@@ -70,13 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(t, ("checkpoint_dir", "cache_dir"), flags={"checkpoint_dir": "--out"})
     _add_config_options(t)
 
-    e = sub.add_parser("evaluate", help="accuracy, per-class metrics and confusion matrix of a checkpoint on a folder")
+    e = sub.add_parser("evaluate", help="accuracy (with its 95%% interval), per-class metrics, confusion matrix and "
+                                        "calibration of a checkpoint on a folder")
     e.add_argument("--checkpoint", type=Path, help="run directory or .safetensors file "
                     "[the newest under FLOWERDEMO_CHECKPOINT_DIR, else checkpoints/]")
     e.add_argument("--data", type=Path, required=True, help="ImageFolder dataset (or .zip) with the checkpoint's classes")
     e.add_argument("--split", choices=("all", "val"), default="all",
                    help="all images, or only the validation part of the split the checkpoint was trained with [all]")
     e.add_argument("--batch-size", type=int, default=64, help="images per forward pass [64]")
+    e.add_argument("--json", action="store_true",
+                   help="print one JSON object (accuracy with count and 95%% interval, per-class metrics, confusion "
+                        "matrix, calibration before/after the stored temperature) instead of the text report")
 
     x = sub.add_parser("experiment", help="compare configurations over several seeds (report's Tables 2 and 3)",
                        description="Run each configuration of a suite with several seeds and write a markdown report "

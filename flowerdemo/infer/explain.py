@@ -29,7 +29,7 @@ class Explanation:
     overlay: Image.Image  # the image with the heatmap blended in, same size
     class_name: str
     class_index: int
-    probabilities: dict[str, float]  # all classes, most likely first
+    probabilities: dict[str, float]  # all classes (calibrated, as predict's), most likely first
     method: str
 
 
@@ -69,7 +69,7 @@ def explain(clf: Classifier, image, method: str = "gradcam", target: str | int |
             grayscale = cam(input_tensor=x, targets=targets)[0]
             # the logits of that forward (BaseCAM keeps them in every grad-cam >= 1.5.4, our minimum)
             outputs = cam.outputs.detach()
-    probs = outputs.float().softmax(1)[0].cpu()
+    probs = clf.softmax(outputs)[0].cpu()  # calibrated with the checkpoint's temperature, as in predict
     index = int(probs.argmax()) if chosen is None else chosen
     heatmap = _place(np.nan_to_num(grayscale.astype(np.float32)), prepared.original.size, prepared.box)
     rgb = np.asarray(prepared.original, dtype=np.float32) / 255.0

@@ -1,4 +1,5 @@
-"""Prediction: class probabilities for one image, with the eval geometry of training.
+"""Prediction: class probabilities for one image, with the eval geometry of training. Probabilities are
+calibrated: softmax(logits / T) with the checkpoint's temperature (`Classifier.softmax`; T = 1 without one).
 
 The shared model is only read here (inference mode, no hook, no flag changed), so predictions may run
 from many threads at once, also while explanations of the same classifier run (they use replicas)."""
@@ -13,12 +14,13 @@ from flowerdemo.models.checkpoints import Classifier
 
 @torch.inference_mode()
 def probabilities(clf: Classifier, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
-    """Softmax over classes for a prepared batch; `tta` averages with the mirrored image."""
+    """Calibrated softmax over classes for a prepared batch; `tta` averages the image's and its mirror's
+    calibrated probabilities (the temperature was fitted on single views, so each view is scaled by it)."""
     device = next(clf.model.parameters()).device
     x = x.to(device, memory_format=torch.channels_last)  # the layout load_checkpoint gave the model
-    probs = clf.model(x).float().softmax(1)
+    probs = clf.softmax(clf.model(x))
     if tta:
-        probs = (probs + clf.model(x.flip(-1)).float().softmax(1)) / 2
+        probs = (probs + clf.softmax(clf.model(x.flip(-1)))) / 2
     return probs.cpu()
 
 

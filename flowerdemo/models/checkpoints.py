@@ -1,11 +1,13 @@
 """Self-describing, pickle-free checkpoints: a run directory holding `model.safetensors`
 (weights, with the metadata JSON embedded in the header so weights and description are replaced
-together, atomically) and `meta.json` (the same metadata, for people and tools)."""
+together, atomically) and `meta.json` (the same metadata, for people and tools). The calibration
+temperature is metadata too (`meta["calibration"]["temperature"]`); checkpoints without it use T = 1."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import re
@@ -44,10 +46,16 @@ class Classifier:
     preprocessing: Preprocessing
     meta: dict[str, Any]
     path: Path
+    temperature: float = 1.0  # calibration: logits are divided by it before the softmax (1.0 = uncalibrated)
 
     @property
     def name(self) -> str:
         return self.path.name
+
+    def softmax(self, logits: torch.Tensor) -> torch.Tensor:
+        """Calibrated class probabilities, softmax(logits / temperature) over dim 1: the one place every
+        probability the product returns comes from. T = 1 gives exactly the plain softmax (x / 1.0 == x)."""
+        return (logits.float() / self.temperature).softmax(1)
 
 
 def library_versions() -> dict[str, str]:
@@ -139,7 +147,18 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Cla
     # contiguous copies.
     model.to(device).eval().to(memory_format=torch.channels_last)
     return Classifier(model, tuple(meta["classes"]), Preprocessing.from_dict(meta["preprocessing"]), meta,
-                      weights.parent)
+                      weights.parent, _temperature(meta, weights))
+
+
+def _temperature(meta: dict[str, Any], weights: Path) -> float:
+    """The stored calibration temperature; 1.0 for checkpoints written before calibration existed."""
+    calibration = meta.get("calibration")
+    if calibration is None:
+        return 1.0
+    t = calibration.get("temperature") if isinstance(calibration, dict) else None
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+        raise CheckpointError(f"{weights}: calibration temperature must be a positive number, got {t!r}")
+    return float(t)
 
 
 def list_checkpoints(root: str | Path) -> list[Path]:

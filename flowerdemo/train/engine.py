@@ -5,7 +5,8 @@ One run is three phases around a `Run` context:
   once into a uint8 cache, let the trainer prepare (fast mode: extract activations);
 - fit: per epoch the trainer trains, the validation split is scored, the best weights are kept and
   written atomically;
-- finish: the best weights' report (per-class metrics, worst mistakes) is added to the checkpoint.
+- finish: the best weights' report (per-class metrics, worst mistakes) and their calibration
+  temperature, fitted on the validation logits, are added to the checkpoint.
 
 Stopping = setting `stop` or closing the generator; it is honoured within one batch or chunk in every
 phase. Stopped before anything was trained, the run leaves nothing on disk; stopped later, the best
@@ -34,6 +35,7 @@ from flowerdemo.data.tensorcache import ImageTensors, decode_samples
 from flowerdemo.device import describe_device, resolve_device
 from flowerdemo.models.checkpoints import WEIGHTS, library_versions, new_run_dir, save_checkpoint
 from flowerdemo.models.registry import build_model
+from flowerdemo.train.calibration import calibration_summary, fit_temperature, unfit_reason
 from flowerdemo.train.distributed import device_for, init_from_env
 from flowerdemo.train.evaluate import loss_and_accuracy
 from flowerdemo.train.events import CheckpointSaved, EpochEnd, Event, Finished, Progress, RunStarted, Stopped
@@ -210,24 +212,34 @@ def fit(run: Run) -> Iterator[Event]:
 
 
 def finish(run: Run) -> Iterator[Event]:
-    """The best epoch's report and worst mistakes, written into its checkpoint."""
+    """The best epoch's report, calibration and worst mistakes, written into its checkpoint."""
     setup = run.trainer.setup
     best_acc, best_epoch, best_state, logits = run.best
     setup.model.load_state_dict(best_state)
     stopped = run.meta.pop("stopped")
-    report = classification_report(setup.val.labels, logits.argmax(1), run.classes)
-    mistakes = _mistakes(logits, setup.val, run.classes)
+    labels = setup.val.labels.cpu()
+    # Temperature scaling on the best epoch's validation logits. The same split chose the best epoch, so
+    # the "after" figures are a little optimistic (T is fitted and scored on one set of photos); only
+    # photos the run never saw check it (`flowerdemo evaluate` on another folder).
+    temperature = fit_temperature(logits, labels)
+    calibration = calibration_summary(logits, labels, temperature, fitted_on=f"validation split ({len(labels)} photos)",
+                                      note=unfit_reason(logits, labels))
+    report = {**classification_report(labels, logits.argmax(1), run.classes), "calibration": calibration}
+    mistakes = _mistakes(logits / temperature, setup.val, run.classes)  # confidences as the app will show them
     seconds = run.seconds
     metrics = {"best_val_acc": best_acc, "best_epoch": best_epoch, "epochs_run": len(run.history),
-               "seconds": round(seconds, 2), "stopped": stopped, **report}
+               "seconds": round(seconds, 2), "stopped": stopped,
+               **{k: v for k, v in report.items() if k != "calibration"}}  # stored once, as meta["calibration"]
     if run.run_dir is not None:
         save_checkpoint(run.run_dir, setup.model, {**run.meta, "created": _now(), "history": run.history,
-                                                   "metrics": metrics, "mistakes": list(mistakes)})
+                                                   "metrics": metrics, "calibration": calibration,
+                                                   "mistakes": list(mistakes)})
     yield Finished(run.run_dir, best_acc, best_epoch, len(run.history), seconds, stopped, report, mistakes)
 
 
 def _mistakes(logits: torch.Tensor, data: ImageTensors, classes: tuple[str, ...], limit: int = 12) -> tuple[dict, ...]:
-    """The most confidently wrong validation predictions (for the app's gallery)."""
+    """The most confidently wrong validation predictions (for the app's gallery); `logits` already
+    divided by the temperature."""
     probs = logits.softmax(1)
     conf, pred = probs.max(1)
     wrong = (pred != data.labels.cpu()).nonzero().flatten().tolist()
