@@ -203,6 +203,8 @@ def test_training_on_an_upload_streams_epochs_then_predict_uses_the_new_model(se
     assert epochs_seen == [1, 2, 3]  # the loss curve was redrawn after each epoch, while training
     final = [out for out in updates if isinstance(out[0], str)][-1]  # the last visible change
     assert "Done" in final[0] and "Finished" in final[5]
+    # the accuracy with its count and 95 % interval, and a plain warning: a few photos per class
+    assert re.search(r"\(\d+/\d+; 95% interval \d+–\d+%\)", final[5]) and "Rough figure" in final[5]
     assert [row[0] for row in final[6]["data"]] == ["circle", "square"]  # per-class table
     assert Path(final[7]).is_file()  # confusion matrix
 
@@ -353,3 +355,17 @@ def test_a_bug_in_a_handler_is_logged_with_its_traceback_and_shown_as_an_error(t
         check("zip", "data.zip", "", None)
     assert err.value.message == "no class folders found in data.zip; expected one sub-folder per class."
     assert [r.levelno for r in caplog.records] == [logging.INFO] and not caplog.records[0].exc_info
+
+
+def test_the_train_summary_shows_the_interval_the_warning_and_the_calibration():
+    from flowerdemo.train.events import Finished
+    from ui.train_view import TrainView
+
+    report = {"accuracy": 1.0, "correct": 9, "total": 9, "accuracy_interval": [0.7008, 1.0], "macro_f1": 1.0,
+              "warning": "The validation split has only 3 photos of a: the accuracy is rough.",
+              "calibration": {"temperature": 0.667, "before": {"ece": 0.0802}, "after": {"ece": 0.0165}},
+              "per_class": {}, "confusion_matrix": []}
+    out = TrainView(3).finished(Finished(Path("run-x"), 1.0, 2, 3, 12.0, False, report, ()))
+    assert "100.0% (9/9; 95% interval 70–100%)" in out["summary"]
+    assert "Rough figure." in out["summary"] and "only 3 photos of a" in out["summary"]
+    assert "temperature 0.667" in out["summary"] and "0.080 → 0.017" in out["summary"]

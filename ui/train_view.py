@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from flowerdemo.train.events import CheckpointSaved, EpochEnd, Event, Finished, Progress, RunStarted, Stopped
+from flowerdemo.train.metrics import format_accuracy
 
 from . import plots
 from .train_data import mistake_gallery
@@ -109,10 +110,18 @@ class TrainView:
             return {"status": f"**Stopped** before anything was trained ({took}); nothing was saved.",
                     "progress": plots.progress_html(0, "stopped")}
         how = f"stopped after {ev.epochs_run} of {self.epochs} epochs" if ev.stopped else f"{ev.epochs_run} epochs"
+        accuracy = format_accuracy(ev.report) if "accuracy" in ev.report else f"{ev.best_val_acc:.1%}"
         summary = (f"### {'Stopped' if ev.stopped else 'Finished'}: best validation accuracy "
-                   f"**{ev.best_val_acc:.1%}** (epoch {ev.best_epoch})\n"
+                   f"**{accuracy}** (epoch {ev.best_epoch})\n"
                    f"{how} in {took}; macro F1 {ev.report.get('macro_f1', 0):.3f}. Saved as `{ev.run_dir.name}` — "
                    "it is now the active model in the **Predict** tab.")
+        if ev.report.get("warning"):
+            summary += f"\n\n**Rough figure.** {ev.report['warning']}"
+        cal = ev.report.get("calibration")
+        if cal and cal["before"].get("ece") is not None:
+            summary += (f"\n\nConfidence calibrated (temperature {cal['temperature']:.3g}): expected calibration "
+                        f"error on the validation split {cal['before']['ece']:.3f} → {cal['after']['ece']:.3f} "
+                        "(how far the shown probabilities are from how often the model is right; lower is better).")
         status = (f"**{'Stopped' if ev.stopped else 'Done'}** · best val accuracy {ev.best_val_acc:.1%} · "
                   f"{took}" + (f"  \nDevice: **{self.start.device}**" if self.start else ""))
         return {"status": status, "progress": plots.progress_html(1.0, f"done: {how}"),
