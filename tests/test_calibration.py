@@ -286,3 +286,13 @@ def test_evaluate_json_and_text_show_count_interval_and_calibration(trained_run,
     text = capsys.readouterr().out
     assert f"({out['correct']}/12; 95% interval" in text and "warning: The validation split has only" in text
     assert "calibration" in text and "raw (T = 1)" in text and "with T = 3" in text and "ECE" in text
+
+
+def test_model_lists_show_the_accuracy_with_its_count_and_interval_even_for_older_checkpoints():
+    from flowerdemo.train.metrics import checkpoint_accuracy
+
+    new = {"accuracy": 0.9, "correct": 9, "total": 10, "accuracy_interval": [0.596, 0.9821], "best_val_acc": 0.9}
+    assert checkpoint_accuracy(new) == "90.0% (9/10; 95% interval 60–98%)"
+    old = {"best_val_acc": 0.9, "confusion_matrix": [[4, 1], [0, 5]]}  # no count recorded: the matrix has it
+    assert checkpoint_accuracy(old) == "90.0% (9/10; 95% interval 60–98%)"
+    assert checkpoint_accuracy({"best_val_acc": 0.5}) == "50.0%" and checkpoint_accuracy({}) is None

@@ -9,6 +9,8 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from flowerdemo.train.metrics import checkpoint_accuracy
+
 from .errors import ui_error
 from .predict_tab import PredictRefs
 from .state import AppContext
@@ -45,12 +47,12 @@ def details(ctx: AppContext, active: str | None) -> str:
     if clf is None:
         return "No model is loaded yet."
     m, metrics = clf.meta, clf.meta.get("metrics", {})
-    acc = metrics.get("best_val_acc")
+    acc = checkpoint_accuracy(metrics)
     lines = [f"**{clf.name}** — {m.get('architecture')} ({m.get('mode', '?')} mode), "
              f"input {clf.preprocessing.input_size} px",
              f"Classes: {', '.join(clf.classes)}"]
-    if isinstance(acc, (int, float)):
-        lines.append(f"Best validation accuracy {acc:.1%} at epoch {metrics.get('best_epoch', '?')}"
+    if acc is not None:
+        lines.append(f"Best validation accuracy {acc} at epoch {metrics.get('best_epoch', '?')}"
                      + (f", macro F1 {metrics['macro_f1']:.3f}" if "macro_f1" in metrics else ""))
     if m.get("created"):
         lines.append(f"Created {m['created']} on {m.get('device', '?')}")
@@ -67,9 +69,9 @@ def runs_table(ctx: AppContext) -> pd.DataFrame:
             meta = read_meta(run)
         except (ValueError, OSError):
             continue
-        acc = meta.get("metrics", {}).get("best_val_acc")
+        acc = checkpoint_accuracy(meta.get("metrics", {}))
         rows.append({"run": run.name, "model": meta.get("architecture"), "classes": len(meta.get("classes", [])),
-                     "val acc": f"{acc:.1%}" if isinstance(acc, (int, float)) else "", "created": meta.get("created", ""),
+                     "val acc": acc or "", "created": meta.get("created", ""),
                      "pinned": "yes" if is_pinned(run) else ""})
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 

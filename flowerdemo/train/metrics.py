@@ -82,6 +82,21 @@ def classification_report(y_true: torch.Tensor, y_pred: torch.Tensor, classes: S
     }
 
 
+def checkpoint_accuracy(metrics: dict[str, Any]) -> str | None:
+    """A checkpoint's best validation accuracy as `format_accuracy` writes it, for the model lists. Older
+    checkpoints have no count, but their confusion matrix gives it; None when nothing was recorded."""
+    if "total" in metrics:
+        return format_accuracy(metrics)
+    cm = metrics.get("confusion_matrix")
+    if cm:
+        correct, total = sum(row[i] for i, row in enumerate(cm)), sum(map(sum, cm))
+        if total:
+            return format_accuracy({"accuracy": correct / total, "correct": correct, "total": total,
+                                    "accuracy_interval": list(wilson_interval(correct, total))})
+    acc = metrics.get("best_val_acc")
+    return f"{acc:.1%}" if isinstance(acc, (int, float)) else None
+
+
 def format_accuracy(report: dict[str, Any]) -> str:
     """"91.7% (11/12; 95% interval 65–99%)": the figure with its count and its 95 % Wilson interval in
     whole percents (more digits would claim a precision the interval itself denies)."""
