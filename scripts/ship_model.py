@@ -4,8 +4,9 @@
 
 Re-scores the run on the validation split it was trained without (same seed and fraction as in its
 config), in float32 and in float16, keeps float16 only if it loses no accuracy, fits the calibration
-temperature on the shipped weights' validation logits (the training engine's function), and writes the
-checkpoint plus a model card (README.md) with provenance, metrics, command and limits.
+temperature on the shipped weights' validation logits (the training engine's function), fits the
+unknown-photo detector on the training photos with thresholds from the validation photos (the engine's
+function too), and writes the checkpoint plus a model card (README.md) with provenance, metrics, command and limits.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from flowerdemo.serve.runs import DEFAULT_RUN  # noqa: E402
 from flowerdemo.train.calibration import calibration_summary, fit_temperature, unfit_reason  # noqa: E402
 from flowerdemo.train.evaluate import predict_tensors  # noqa: E402
 from flowerdemo.train.metrics import classification_report  # noqa: E402
+from flowerdemo.train.step import drain  # noqa: E402
+from flowerdemo.train.unknown import fit_from_images  # noqa: E402
 
 PROVENANCE = (
     "Trained on `flowers5-dev`: 2,482 photos at 227x227 px, a subset of the public Kaggle \"Flowers "
@@ -83,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
                                       note=unfit_reason(logits, val.labels))
     print(f"calibration: temperature {temperature:.4f}, ECE {calibration['before']['ece']} -> "
           f"{calibration['after']['ece']} ({len(val)} validation images)")
+    train, bad_train = decode_samples(split.train, clf.preprocessing.resize_size)
+    detector = drain(fit_from_images(train, val, clf.preprocessing, torch.device("cpu"), int(cfg["seed"])))
+    print(f"unknown-photo detector: {len(detector.bank)} training photos, thresholds {detector.thresholds}")
     meta = dict(clf.meta)
     meta["calibration"] = calibration
     meta["data"] = {**meta.get("data", {}), "root": args.data.name, "provenance": PROVENANCE}
@@ -90,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                        "val_acc_float32": acc32, "val_acc_float16": acc16}
     meta["command"] = args.command
     meta.pop("mistakes", None)  # paths into the trainer's copy of the photos: meaningless elsewhere
-    save_checkpoint(args.out, clf.model, meta, half=use_half)
+    save_checkpoint(args.out, clf.model, meta, half=use_half, detector=detector)
     size_mb = (args.out / "model.safetensors").stat().st_size / 1e6
     card = model_card(meta).split("\n")
     # provenance, command and limits of this particular model, after the generated title paragraph
@@ -105,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     text = text.replace(text[text.index("## Limits"):], "## Limits\n\n" + LIMITS + "\n")
     (args.out / "README.md").write_text(text)
     print(json.dumps({"out": str(args.out), "size_mb": round(size_mb, 2), "acc32": acc32, "acc16": acc16,
-                      "temperature": temperature}))
+                      "temperature": temperature,
+                      "unknown_thresholds": detector.thresholds}))
     return 0
 
 

@@ -12,7 +12,8 @@ from . import plots
 from .train_data import mistake_gallery
 
 STAGES = {"decode": "Decoding images", "features": "Computing backbone features (once, fast mode)",
-          "train": "Training", "val": "Validating"}
+          "train": "Training", "val": "Validating",
+          "unknown": "Learning what its photos look like (to recognise photos of none of its classes)"}
 THROTTLE_S = 0.25  # batch-level progress is sent to the browser at most this often
 
 

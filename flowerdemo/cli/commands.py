@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import tempfile
 import threading
@@ -86,7 +87,6 @@ def _checkpoint(path: Path | None):
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    import json
 
     import torch
 
@@ -143,18 +143,25 @@ def _calibration_note(meta: dict, root: Path, split: str) -> str | None:
 
 def run_predict(args: argparse.Namespace) -> int:
     from flowerdemo.infer.explain import explain, heatmap_image
-    from flowerdemo.infer.predict import predict
+    from flowerdemo.infer.predict import classify
+    from flowerdemo.models.unknown import UNAVAILABLE_NOTE
 
     clf = _checkpoint(args.checkpoint)
+    if clf.detector is None and args.strictness != "off":
+        log.warning("%s: %s", clf.name, UNAVAILABLE_NOTE)
     failures = 0
     for path in args.images:
         try:
-            probs = predict(clf, path, top_k=args.top_k, tta=args.tta)
+            pred = classify(clf, path, tta=args.tta, strictness=args.strictness)
         except ValueError as exc:
             log.error("%s: %s", path, exc)
+            if args.json:
+                print(json.dumps({"file": str(path), "error": str(exc)}))
             failures += 1
             continue
-        print(f"{path}: " + ", ".join(f"{k} {v:.1%}" for k, v in probs.items()))
+        record = {"file": str(path), **pred.to_dict()}
+        if not args.json:
+            print(f"{path}: {_prediction_line(pred, clf.classes, args.top_k)}")
         if args.cam != "none":
             ex = explain(clf, path, method=args.cam, target=args.target, alpha=args.alpha)
             out_dir = args.out or path.parent
@@ -162,8 +169,24 @@ def run_predict(args: argparse.Namespace) -> int:
             overlay = out_dir / f"{path.stem}.{args.cam}.png"
             ex.overlay.save(overlay)
             heatmap_image(ex.heatmap).save(out_dir / f"{path.stem}.{args.cam}.heatmap.png")
-            print(f"  {args.cam} for '{ex.class_name}' -> {overlay}")
+            record["overlay"] = str(overlay)
+            if not args.json:
+                print(f"  {args.cam} for '{ex.class_name}' -> {overlay}")
+        if args.json:
+            print(json.dumps(record))
     return 1 if failures else 0
+
+
+def _prediction_line(pred, classes: tuple[str, ...], top_k: int) -> str:
+    """One line: the classes (top k), and the unknown-photo verdict with its score and threshold."""
+    probs = ", ".join(f"{k} {v:.1%}" for k, v in list(pred.probabilities.items())[:top_k])
+    f = pred.familiarity
+    if f.known is False:
+        return (f"NOT one of the {len(classes)} classes this model knows ({', '.join(classes)}): unknown-photo "
+                f"score {f.score:.3f} > threshold {f.threshold:.3f} ({f.strictness}). Closest: {probs}")
+    if f.known:
+        return f"{probs} (looks like its training photos: score {f.score:.3f} <= {f.threshold:.3f}, {f.strictness})"
+    return probs + (" (unknown-photo check off)" if f.available else "")
 
 
 def run_experiment(args: argparse.Namespace, cfg: TrainConfig) -> int:

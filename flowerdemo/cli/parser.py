@@ -102,4 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--target", help="class to explain [the predicted class]")
     pr.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in the overlay [0.5]")
     pr.add_argument("--out", type=Path, help="folder for the overlays [next to each input image]")
+    pr.add_argument("--strictness", default="normal", choices=["strict", "normal", "lenient", "off"],
+                    help="how readily a photo is called none of the model's classes: the share of real photos of "
+                         "its classes accepted, strict 90%%, normal 95%%, lenient 99%%, or off [normal]")
+    pr.add_argument("--json", action="store_true",
+                    help="print one JSON object per image (file, probabilities, label, known, score, threshold)")
     return parser

@@ -6,10 +6,36 @@ from many threads at once, also while explanations of the same classifier run (t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 
 from flowerdemo.infer.preprocess import prepare_image
 from flowerdemo.models.checkpoints import Classifier
+from flowerdemo.models.unknown import DEFAULT_STRICTNESS, Familiarity, check_strictness, reference_features
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's answer: calibrated probabilities (all classes, most likely first) and whether the photo
+    looks like the model's training photos at all (`familiarity.known`: False = "none of these", None =
+    no detector or strictness "off")."""
+
+    probabilities: dict[str, float]
+    familiarity: Familiarity
+
+    @property
+    def top(self) -> tuple[str, float]:
+        return next(iter(self.probabilities.items()))
+
+    @property
+    def rejected(self) -> bool:
+        return self.familiarity.known is False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
+                "label": None if self.rejected else self.top[0], **self.familiarity.to_dict()}
 
 
 @torch.inference_mode()
@@ -22,6 +48,25 @@ def probabilities(clf: Classifier, x: torch.Tensor, tta: bool = False) -> torch.
     if tta:
         probs = (probs + clf.softmax(clf.model(x.flip(-1)))) / 2
     return probs.cpu()
+
+
+def familiarity(clf: Classifier, x: torch.Tensor, strictness: str = DEFAULT_STRICTNESS) -> list[Familiarity]:
+    """For each image of a prepared batch: is it like the photos the model was trained on? (one forward of
+    the small reference encoder; read-only, thread-safe)"""
+    check_strictness(strictness)
+    if clf.detector is None:
+        return [Familiarity(None, None, None, strictness, False) for _ in range(len(x))]
+    device = next(clf.model.parameters()).device
+    feats = reference_features(x.to(device), clf.preprocessing.mean, clf.preprocessing.std).cpu()
+    return clf.detector.decide(feats, strictness)
+
+
+def classify(clf: Classifier, image, tta: bool = False, strictness: str = DEFAULT_STRICTNESS) -> Prediction:
+    """Probabilities of every class and the unknown-photo decision for one image."""
+    x = prepare_image(image, clf.preprocessing).tensor
+    probs = probabilities(clf, x, tta)[0]
+    order = probs.argsort(descending=True).tolist()
+    return Prediction({clf.classes[i]: float(probs[i]) for i in order}, familiarity(clf, x, strictness)[0])
 
 
 def predict(clf: Classifier, image, top_k: int | None = None, tta: bool = False) -> dict[str, float]:

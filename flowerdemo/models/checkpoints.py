@@ -1,7 +1,9 @@
 """Self-describing, pickle-free checkpoints: a run directory holding `model.safetensors`
 (weights, with the metadata JSON embedded in the header so weights and description are replaced
 together, atomically) and `meta.json` (the same metadata, for people and tools). The calibration
-temperature is metadata too (`meta["calibration"]["temperature"]`); checkpoints without it use T = 1."""
+temperature is metadata too (`meta["calibration"]["temperature"]`); checkpoints without it use T = 1.
+The unknown-photo detector (flowerdemo.models.unknown) adds `unknown.*` tensors beside the weights and
+`meta["unknown"]`; checkpoints without it load with `detector=None`."""
 
 from __future__ import annotations
 
@@ -23,6 +25,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from flowerdemo.models.registry import FlowerNet, ModelError, Preprocessing, build_model
+from flowerdemo.models.unknown import META_KEY as UNKNOWN_KEY
+from flowerdemo.models.unknown import PREFIX as UNKNOWN_PREFIX
+from flowerdemo.models.unknown import UnknownDetector, UnknownDetectorError
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,7 @@ class Classifier:
     meta: dict[str, Any]
     path: Path
     temperature: float = 1.0  # calibration: logits are divided by it before the softmax (1.0 = uncalibrated)
+    detector: UnknownDetector | None = None  # "none of these" (None: saved before detectors existed)
 
     @property
     def name(self) -> str:
@@ -80,11 +86,15 @@ def new_run_dir(root: str | Path, model: str) -> Path:
     raise CheckpointError(f"could not create a run directory under {root}")
 
 
-def save_checkpoint(run_dir: str | Path, model: FlowerNet, meta: dict[str, Any], half: bool = False) -> Path:
-    """Write weights + metadata atomically (temp file, then rename): a crash leaves the old pair."""
+def save_checkpoint(run_dir: str | Path, model: FlowerNet, meta: dict[str, Any], half: bool = False,
+                    detector: UnknownDetector | None = None) -> Path:
+    """Write weights (+ the unknown-photo detector) + metadata atomically (temp file, then rename): a
+    crash leaves the old pair."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta, "weights_dtype": "float16" if half else "float32"}
+    if detector is not None:
+        meta[UNKNOWN_KEY] = detector.to_meta()
     text = json.dumps(meta, indent=2, default=str)
     tensors = {}
     for key, value in model.state_dict().items():
@@ -92,6 +102,8 @@ def save_checkpoint(run_dir: str | Path, model: FlowerNet, meta: dict[str, Any],
         if half and value.is_floating_point():
             value = value.half()
         tensors[key] = value.contiguous()
+    if detector is not None:
+        tensors.update(detector.to_tensors())
     for name, write in ((WEIGHTS, lambda p: save_file(tensors, str(p), metadata={_META_KEY: text})),
                         (META, lambda p: p.write_text(text))):
         tmp = run_dir / f".{name}.tmp-{os.getpid()}"
@@ -137,6 +149,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Cla
     except ModelError as exc:  # e.g. an architecture from a newer flowerdemo
         raise CheckpointError(f"{weights}: {exc}") from exc
     state = load_file(str(weights))
+    extra = {k: state.pop(k) for k in [k for k in state if k.startswith(UNKNOWN_PREFIX)]}
+    try:
+        detector = UnknownDetector.from_checkpoint(extra, meta.get(UNKNOWN_KEY))
+    except UnknownDetectorError as exc:
+        raise CheckpointError(f"{weights}: {exc}") from exc
     expected = model.state_dict()
     try:
         model.load_state_dict({k: v.to(expected[k].dtype) if k in expected else v for k, v in state.items()})
@@ -147,7 +164,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Cla
     # contiguous copies.
     model.to(device).eval().to(memory_format=torch.channels_last)
     return Classifier(model, tuple(meta["classes"]), Preprocessing.from_dict(meta["preprocessing"]), meta,
-                      weights.parent, _temperature(meta, weights))
+                      weights.parent, _temperature(meta, weights), detector)
 
 
 def _temperature(meta: dict[str, Any], weights: Path) -> float:

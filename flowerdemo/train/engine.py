@@ -5,8 +5,10 @@ One run is three phases around a `Run` context:
   once into a uint8 cache, let the trainer prepare (fast mode: extract activations);
 - fit: per epoch the trainer trains, the validation split is scored, the best weights are kept and
   written atomically;
-- finish: the best weights' report (per-class metrics, worst mistakes) and their calibration
-  temperature, fitted on the validation logits, are added to the checkpoint.
+- finish: the best weights' report (per-class metrics, worst mistakes), their calibration
+  temperature, fitted on the validation logits, and the unknown-photo detector ("none of these",
+  fitted on reference features of the training photos, thresholds from the validation photos) are
+  added to the checkpoint.
 
 Stopping = setting `stop` or closing the generator; it is honoured within one batch or chunk in every
 phase. Stopped before anything was trained, the run leaves nothing on disk; stopped later, the best
@@ -46,6 +48,7 @@ from flowerdemo.train.optim import head_lr
 from flowerdemo.train.seeding import init_, seed_randomness_
 from flowerdemo.train.step import StopSignal, stop_requested
 from flowerdemo.train.trainer import Trainer, TrainSetup
+from flowerdemo.train.unknown import fit_unknown_detector
 
 log = logging.getLogger(__name__)
 DECODE_CHUNK = 256  # images decoded between two progress events (and stop checks)
@@ -226,14 +229,17 @@ def finish(run: Run) -> Iterator[Event]:
                                       note=unfit_reason(logits, labels))
     report = {**classification_report(labels, logits.argmax(1), run.classes), "calibration": calibration}
     mistakes = _mistakes(logits / temperature, setup.val, run.classes)  # confidences as the app will show them
+    detector = (yield from fit_unknown_detector(run.trainer, run.cfg.seed)) if run.run_dir is not None else None
+    if detector is not None:
+        report["unknown"] = detector.to_meta()
     seconds = run.seconds
     metrics = {"best_val_acc": best_acc, "best_epoch": best_epoch, "epochs_run": len(run.history),
                "seconds": round(seconds, 2), "stopped": stopped,
-               **{k: v for k, v in report.items() if k != "calibration"}}  # stored once, as meta["calibration"]
+               **{k: v for k, v in report.items() if k not in ("calibration", "unknown")}}  # stored once, in their own keys
     if run.run_dir is not None:
         save_checkpoint(run.run_dir, setup.model, {**run.meta, "created": _now(), "history": run.history,
                                                    "metrics": metrics, "calibration": calibration,
-                                                   "mistakes": list(mistakes)})
+                                                   "mistakes": list(mistakes)}, detector=detector)
     yield Finished(run.run_dir, best_acc, best_epoch, len(run.history), seconds, stopped, report, mistakes)
 
 
