@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import socket
@@ -151,3 +152,34 @@ def test_cli_predict_json_gives_one_object_per_image(trained_run, tmp_path, caps
     assert "NOT one of" not in capsys.readouterr().out
     main(["predict", "--checkpoint", str(trained_run.run_dir), "--cam", "none", str(noise)])
     assert "NOT one of the 3 classes this model knows (circle, square, triangle)" in capsys.readouterr().out
+
+
+def test_fast_mode_lite0_shortcut_gives_the_reference_features(tmp_path):
+    """Fast mode with the reference architecture at 224 px reuses its cached trunk maps: the features
+    must be those a full pass of the reference encoder gives (what predict computes)."""
+    from flowerdemo.config import TrainConfig
+    from flowerdemo.data.dataset import scan_dataset
+    from flowerdemo.data.tensorcache import decode_samples
+    from flowerdemo.models.registry import build_model
+    from flowerdemo.train import unknown as fit
+    from flowerdemo.train.fast import FastTrainer
+    from flowerdemo.train.trainer import TrainSetup
+    from tests.synth import make_dataset
+
+    cfg = TrainConfig(mode="fast", image_size=224, epochs=1, batch_size=8, fast_views=1, cache_features=False, workers=1)
+    split = scan_dataset(make_dataset(tmp_path / "d", per_class=5, size=96), val_fraction=0.2, seed=0)
+    model = build_model("efficientnet_lite0", 3, pretrained=True)
+    prep = model.spec.preprocessing.with_size(224)
+    train, _ = decode_samples(split.train, prep.resize_size)
+    val, _ = decode_samples(split.val, prep.resize_size)
+    trainer = FastTrainer(TrainSetup(cfg, model, train, val, prep, torch.device("cpu")))
+    list(trainer.prepare())
+    shortcut = fit._cached_reference(trainer)
+    assert shortcut is not None
+    full = torch.cat([fit._features(train, i, prep, torch.device("cpu")) for i in range(0, len(train), fit.BATCH)])
+    cos = torch.nn.functional.cosine_similarity(shortcut[0], full, dim=1)
+    assert float(cos.min()) > 0.999  # fp16 cache vs fp32 pass: the same features
+    other = FastTrainer(TrainSetup(dataclasses.replace(cfg, image_size=192), model, train, val,
+                                   prep.with_size(192), torch.device("cpu")))
+    other.train_feats, other.val_feats = trainer.train_feats, trainer.val_feats
+    assert fit._cached_reference(other) is None  # another input size: the generic pass
