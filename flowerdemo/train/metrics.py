@@ -3,31 +3,21 @@ accuracy with its count and 95 % Wilson interval, flagged as rough when a class 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+# stated the same way everywhere; re-exported here, where they were first written
+from flowerdemo.figures import checkpoint_accuracy, format_accuracy, wilson_interval
+
+__all__ = ["checkpoint_accuracy", "classification_report", "confusion_matrix", "format_accuracy",
+           "format_report", "rough_warning", "wilson_interval"]
+
 # Below this many validation photos in a class, its recall moves in steps of >= 5 points and the 95 %
 # interval of a 90 % accuracy spans 27 points (Wilson, 18/20: 70-97 %); at 50 photos 17 (45/50: 79-96 %).
 RELIABLE_PER_CLASS = 20
 IDEAL_PER_CLASS = 50
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for a proportion (95 % for z = 1.96). Unlike the normal approximation it
-    stays inside [0, 1] and is not zero-width at 0/n or n/n. (0.0, 1.0) for n = 0: nothing is known."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = successes / n
-    z2 = z * z
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    # at 0/n and n/n one bound equals the estimate in exact arithmetic: no rounding error there
-    low = max(0.0, centre - half) if successes > 0 else 0.0
-    high = min(1.0, centre + half) if successes < n else 1.0
-    return low, high
 
 
 def rough_warning(support: dict[str, int]) -> str | None:
@@ -80,32 +70,6 @@ def classification_report(y_true: torch.Tensor, y_pred: torch.Tensor, classes: S
         "confusion_matrix": cm.long().tolist(),
         "classes": list(classes),
     }
-
-
-def checkpoint_accuracy(metrics: dict[str, Any]) -> str | None:
-    """A checkpoint's best validation accuracy as `format_accuracy` writes it, for the model lists. Older
-    checkpoints have no count, but their confusion matrix gives it; None when nothing was recorded."""
-    if "total" in metrics:
-        return format_accuracy(metrics)
-    cm = metrics.get("confusion_matrix")
-    if cm:
-        correct, total = sum(row[i] for i, row in enumerate(cm)), sum(map(sum, cm))
-        if total:
-            return format_accuracy({"accuracy": correct / total, "correct": correct, "total": total,
-                                    "accuracy_interval": list(wilson_interval(correct, total))})
-    acc = metrics.get("best_val_acc")
-    return f"{acc:.1%}" if isinstance(acc, (int, float)) else None
-
-
-def format_accuracy(report: dict[str, Any]) -> str:
-    """"91.7% (11/12; 95% interval 65–99%)": the figure with its count and its 95 % Wilson interval in
-    whole percents (more digits would claim a precision the interval itself denies)."""
-    acc = f"{report['accuracy']:.1%}"
-    if "total" not in report:  # a report from before the count was recorded
-        return acc
-    low, high = report["accuracy_interval"]
-    return (f"{acc} ({report['correct']}/{report['total']}; 95% interval "
-            f"{100 * low:.0f}–{100 * high:.0f}%)")
 
 
 def format_report(report: dict[str, Any]) -> str:
