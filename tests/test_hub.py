@@ -98,12 +98,16 @@ def test_model_card_lists_classes_metrics_usage_and_limits():
     assert "license: apache-2.0" in front
     for c in CLASSES:
         assert f"`{c}`" in card and f"| {c} | 0.900 | 0.750 | 0.818 | 2 |" in card
-    assert "83.33%" in card and "epoch 2 of 3" in card
+    # an older meta without a count: the confusion matrix gives it (5 of 6 right)
+    assert "**83.3% (5/6; 95% interval 44–97%)** (epoch 2 of 3)" in card
     assert "| rose | 1 | 1 | 0 |" in card  # confusion-matrix row
     assert "| daisy | 8 | 2 |" in card  # data counts
     assert "python -m flowerdemo predict --checkpoint checkpoints/OWNER--NAME img.jpg" in card
     assert "load_checkpoint(\"checkpoints/OWNER--NAME\")" in card and "pull_checkpoint('OWNER/NAME'" in card
-    assert "forced into one of them" in card
+    assert "forced into one of them" in card and "no detector" in card  # no detector stored
+    assert "## Calibration" not in card and "## Photos of none of these classes" not in card
+    assert "## Heatmaps" not in card and "reliability.png" not in card
+    assert "from flowerdemo.infer.predict import classify, predict" in card and ".familiarity.known" in card
     assert "/home/someone" not in card and "`flower_photos`" in card  # no local paths published
     assert "20% of each class held out" in card and "| epochs | 3 |" in card
 
@@ -112,7 +116,71 @@ def test_model_card_survives_a_checkpoint_saved_mid_training():
     meta = {k: v for k, v in fake_meta().items() if k not in ("data", "config")}
     meta["metrics"] = {"best_val_acc": 0.5, "best_epoch": 1}
     card = model_card(meta)
-    assert "50.00%" in card and "confusion" not in card.lower()
+    assert "**50.0%** (epoch 1)" in card and "confusion" not in card.lower() and "interval" not in card
+
+
+def calibration(temperature: float = 0.667) -> dict:
+    """A calibration block as calibration_summary writes it: figures before/after and 15 bins each."""
+    bins = [{"lower": round(b / 15, 4), "upper": round((b + 1) / 15, 4), "count": 0, "confidence": None,
+             "accuracy": None} for b in range(15)]
+    filled = [{**b, "count": 40, "confidence": 0.95, "accuracy": 0.9} if i == 14 else b for i, b in enumerate(bins)]
+    return {"temperature": temperature, "fitted_on": "validation split (496 photos)",
+            "before": {"ece": 0.0802, "nll": 0.2054, "brier": 0.0754, "confidence": 0.8855, "accuracy": 0.9657,
+                       "count": 496},
+            "after": {"ece": 0.0165, "nll": 0.1581, "brier": 0.0678, "confidence": 0.9599, "accuracy": 0.9657,
+                      "count": 496},
+            "reliability": {"before": filled, "after": filled}}
+
+
+def trusted_meta() -> dict:
+    """A checkpoint of today: count and interval, calibration, the unknown-photo detector, CAM ranking, trust."""
+    meta = fake_meta()
+    meta["metrics"] = {**meta["metrics"], "accuracy": 0.9657, "correct": 479, "total": 496,
+                       "accuracy_interval": [0.9458, 0.9785], "rough": True,
+                       "warning": "The validation split has only 2 photos of daisy: the accuracy is rough."}
+    meta["calibration"] = calibration()
+    meta["unknown"] = {"method": "knn-cosine", "encoder": "efficientnet_lite0", "input_size": 224, "k": 10,
+                       "thresholds": {"strict": 0.4156, "normal": 0.4554, "lenient": 0.5611},
+                       "shares": {"strict": 0.9, "normal": 0.95, "lenient": 0.99}, "bank_photos": 1986,
+                       "thresholds_from": "validation split (496 photos)"}
+    meta["cam_ranking"] = ["gradcam++", "layercam", "gradcam"]
+    meta["trust"] = {"auroc": 0.9531, "normal": {"threshold": 0.4554, "flowers_accepted_cross_fitted": 0.948,
+                                                 "flowers_accepted_validation": 0.95,
+                                                 "non-flower photos_accepted": 0.031}}
+    return meta
+
+
+def test_model_card_states_interval_calibration_detector_and_heatmaps():
+    card = model_card(trusted_meta())
+    assert "**96.6% (479/496; 95% interval 95–98%)** (epoch 2 of 3)" in card
+    assert "**Rough figure.** The validation split has only 2 photos of daisy" in card
+    cal = card[card.index("## Calibration"):card.index("## Photos of none")]
+    assert "T = 0.667" in cal and "validation split (496 photos)" in cal and "optimistic" in cal
+    assert "| raw (T = 1) | 0.0802 | 0.2054 | 0.0754 |" in cal and "| calibrated (T = 0.667) | 0.0165 | 0.1581 | 0.0678 |" in cal
+    assert "![Reliability diagram](reliability.png)" in cal
+    unknown = card[card.index("## Photos of none of these classes"):card.index("## Heatmaps")]
+    assert "| strict | 0.4156 | 90% |" in unknown and "| normal (default) | 0.4554 | 95% |" in unknown
+    assert "| lenient | 0.5611 | 99% |" in unknown and "1,986" in unknown and "efficientnet_lite0" in unknown
+    assert "AUROC 0.953" in unknown and "| normal | 94.8% | 3.1% |" in unknown
+    assert "non-flower photos accepted" in unknown and "flowers_accepted_validation" not in unknown
+    assert "`gradcam++`, `layercam`, `gradcam`" in card[card.index("## Heatmaps"):]
+    limits = card[card.index("## Limits"):]
+    assert "forced into" not in card and "none of these" in limits and "other flowers" in limits
+
+
+def test_model_card_without_trust_or_ranking_leaves_those_out_and_a_kept_temperature_says_why():
+    meta = {**trusted_meta(), "calibration": {**calibration(1.0), "note": "only 6 validation photos"}}
+    del meta["trust"], meta["cam_ranking"]
+    card = model_card(meta, extra_limits=["- Mostly daylight photos."])
+    assert "## Photos of none of these classes" in card and "AUROC" not in card and "## Heatmaps" not in card
+    assert "kept at 1: only 6 validation photos." in card
+    assert card.rstrip().endswith("- Mostly daylight photos.")
+
+
+def test_a_calibration_block_without_bins_gets_its_table_but_no_diagram_link():
+    meta = {**fake_meta(), "calibration": {k: v for k, v in calibration().items() if k != "reliability"}}
+    card = model_card(meta)
+    assert "| raw (T = 1) | 0.0802 |" in card and "reliability.png" not in card
 
 
 @pytest.mark.parametrize("bad", ["flowers", "a/b/c", "/name", "owner/", "own er/x", "a/-x", "a/x.", "a/x--y",
@@ -132,6 +200,7 @@ def test_push_then_pull_round_trip(fake_hub, run_dir, tmp_path, monkeypatch):
     url = push_checkpoint(run_dir, "alice/flowers", private=True)
     assert url == "https://huggingface.co/alice/flowers"
     assert fake_hub.calls[0] == ("create_repo", "alice/flowers", True, True, "hf_env_token")
+    # not calibrated: no diagram to show, none uploaded
     assert set(fake_hub.repos["alice/flowers"]) == {"model.safetensors", "meta.json", "README.md"}
     readme = fake_hub.repos["alice/flowers"]["README.md"].decode()
     assert "`tulip`" in readme and "--checkpoint checkpoints/alice--flowers img.jpg" in readme
@@ -144,6 +213,18 @@ def test_push_then_pull_round_trip(fake_hub, run_dir, tmp_path, monkeypatch):
     with torch.no_grad():
         assert torch.equal(original.model(x), pulled.model(x))
     assert json.loads((dest / "meta.json").read_text())["classes"] == CLASSES
+
+
+def test_push_of_a_calibrated_checkpoint_uploads_the_reliability_diagram_the_card_shows(fake_hub, tmp_path):
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", len(CLASSES), pretrained=False)
+    run = save_checkpoint(tmp_path / "run2", model, {**trusted_meta(), "preprocessing": model.spec.preprocessing.to_dict()})
+    push_checkpoint(run, "alice/calibrated", token="t")
+    files = fake_hub.repos["alice/calibrated"]
+    assert set(files) == {"model.safetensors", "meta.json", "README.md", "reliability.png"}
+    assert files["reliability.png"][:8] == b"\x89PNG\r\n\x1a\n" and "](reliability.png)" in files["README.md"].decode()
+    dest = pull_checkpoint("alice/calibrated", tmp_path / "checkpoints")
+    assert (dest / "reliability.png").read_bytes() == files["reliability.png"]  # the pulled card still shows it
 
 
 def test_pull_revision_goes_to_its_own_folder(fake_hub, run_dir, tmp_path):

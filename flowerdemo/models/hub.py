@@ -1,6 +1,6 @@
-"""Share checkpoints through the Hugging Face Hub: a model repo holds `model.safetensors`, `meta.json`
-and a generated model card (`README.md`). Hub failures become `HubError` with a message that says
-what went wrong and what to do; no gradio here."""
+"""Share checkpoints through the Hugging Face Hub: a model repo holds `model.safetensors`, `meta.json`,
+a generated model card (`README.md`) and, for a calibrated checkpoint, the card's `reliability.png`. Hub
+failures become `HubError` with a message that says what went wrong and what to do; no gradio here."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,11 +22,14 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from flowerdemo.figures import checkpoint_accuracy
 from flowerdemo.models.checkpoints import META, WEIGHTS, CheckpointError, read_meta, safe_name
+from flowerdemo.models.reliability import has_diagram, reliability_png
 
 log = logging.getLogger(__name__)
 
 CARD = "README.md"
+DIAGRAM = "reliability.png"  # the reliability diagram the card shows, when the checkpoint is calibrated
 _PART = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?")
 # Connection failures across huggingface_hub's HTTP backends (requests in 0.x, httpx later).
 _NETWORK_ERRORS = {"ConnectError", "ConnectTimeout", "ConnectionError", "NetworkError", "ProxyError",
@@ -51,9 +54,10 @@ def check_repo_id(repo_id: str) -> str:
 
 # --- model card --------------------------------------------------------------------------------
 
-def model_card(meta: dict[str, Any], repo_id: str | None = None) -> str:
-    """README.md for a checkpoint's model repo: Hub front matter, then classes, metrics, training, data, usage,
-    limits. `repo_id` makes the usage snippet exact."""
+def model_card(meta: dict[str, Any], repo_id: str | None = None, extra_limits: Sequence[str] = ()) -> str:
+    """README.md for a checkpoint's model repo: Hub front matter, then classes, metrics, calibration, the
+    unknown-photo detector, heatmaps, training, data, usage, limits. `repo_id` makes the usage snippet exact;
+    `extra_limits` are more "- ..." lines for the Limits section (what this model's data cannot cover)."""
     arch = meta.get("architecture", "unknown")
     classes = list(meta.get("classes", []))
     lite = str(arch).startswith("efficientnet_lite")
@@ -68,24 +72,26 @@ def model_card(meta: dict[str, Any], repo_id: str | None = None) -> str:
                     f"`{head.get('kind', '?')}` (hidden {head.get('hidden', '?')}, dropout {head.get('dropout', '?')})."),
                    "", "## Classes", "", ", ".join(f"`{c}`" for c in classes) or "(none recorded)", ""]
     out += _metrics_section(meta.get("metrics", {}), classes)
+    out += _calibration_section(meta.get("calibration"))
+    unknown = meta.get("unknown") if isinstance(meta.get("unknown"), dict) else None
+    out += _unknown_section(unknown, meta.get("trust"))
+    out += _heatmaps_section(meta.get("cam_ranking"))
     out += _training_section(meta)
     out += _data_section(meta)
-    repo = repo_id or "OWNER/NAME"
-    run = f"checkpoints/{repo.replace('/', '--')}"
-    out += ["## How to use it", "", "Download the repo into a run directory, then use the flowerdemo CLI or Python API:",
-            "", "```bash",
-            f"python -c \"from flowerdemo.models.hub import pull_checkpoint; pull_checkpoint('{repo}', 'checkpoints')\"",
-            f"python -m flowerdemo predict --checkpoint {run} img.jpg", "```", "", "```python",
-            "from flowerdemo.models.checkpoints import load_checkpoint", "from flowerdemo.infer.predict import predict", "",
-            f"clf = load_checkpoint(\"{run}\")  # the run directory: model.safetensors + meta.json",
-            "print(predict(clf, \"img.jpg\"))  # {class: probability}, most likely first", "```", "",
-            ("`model.safetensors` holds only tensors (no pickle); its header and `meta.json` describe the "
-             "architecture, classes and preprocessing, so the model is rebuilt from these files alone."), "",
-            "## Limits", "",
-            (f"- It knows only these {len(classes)} classes. Any other image (another flower, a cat, a blank "
-             "photo) is still forced into one of them, often with high confidence."),
-            ("- Accuracy was measured on a held-out split of the same photo collection; photos taken "
-             "differently (lighting, framing, camera) may score lower."), ""]
+    out += _usage_section(repo_id or "OWNER/NAME")
+    out += ["## Limits", ""]
+    if unknown:
+        out.append(f"- It knows only these {len(classes)} classes. A photo unlike all of its training photos (a "
+                   "portrait, a building, a cat) is answered \"none of these\" (see above), but photos close to "
+                   "the classes, such as other flowers, can look familiar enough to be accepted and are then put "
+                   "into one of the classes, sometimes with high confidence.")
+    else:
+        out.append(f"- It knows only these {len(classes)} classes. Any other image (another flower, a cat, a blank "
+                   "photo) is still forced into one of them, often with high confidence: this checkpoint has no "
+                   "detector for photos of none of its classes.")
+    out.append("- Accuracy was measured on a held-out split of the same photo collection; photos taken "
+               "differently (lighting, framing, camera) may score lower.")
+    out += [*extra_limits, ""]
     return "\n".join(out)
 
 
@@ -93,15 +99,26 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
+def _num(value: Any, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "n/a"
+
+
 def _metrics_section(m: dict[str, Any], classes: list[str]) -> list[str]:
     out = ["## Metrics", ""]
-    if "best_val_acc" in m:
-        out.append(f"- best validation accuracy: **{m['best_val_acc']:.2%}** (epoch {m.get('best_epoch', '?')}"
-                   + (f" of {m['epochs_run']}" if "epochs_run" in m else "") + ")")
+    accuracy = checkpoint_accuracy(m)
+    if accuracy:
+        epoch = (f" (epoch {m['best_epoch']}" + (f" of {m['epochs_run']}" if "epochs_run" in m else "") + ")"
+                 if "best_epoch" in m else "")
+        out.append(f"- best validation accuracy: **{accuracy}**{epoch}")
+    if m.get("warning"):
+        out.append(f"- **Rough figure.** {m['warning']}")
     if "macro_f1" in m:
         out.append(f"- macro F1: {m['macro_f1']:.4f}")
     if not out[2:]:
         out.append("(no metrics recorded)")
+    elif accuracy and "/" in accuracy:
+        out += ["", ("The 95% interval (Wilson) is the range of accuracies that this count of right answers is "
+                     "consistent with: the fewer validation photos, the wider it is.")]
     out.append("")
     per_class = m.get("per_class") or {}
     if per_class:
@@ -118,6 +135,109 @@ def _metrics_section(m: dict[str, Any], classes: list[str]) -> list[str]:
         out += [f"| {_cell(c)} | " + " | ".join(str(v) for v in row) + " |" for c, row in zip(names, cm, strict=True)]
         out.append("")
     return out
+
+
+def _calibration_section(cal: Any) -> list[str]:
+    if not isinstance(cal, dict) or "temperature" not in cal:
+        return []
+    t = float(cal["temperature"])
+    where = f" on the {cal['fitted_on']}" if cal.get("fitted_on") else ""
+    out = ["## Calibration", "",
+           (f"The probabilities this model returns are calibrated by temperature scaling: its logits are divided "
+            f"by **T = {t:.4g}** before the softmax (T < 1 sharpens under-confident probabilities, T > 1 softens "
+            f"over-confident ones; the most likely class never changes, so the accuracy is the same). T was "
+            f"fitted{where}, by minimising the negative log-likelihood."), ""]
+    before, after = cal.get("before") or {}, cal.get("after") or {}
+    out += ["| probabilities | ECE | NLL | Brier | mean top probability | accuracy |", "|---|---:|---:|---:|---:|---:|"]
+    out += [f"| {label} | {_num(f.get('ece'))} | {_num(f.get('nll'))} | {_num(f.get('brier'))} | "
+            f"{_num(f.get('confidence'))} | {_num(f.get('accuracy'))} |"
+            for label, f in (("raw (T = 1)", before), (f"calibrated (T = {t:.3g})", after))]
+    out += ["", ("All lower is better except the last two. ECE (expected calibration error, 15 bins): how far "
+                 "the shown probability is from how often the model is right; NLL: mean negative log-probability "
+                 "of the true class; Brier: mean squared error of the probabilities. The same validation photos "
+                 "chose the best epoch and fitted T, so the calibrated figures are a little optimistic; only "
+                 "photos the model never saw check them.")]
+    if cal.get("note"):
+        out += ["", f"Note: the temperature was kept at 1: {cal['note']}."]
+    if has_diagram(cal):
+        out += ["", f"![Reliability diagram]({DIAGRAM})", "",
+                ("Reliability diagram: per confidence bin, the share of validation photos the model got right "
+                 "against how sure it was; on the diagonal the probabilities mean what they say, below it the "
+                 "model is over-confident. Below each panel, the photos per bin.")]
+    return out + [""]
+
+
+def _unknown_section(unknown: dict[str, Any] | None, trust: Any) -> list[str]:
+    if not unknown:
+        return []
+    thresholds = unknown.get("thresholds") or {}
+    shares = unknown.get("shares") or {}
+    source = unknown.get("thresholds_from") or "the validation split"
+    photos = unknown.get("bank_photos")
+    out = ["## Photos of none of these classes", "",
+           ("Every photo is also checked against what the model was trained on, so that a photo of none of its "
+            "classes (a portrait, a building, a texture) is answered \"none of these\" instead of being put "
+            f"into a class. The photo is described by a reference encoder that fine-tuning never touches "
+            f"(`{unknown.get('encoder', '?')}` with its ImageNet weights, {unknown.get('input_size', '?')} px) and "
+            f"scored by its cosine distance to its {unknown.get('k', '?')} nearest training photos"
+            + (f" ({photos:,} stored)" if isinstance(photos, int) else "") + "; a photo farther than the "
+            f"threshold is declined. The thresholds come from the {source}, photos the detector never saw: each "
+            "strictness accepts a chosen share of those real photos of the classes and declines the rest."), "",
+           "| strictness | highest accepted distance | validation photos accepted |", "|---|---:|---:|"]
+    out += [f"| {name}{' (default)' if name == 'normal' else ''} | {_num(t)} | "
+            + (f"{shares[name]:.0%}" if isinstance(shares.get(name), (int, float)) else "n/a") + " |"
+            for name, t in thresholds.items()]
+    return out + [""] + _trust_lines(trust)
+
+
+def _trust_lines(trust: Any) -> list[str]:
+    """The figures of benchmarks/trust.py when stored: AUROC and, per strictness, the share of each photo set accepted."""
+    if not isinstance(trust, dict):
+        return []
+    rows = {name: r for name, r in trust.items() if isinstance(r, dict)}
+    sets = list(dict.fromkeys(k for r in rows.values() for k in r
+                              if k.endswith("_accepted") or k == "flowers_accepted_cross_fitted"))
+    out = ["Measured by `benchmarks/trust.py` on photos the model was not trained on"
+           + (f": AUROC {_num(trust['auroc'], 3)} (1 = every outside photo scores farther than every photo of the "
+              "classes)" if isinstance(trust.get("auroc"), (int, float)) else "") + "."]
+    if rows and sets:
+        def label(key: str) -> str:
+            return "photos of the classes accepted (threshold from the other half)" if key.endswith("cross_fitted") \
+                else key.removesuffix("_accepted").replace("_", " ") + " accepted"
+
+        out += ["", "| strictness | " + " | ".join(label(k) for k in sets) + " |", "|---|" + "---:|" * len(sets)]
+        out += [f"| {name} | " + " | ".join(f"{r[k]:.1%}" if isinstance(r.get(k), (int, float)) else "n/a"
+                                           for k in sets) + " |" for name, r in rows.items()]
+    return out + [""]
+
+
+def _heatmaps_section(ranking: Any) -> list[str]:
+    if not isinstance(ranking, (list, tuple)) or not ranking:
+        return []
+    return ["## Heatmaps", "",
+            ("A heatmap (class activation map) shows where the model looked: in the app, and with "
+             "`flowerdemo predict --cam METHOD`. The methods, ranked for this model by how far its answer falls "
+             "when the region a heatmap highlights is removed (ROAD, `benchmarks/cam_faithfulness.py`), best first: "
+            + ", ".join(f"`{_cell(name)}`" for name in ranking) + ". The app starts with the first."), ""]
+
+
+def _usage_section(repo: str) -> list[str]:
+    run = f"checkpoints/{repo.replace('/', '--')}"
+    return ["## How to use it", "", "Download the repo into a run directory, then use the flowerdemo CLI or Python API:",
+            "", "```bash",
+            f"python -c \"from flowerdemo.models.hub import pull_checkpoint; pull_checkpoint('{repo}', 'checkpoints')\"",
+            f"python -m flowerdemo predict --checkpoint {run} img.jpg", "```", "", "```python",
+            "from flowerdemo.models.checkpoints import load_checkpoint",
+            "from flowerdemo.infer.predict import classify, predict", "",
+            f"clf = load_checkpoint(\"{run}\")  # the run directory: model.safetensors + meta.json",
+            "print(predict(clf, \"img.jpg\"))  # {class: calibrated probability}, most likely first",
+            "answer = classify(clf, \"img.jpg\")  # the probabilities and whether the photo looks like the classes at all",
+            "if answer.familiarity.known is False:  # None: no detector in this checkpoint",
+            "    print(\"none of these classes\")",
+            "else:",
+            "    print(answer.probabilities)", "```", "",
+            ("`model.safetensors` holds only tensors (no pickle); its header and `meta.json` describe the "
+             "architecture, classes and preprocessing, so the model is rebuilt from these files alone."), ""]
 
 
 def _training_section(meta: dict[str, Any]) -> list[str]:
@@ -161,8 +281,9 @@ def _val_share(meta: dict[str, Any]) -> str:
 # --- push / pull --------------------------------------------------------------------------------
 
 def push_checkpoint(run_dir: str | Path, repo_id: str, token: str | None = None, private: bool = False) -> str:
-    """Create `repo_id` if needed (an existing repo keeps its visibility) and upload the weights, meta.json and
-    a fresh model card in one commit. Token: `token`, else $HF_TOKEN, else the saved `hf auth login` one."""
+    """Create `repo_id` if needed (an existing repo keeps its visibility) and upload the weights, meta.json,
+    a fresh model card and, for a calibrated checkpoint, its reliability diagram in one commit. Token: `token`,
+    else $HF_TOKEN, else the saved `hf auth login` one."""
     check_repo_id(repo_id)
     run_dir = Path(run_dir)
     try:
@@ -171,13 +292,15 @@ def push_checkpoint(run_dir: str | Path, repo_id: str, token: str | None = None,
         raise HubError(f"cannot push {run_dir}: {exc}") from exc
     if not (run_dir / META).is_file():
         raise HubError(f"cannot push {run_dir}: it has no {META} next to {WEIGHTS}")
+    operations = [CommitOperationAdd(WEIGHTS, str(run_dir / WEIGHTS)), CommitOperationAdd(META, str(run_dir / META)),
+                  CommitOperationAdd(CARD, model_card(meta, repo_id).encode("utf-8"))]
+    if has_diagram(meta.get("calibration")):  # the card shows it: drawn now, from the meta that is pushed
+        operations.append(CommitOperationAdd(DIAGRAM, reliability_png(meta["calibration"])))
     api = HfApi(token=token or os.environ.get("HF_TOKEN") or None)
     with _hub_errors("push to", repo_id):
         url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         api.create_commit(repo_id, repo_type="model", commit_message=f"flowerdemo checkpoint {run_dir.name}",
-                          operations=[CommitOperationAdd(WEIGHTS, str(run_dir / WEIGHTS)),
-                                      CommitOperationAdd(META, str(run_dir / META)),
-                                      CommitOperationAdd(CARD, model_card(meta, repo_id).encode("utf-8"))])
+                          operations=operations)
     log.info("pushed %s to %s", run_dir, url)
     return str(url)
 
@@ -191,7 +314,8 @@ def pull_checkpoint(repo_id: str, dest_root: str | Path, token: str | None = Non
     try:
         with _hub_errors("download", repo_id, revision):
             snapshot_download(repo_id, repo_type="model", revision=revision, local_dir=dest,
-                              allow_patterns=[WEIGHTS, META, CARD], token=token or os.environ.get("HF_TOKEN") or None)
+                              allow_patterns=[WEIGHTS, META, CARD, DIAGRAM],
+                              token=token or os.environ.get("HF_TOKEN") or None)
         missing = [f for f in (WEIGHTS, META) if not (dest / f).is_file()]
         if missing:
             raise HubError(f"{repo_id} is not a flowerdemo checkpoint: it has no {' or '.join(missing)} "
