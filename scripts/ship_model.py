@@ -6,7 +6,8 @@ Re-scores the run on the validation split it was trained without (same seed and 
 config), in float32 and in float16, keeps float16 only if it loses no accuracy, fits the calibration
 temperature on the shipped weights' validation logits (the training engine's function), fits the
 unknown-photo detector on the training photos with thresholds from the validation photos (the engine's
-function too), and writes the checkpoint plus a model card (README.md) with provenance, metrics, command and limits.
+function too), and writes the checkpoint plus a model card (README.md) with provenance, metrics, command and limits,
+and the reliability diagram the card shows (reliability.png).
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ sys.path.insert(0, str(ROOT))
 from flowerdemo.data.dataset import scan_dataset  # noqa: E402
 from flowerdemo.data.tensorcache import decode_samples  # noqa: E402
 from flowerdemo.device import autocast_for  # noqa: E402
-from flowerdemo.models.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
-from flowerdemo.models.hub import model_card  # noqa: E402
+from flowerdemo.models.checkpoints import load_checkpoint, read_meta, save_checkpoint  # noqa: E402
+from flowerdemo.models.hub import DIAGRAM, model_card  # noqa: E402
+from flowerdemo.models.reliability import has_diagram, save_reliability_diagram  # noqa: E402
 from flowerdemo.serve.runs import DEFAULT_RUN  # noqa: E402
 from flowerdemo.train.calibration import calibration_summary, fit_temperature, unfit_reason  # noqa: E402
 from flowerdemo.train.evaluate import predict_tensors  # noqa: E402
-from flowerdemo.train.metrics import classification_report  # noqa: E402
+from flowerdemo.train.metrics import classification_report, format_accuracy  # noqa: E402
 from flowerdemo.train.step import drain  # noqa: E402
 from flowerdemo.train.unknown import fit_from_images  # noqa: E402
 
@@ -40,11 +42,9 @@ PROVENANCE = (
     "(stratified and seeded); the model never trained on it. It did serve to pick the best epoch and "
     "to choose between the candidate runs listed in docs/benchmarks.md, so the figure below is "
     "slightly optimistic for new photos.")
-LIMITS = (
-    "- It knows only these 5 classes: daisy, dandelion, rose, sunflower, tulip. Any other image (another "
-    "flower, a cat, a blank wall) is still forced into one of them, often with high confidence.\n"
-    "- The photos it learned from are mostly centred, daylight, consumer photos; close-ups, drawings or "
-    "unusual colours (e.g. a blue rose) may be misclassified.")
+# what this model's photos cannot cover, after the card's own Limits (which say what the detector does)
+DATA_LIMIT = ("- The photos it learned from are mostly centred, daylight, consumer photos; close-ups, drawings or "
+              "unusual colours (e.g. a blue rose) may be misclassified.")
 
 
 def score(clf, data) -> tuple[float, dict, torch.Tensor]:
@@ -98,18 +98,19 @@ def main(argv: list[str] | None = None) -> int:
     meta.pop("mistakes", None)  # paths into the trainer's copy of the photos: meaningless elsewhere
     save_checkpoint(args.out, clf.model, meta, half=use_half, detector=detector)
     size_mb = (args.out / "model.safetensors").stat().st_size / 1e6
-    card = model_card(meta).split("\n")
-    # provenance, command and limits of this particular model, after the generated title paragraph
+    shipped = read_meta(args.out)  # what ships, the detector's meta["unknown"] included
+    card = model_card(shipped, extra_limits=[DATA_LIMIT]).split("\n")
+    # provenance and command of this particular model, after the generated title paragraph
     at = card.index("## Classes")
     extra = ["## Provenance", "", PROVENANCE, "", f"Weights: {'float16' if use_half else 'float32'}, "
-             f"{size_mb:.1f} MB. Validation accuracy float32 {acc32:.2%} vs float16 {acc16:.2%} "
-             f"({len(val)} held-out images).", ""]
+             f"{size_mb:.1f} MB. Validation accuracy on the held-out images: float32 {format_accuracy(report32)}, "
+             f"float16 {format_accuracy(report16)}.", ""]
     if args.command:
         extra += ["Trained with:", "", "```bash", args.command, "```", ""]
     card[at:at] = extra
-    text = "\n".join(card)
-    text = text.replace(text[text.index("## Limits"):], "## Limits\n\n" + LIMITS + "\n")
-    (args.out / "README.md").write_text(text)
+    (args.out / "README.md").write_text("\n".join(card))
+    if has_diagram(calibration):  # the card shows it
+        save_reliability_diagram(calibration, args.out / DIAGRAM)
     print(json.dumps({"out": str(args.out), "size_mb": round(size_mb, 2), "acc32": acc32, "acc16": acc16,
                       "temperature": temperature,
                       "unknown_thresholds": detector.thresholds}))
