@@ -47,7 +47,8 @@ def create_demo(ctx: AppContext | None = None) -> gr.Blocks:
 
 def launch_kwargs(settings: Settings) -> dict:
     """What `launch()` needs besides host and port: upload cap, example files, look."""
-    return {"max_file_size": settings.max_upload_mb * MB, "allowed_paths": [str(predict_tab.EXAMPLES_DIR)],
+    examples = [str(predict_tab.EXAMPLES_DIR), *(str(path) for path, _ in predict_tab.package_photos())]
+    return {"max_file_size": settings.max_upload_mb * MB, "allowed_paths": examples,
             "theme": THEME, "css": CSS}
 
 

@@ -36,7 +36,7 @@ usage: bash scripts/container-smoke.sh [options]
                         [$CHECKPOINT; default: the image's own, else a tiny model trained in the container]
   --port N              host port to reach the app on [$PORT or 7860]
   --host-network        run with --network host (the app then listens on --port itself) [$HOST_NETWORK=1]
-  --photo FILE          image to classify [examples/rose.jpg]
+  --photo FILE          image to classify [examples/daisy.jpg]
   --timeout S           seconds to wait for the app to answer [$TIMEOUT or 300]
   --rm-image            remove the image at the end (it is kept by default)
 EOF
@@ -50,7 +50,7 @@ PORT=${PORT:-7860}
 TIMEOUT=${TIMEOUT:-300}
 HOST_NETWORK=${HOST_NETWORK:-0}
 CHECKPOINT=${CHECKPOINT:-}
-PHOTO=examples/rose.jpg
+PHOTO=examples/daisy.jpg
 BUILD=1
 RM_IMAGE=0
 build_args=()
@@ -192,7 +192,7 @@ say "POST $base/gradio_api/upload + /gradio_api/call/predict with $PHOTO"
 uploaded=$(curl -fsS --max-time 30 -X POST "$base/gradio_api/upload" -F "files=@$PHOTO") || die "upload failed"
 server_path=$(printf '%s' "$uploaded" | sed -n 's/^\[ *"\([^"]*\)".*/\1/p')
 [ -n "$server_path" ] || die "unexpected upload answer: $uploaded"
-payload=$(printf '{"data": [{"path": "%s", "orig_name": "%s", "meta": {"_type": "gradio.FileData"}}, "gradcam", "(predicted class)", 0.5]}' \
+payload=$(printf '{"data": [{"path": "%s", "orig_name": "%s", "meta": {"_type": "gradio.FileData"}}, "gradcam", "(predicted class)", 0.5, "normal"]}' \
   "$server_path" "$(basename "$PHOTO")")
 answer=$(curl -fsS --max-time 30 -X POST "$base/gradio_api/call/predict" -H 'Content-Type: application/json' \
   -d "$payload") || die "call failed"

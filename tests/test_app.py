@@ -116,8 +116,14 @@ def photo(path: Path, kind: str = "circle", size: int = 96) -> Path:
     return path
 
 
-def classify(client: Client, image: Path, target: str = PREDICTED) -> tuple[dict, str, str, str]:
-    return client.predict(handle_file(str(image)), "gradcam", target, 0.5, api_name="/predict")
+def classify(client: Client, image: Path, target: str = PREDICTED, strictness: str = "normal") -> tuple[dict, str, str, str]:
+    """(label, overlay, heatmap, summary) of /predict."""
+    return answer(client, image, target, strictness)[:4]
+
+
+def answer(client: Client, image: Path, target: str = PREDICTED, strictness: str = "normal") -> tuple:
+    """Every /predict output: label, overlay, heatmap, summary, verdict (the headline), details (JSON)."""
+    return client.predict(handle_file(str(image)), "gradcam", target, 0.5, strictness, api_name="/predict")
 
 
 def train_args(source: str = "folder", zip_file=None, folder: str = "", *, mode: str = "fast", epochs: int = 3,
@@ -145,10 +151,13 @@ def max_epoch(plot) -> int:
 # --- tests ----------------------------------------------------------------------------------------
 
 def test_cam_names_in_the_ui_match_the_core():
-    from flowerdemo.infer.explain import CAM_METHODS
-    from ui.predict_tab import CAM_NAMES
+    from flowerdemo.infer.explain import CAM_METHODS, CAM_SECONDS
+    from flowerdemo.models.unknown import strictness_choices
+    from ui import predict_tab
 
-    assert CAM_NAMES == list(CAM_METHODS)
+    assert predict_tab.CAM_NAMES == list(CAM_METHODS)
+    assert predict_tab.CAM_SECONDS == CAM_SECONDS
+    assert [v for _, v in predict_tab.STRICTNESS_CHOICES] == strictness_choices()
 
 
 def test_an_empty_heatmap_is_explained_in_the_summary():
@@ -187,6 +196,28 @@ def test_predict_returns_probabilities_and_heatmaps(client, tmp_path):
 
     _, _, _, text = classify(client, image, target="triangle")  # explain another class on request
     assert "*triangle*" in text
+
+
+def test_predict_says_when_a_photo_is_none_of_the_classes(client, tmp_path):
+    import numpy as np
+
+    shape = photo(tmp_path / "shape.png", "circle", size=48)  # as the tiny model's training images
+    label, _, _, _, verdict, details = answer(client, shape)
+    assert details["known"] is True, details and details["label"] == label["label"] == "circle"
+    assert details["score"] <= details["threshold"] and details["strictness"] == "normal"
+    assert sum(details["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)  # calibrated, all classes
+    assert verdict.startswith("## circle")
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 12, 3), dtype=np.uint8)).resize(
+        (120, 120), Image.Resampling.BICUBIC).save(noise)
+    label, _, _, _, verdict, details = answer(client, noise)
+    assert details["known"] is False and details["label"] is None and details["score"] > details["threshold"]
+    assert "Not one of the 3 classes this model knows" in verdict and "circle, square, triangle" in verdict
+    assert {c["label"] for c in label["confidences"]} == set(CLASSES)  # still there, below the verdict
+    _, _, _, _, verdict, details = answer(client, noise, strictness="off")
+    assert details["known"] is None and details["label"] is not None and verdict.startswith("## ")
+    with pytest.raises(Exception, match="strictness"):
+        answer(client, noise, strictness="paranoid")
 
 
 def test_training_on_an_upload_streams_epochs_then_predict_uses_the_new_model(served, client, tmp_path):

@@ -104,6 +104,23 @@ def test_predict_shows_the_label_and_the_heatmap(page, model, tmp_path):
     shot(page, "predict.png")
 
 
+def test_a_photo_of_none_of_the_classes_is_answered_so(page, model, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    classes = read_meta(model)["classes"]
+    noise = tmp_path / "texture.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 12, 3), dtype=np.uint8)).resize(
+        (160, 160), Image.Resampling.BICUBIC).save(noise)
+    page.locator("#predict-image input[type=file]").set_input_files(str(noise))
+    verdict = page.locator("#predict-verdict")
+    sync_api.expect(verdict).to_contain_text(f"Not one of the {len(classes)} classes this model knows")
+    sync_api.expect(verdict).to_contain_text(", ".join(classes))
+    sync_api.expect(page.locator("#predict-label")).to_contain_text("none of them")  # probabilities, labelled so
+    sync_api.expect(page.locator("#predict-classes")).to_contain_text(f"knows {len(classes)} classes")
+    shot(page, "predict-rejected.png")
+
+
 def test_training_from_a_server_folder_draws_curves_and_a_summary(page, app_url):
     data = make_dataset(app_url[1] / "data" / "shapes", per_class=12, size=64, seed=2)
     page.get_by_role("tab", name="Train").click()

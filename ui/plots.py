@@ -100,4 +100,5 @@ CSS = """
 .fd-bar {height: 100%; background: var(--color-accent); transition: width .3s}
 .fd-progress-label {font-size: var(--text-sm); color: var(--body-text-color-subdued); margin-top: 4px}
 .fd-note {border-left: 4px solid var(--color-accent); padding-left: 12px}
+.fd-rejected {opacity: 0.45; filter: grayscale(1)}
 """

@@ -1,4 +1,6 @@
-"""Predict tab: an image in; class probabilities, a Grad-CAM overlay and the raw heatmap out."""
+"""Predict tab: an image in; first the answer (class probabilities, or "not one of the N classes this model
+knows" when the unknown-photo detector rejects the photo), then the Grad-CAM overlay and the raw heatmap
+with a check of how faithful the heatmap is (streamed: a slow CAM method never hides the answer)."""
 
 from __future__ import annotations
 
@@ -22,7 +24,13 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 # the keys of flowerdemo.infer.explain.CAM_METHODS, listed here so that building the UI does not import
 # pytorch-grad-cam (seconds); tests/test_app.py checks that the two agree
 CAM_NAMES = ["gradcam", "gradcam++", "hirescam", "scorecam", "eigencam", "layercam", "xgradcam"]
+# expected seconds per method on a 2-core CPU, copied from flowerdemo.infer.explain.CAM_SECONDS for the same
+# reason (tests/test_app.py checks that they agree)
+CAM_SECONDS: dict[str, float] = {}
 MAX_SIDE = 1024  # the overlay is drawn at most this large: big photos stay fast
+# the keys of flowerdemo.models.unknown.STRICTNESS plus "off" (tests/test_app.py checks that they agree)
+STRICTNESS_CHOICES = [("Strict (accepts 90% of real photos of its classes)", "strict"),
+                      ("Normal (95%)", "normal"), ("Lenient (99%)", "lenient"), ("Off (always answer a class)", "off")]
 NO_MODEL = ("### No model yet\nThis server has no trained model to classify with. Either\n"
             "- **train one** in the *Train* tab — pick the built-in flowers or upload a .zip of class folders, "
             "then press Start (a few minutes on a CPU in fast mode), or\n"
@@ -69,6 +77,70 @@ def image_source(payload: Any) -> tuple[Any, str]:
     raise gr.Error("Upload an image (JPEG, PNG, WebP, BMP or GIF).")
 
 
+def example_files() -> tuple[list[list[str]], list[str]]:
+    """The gallery: drawings made for this app, and real non-flower photos that installed packages ship
+    (not copied into the repo), to show the "not one of these classes" answer."""
+    files, labels = [], []
+    for p in sorted(q for q in EXAMPLES_DIR.glob("*") if q.suffix.lower() in (".png", ".jpg", ".jpeg")):
+        files.append([str(p)])
+        labels.append(f"Drawing of a {p.stem} (not a photo)")
+    for path, label in package_photos():
+        files.append([str(path)])
+        labels.append(label)
+    return files, labels
+
+
+def package_photos() -> list[tuple[Path, str]]:
+    """Photos from installed packages with their credit: Matplotlib's Grace Hopper portrait (public
+    domain, US Navy) and scikit-learn's pagoda (CC BY 2.0, danielbuechele on Flickr)."""
+    out = []
+    for module, rel, label in (("matplotlib", "mpl-data/sample_data/grace_hopper.jpg",
+                                "Photo: a portrait (Grace Hopper, public domain) — not a flower"),
+                               ("sklearn", "datasets/images/china.jpg",
+                                "Photo: a pagoda (CC BY 2.0, danielbuechele) — not a flower")):
+        try:
+            import importlib.util
+
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            continue
+        if spec and spec.origin and (Path(spec.origin).parent / rel).is_file():
+            out.append((Path(spec.origin).parent / rel, label))
+    return out
+
+
+def known_classes_text(clf) -> str:
+    """Which classes the active model knows, and whether it can say "none of these"."""
+    if clf is None:
+        return ""
+    from flowerdemo.models.unknown import UNAVAILABLE_NOTE
+
+    text = f"This model knows **{len(clf.classes)} classes**: {', '.join(clf.classes)}."
+    if clf.detector is None:
+        return text + f"\n\n*{UNAVAILABLE_NOTE}*"
+    return text + " Photos of anything else are answered \"not one of these\"."
+
+
+def verdict_text(pred, classes: tuple[str, ...]) -> str:
+    """The headline: the class, or "Not one of the N classes this model knows" with the class list."""
+    f = pred.familiarity
+    top, p = pred.top
+    if f.known is False:
+        return (f"## Not one of the {len(classes)} classes this model knows\n"
+                f"This photo does not look like the photos the model learned from ({', '.join(classes)}), so it "
+                f"gives no class. The probabilities below are what it would have said if forced to choose; they "
+                f"mean little here. *(unknown-photo score {f.score:.2f} > threshold {f.threshold:.2f}, "
+                f"{f.strictness})*")
+    text = f"## {top} · {p:.0%}"
+    if f.known:
+        text += f"\nLooks like the photos it learned from *(score {f.score:.2f} ≤ {f.threshold:.2f}, {f.strictness})*."
+    elif not f.available:
+        text += "\n*This model cannot tell when a photo is none of its classes.*"
+    else:
+        text += "\n*The unknown-photo check is off: every photo gets one of the classes.*"
+    return text
+
+
 def build(ctx: AppContext, active: gr.State) -> PredictRefs:
     with gr.Tab("Predict", id="predict"):
         notice = gr.Markdown(NO_MODEL, visible=False, elem_classes="fd-note")
@@ -76,16 +148,22 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
             with gr.Column(scale=4):
                 image = gr.Image(label="Photo", type="filepath", sources=["upload", "webcam", "clipboard"], height=320,
                                  elem_id="predict-image")
+                known = gr.Markdown(elem_id="predict-classes")
+                strictness = gr.Radio(STRICTNESS_CHOICES, value="normal", label="Say \"none of these\"",
+                                      info="How readily a photo is called none of the model's classes",
+                                      elem_id="predict-strictness")
                 with gr.Row():
-                    method = gr.Dropdown(CAM_NAMES, value="gradcam", label="CAM method", scale=2)
+                    method = gr.Dropdown(cam_choices(), value="gradcam", label="CAM method (expected time)", scale=2)
                     target = gr.Dropdown([PREDICTED], value=PREDICTED, label="Explain class", scale=2)
                 alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Heatmap opacity")
                 model = gr.Dropdown([], label="Active model", info="Checkpoints on this server, newest first")
                 button = gr.Button("Classify", variant="primary")
-                examples = sorted(p for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-                if examples:
-                    gr.Examples([[str(p)] for p in examples], inputs=[image], label="Examples (drawn, not photos)")
+                files, labels = example_files()
+                if files:
+                    gr.Examples(files, inputs=[image], label="Examples: drawings, and real photos that are not flowers",
+                                example_labels=labels)
             with gr.Column(scale=5):
+                verdict = gr.Markdown(elem_id="predict-verdict")
                 label = gr.Label(num_top_classes=5, label="Class probabilities", elem_id="predict-label")
                 with gr.Row():
                     overlay = gr.Image(label="Grad-CAM overlay", type="pil", interactive=False, height=280,
@@ -93,14 +171,19 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
                     heatmap = gr.Image(label="Heatmap", type="pil", interactive=False, height=280,
                                        elem_id="predict-heatmap")
                 timing = gr.Markdown(elem_id="predict-timing")
+                with gr.Accordion("Details (JSON)", open=False):
+                    details = gr.JSON(label="Answer", elem_id="predict-details")
 
     def predict(image: Any, method: str = "gradcam", target: str = PREDICTED, alpha: float = 0.5,
-                active: str | None = None):
+                active: str | None = None, strictness: str = "normal"):
+        """Streams twice: the answer (probabilities + unknown-photo verdict), then the heatmap."""
         from flowerdemo.data.images import ACCEPTED, ImageError
         from flowerdemo.infer.explain import explain, heatmap_image
+        from flowerdemo.infer.predict import classify
 
         if image is None:
-            return None, None, None, ""
+            yield None, None, None, "Upload a photo (or take one with the webcam), then press **Classify**.", "", None
+            return
         source, name = image_source(image)
         clf, note = ctx.models.resolve(active)
         if clf is None:
@@ -108,55 +191,107 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
                            "in the Models tab.", title="No model")
         if note:
             gr.Warning(note)
+        if strictness not in {v for _, v in STRICTNESS_CHOICES}:
+            raise gr.Error(f"Unknown strictness {strictness!r}; choose one of: "
+                           f"{', '.join(v for _, v in STRICTNESS_CHOICES)}.", title="Bad option")
+        device = str(next(clf.model.parameters()).device)
         t0 = time.perf_counter()
         try:
-            ex = explain(clf, source, method=method, target=target if target in clf.classes else None,
-                         alpha=float(alpha), max_side=MAX_SIDE)
+            pred = classify(clf, source, strictness=strictness)
         except ImageError as exc:
             raise ui_error(exc, "Prediction", title="Not a usable image",
                            message=f"{name}: {exc.problem}. Accepted: {ACCEPTED}.") from None
         except Exception as exc:
             raise ui_error(exc, "Prediction", title="Prediction failed") from None
+        answered = time.perf_counter() - t0
+        probs = gr.update(value=pred.probabilities, label=("Closest classes (the photo is none of them)" if pred.rejected
+                                                           else "Class probabilities"),
+                          elem_classes=["fd-rejected"] if pred.rejected else [])
+        head = verdict_text(pred, clf.classes)
+        info = {**pred.to_dict(), "model": clf.name}
+        yield (probs, None, None, f"{answered * 1000:.0f} ms for the answer on {device} · heatmap ({method}) follows…",
+               head, info)
+        try:
+            ex = explain(clf, source, method=method, target=target if target in clf.classes else None,
+                         alpha=float(alpha), max_side=MAX_SIDE, check=True)
+        except ImageError as exc:
+            raise ui_error(exc, "Explanation", title="Not a usable image",
+                           message=f"{name}: {exc.problem}. Accepted: {ACCEPTED}.") from None
+        except Exception as exc:
+            raise ui_error(exc, "Explanation", title="Explanation failed") from None
         seconds = time.perf_counter() - t0
-        text = summary_text(ex, seconds, str(next(clf.model.parameters()).device), clf.name)
-        return ex.probabilities, ex.overlay, heatmap_image(ex.heatmap), text
+        text = summary_text(ex, seconds, device, clf.name, answered)
+        # the plain value last: the label and style of the first update stay, and API clients get the
+        # probabilities themselves rather than an update
+        yield pred.probabilities, ex.overlay, heatmap_image(ex.heatmap), text, head, info
 
-    gr.on([button.click, image.change, method.change, target.change, alpha.release, active.change], predict,
-          [image, method, target, alpha, active], [label, overlay, heatmap, timing], api_name="predict",
+    gr.on([button.click, image.change, method.change, target.change, alpha.release, active.change, strictness.change],
+          predict, [image, method, target, alpha, active, strictness],
+          [label, overlay, heatmap, timing, verdict, details], api_name="predict",
           preprocess=False, trigger_mode="always_last")
 
     def refresh(active: str | None = None):
-        """Model list, the visitor's model (else the newest that loads) and its classes; the notice if none."""
+        """Model list, the visitor's model (else the newest that loads), its classes, its best CAM
+        method; the notice if there is none."""
         choices = model_choices(ctx)
         clf, note = ctx.models.resolve(active if active in {v for _, v in choices} else None)
         current = str(clf.path) if clf is not None else None
         classes = list(clf.classes) if clf is not None else []
         return (gr.update(choices=choices, value=current), gr.update(choices=[PREDICTED, *classes], value=PREDICTED),
-                gr.update(visible=clf is None), current)
+                gr.update(visible=clf is None), current, known_classes_text(clf), default_method(clf))
 
-    refresh_outputs = [model, target, notice, active]
+    refresh_outputs = [model, target, notice, active, known, method]
 
     def select(path: str | None, active: str | None = None):
         if not path or path == active:
-            return gr.skip(), gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         try:
             clf = ctx.models.get(path)
         except Exception as exc:
             shown = exc if log_failure(exc, "Loading the chosen model") else "an error in the server"
             gr.Warning(f"That checkpoint does not load: {shown}. Keeping the current model.")
-            return gr.skip(), gr.skip(), gr.update(value=active)
-        return path, gr.update(choices=[PREDICTED, *clf.classes], value=PREDICTED), gr.skip()
+            return gr.skip(), gr.skip(), gr.update(value=active), gr.skip(), gr.skip()
+        return (path, gr.update(choices=[PREDICTED, *clf.classes], value=PREDICTED), gr.skip(), known_classes_text(clf),
+                default_method(clf))
 
-    model.input(select, [model, active], [active, target, model], api_name="select_model")
+    model.input(select, [model, active], [active, target, model, known, method], api_name="select_model")
     return PredictRefs(refresh, refresh_outputs)
 
 
-def summary_text(ex: Explanation, seconds: float, device: str, model_name: str) -> str:
-    """The markdown line under a prediction; says so when the heatmap is empty (Grad-CAM found no
-    region that raises the class score, which happens when the model is unsure)."""
+def cam_choices() -> list[tuple[str, str]]:
+    """The CAM methods with their expected time on a 2-core CPU (measured: flowerdemo.infer.explain.CAM_SECONDS)."""
+    return [(f"{name} (~{_seconds(CAM_SECONDS.get(name))})", name) for name in CAM_NAMES]
+
+
+def _seconds(s: float | None) -> str:
+    if s is None:
+        return "?"
+    return f"{s * 1000:.0f} ms" if s < 1 else f"{s:.0f} s"
+
+
+def default_method(clf):
+    """The best-ranked CAM method for the active model (its checkpoint's ranking), else Grad-CAM."""
+    if clf is None:
+        return gr.skip()
+    from flowerdemo.infer.explain import best_cam_method
+
+    return gr.update(value=best_cam_method(clf.meta))
+
+
+def summary_text(ex: Explanation, seconds: float, device: str, model_name: str, answered: float | None = None) -> str:
+    """The markdown under a prediction: the top class and the timings, the heatmap's faithfulness check
+    in plain words, the square the model saw on non-square photos, and a note when the heatmap is empty
+    (Grad-CAM found no region that raises the class score, which happens when the model is unsure)."""
     top, p = next(iter(ex.probabilities.items()))
-    text = (f"**{top}** ({p:.1%}) · {ex.method} for *{ex.class_name}* · {seconds * 1000:.0f} ms on "
-            f"{device} · model `{model_name}`")
+    took = f"{answered * 1000:.0f} ms for the answer, {seconds * 1000:.0f} ms with the heatmap" if answered else \
+        f"{seconds * 1000:.0f} ms"
+    text = f"**{top}** ({p:.1%}) · {ex.method} for *{ex.class_name}* · {took} on {device} · model `{model_name}`"
+    check = getattr(ex, "faithfulness", None)
+    if check is not None:
+        text += f"\n\n**Heatmap check:** {check.text}"
+    crop = getattr(ex, "crop_note", None)
+    if crop:
+        text += f"\n\n{crop}"
     if not float(ex.heatmap.max()) > 0:
         text += (f"\n\nThe heatmap is empty: no region raises the score of *{ex.class_name}* (all the "
                  f"evidence {ex.method} found is negative, common when the model is unsure). Try another class "
