@@ -75,3 +75,28 @@ def test_drawing_from_threads_at_once_gives_the_same_picture():
     for t in threads:
         t.join()
     assert len(results) == 3 and all(np.array_equal(r, reference) for r in results)
+
+
+def test_the_train_tab_shows_the_diagram_and_a_line_on_the_unknown_photo_detector():
+    from pathlib import Path
+
+    from flowerdemo.train.events import Finished
+    from ui.train_view import TrainView
+
+    cal = synthetic()
+    report = {"accuracy": 0.7, "correct": 140, "total": 200, "accuracy_interval": [0.63, 0.76], "macro_f1": 0.7,
+              "per_class": {}, "confusion_matrix": [], "calibration": cal,
+              "unknown": {"method": "knn-cosine", "train_photos": 1986, "bank_photos": 1986,
+                          "shares": {"strict": 0.9, "normal": 0.95, "lenient": 0.99}}}
+    done = TrainView(3).finished(Finished(Path("run-x"), 0.7, 2, 3, 12.0, False, report, ()))
+    assert isinstance(done["reliability"], Image.Image) and done["reliability"].size == reliability_diagram(cal).size
+    assert "detector fitted on 1,986 training photos" in done["summary"]
+    assert "at 'normal' strictness it accepts 95% of the validation photos" in done["summary"]
+
+    old = {k: v for k, v in report.items() if k not in ("unknown", "calibration")}
+    stopped = TrainView(3).finished(Finished(Path("run-y"), 0.7, 1, 1, 5.0, True, old, ()))
+    assert stopped["reliability"] is None  # no bins: nothing drawn, the tab hides the box
+    assert "stopped run skips the unknown-photo detector" in stopped["summary"]
+    assert "puts every photo into one of its classes" in stopped["summary"]
+    finished = TrainView(3).finished(Finished(Path("run-z"), 0.7, 1, 3, 5.0, False, old, ()))
+    assert "this run has no unknown-photo detector" in finished["summary"]

@@ -123,6 +123,9 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
                 per_class = gr.Dataframe(label="Per-class precision / recall / F1 (validation)", interactive=False)
                 confusion = gr.Image(label="Confusion matrix (rows: true class)", type="pil", interactive=False,
                                      buttons=["download"], height=340, elem_id="train-confusion")
+                reliability = gr.Image(label="Reliability: share right vs confidence (validation), before → after "
+                                       "calibration", type="pil", interactive=False, buttons=["download"],
+                                       height=340, elem_id="train-reliability")
             mistakes = gr.Gallery(label="Validation images the model got most wrong (true → predicted)",
                                   columns=6, height=240, object_fit="contain", interactive=False, fit_columns=False)
 
@@ -146,7 +149,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
 
     outputs = {"status": status, "progress": progress, "loss": loss_plot, "acc": acc_plot, "lr": lr_plot,
                "results": results, "summary": summary, "per_class": per_class, "confusion": confusion,
-               "mistakes": mistakes, "held": held, "active": active}
+               "mistakes": mistakes, "reliability": reliability, "held": held, "active": active}
 
     def start_training(source: str, zip_file: str | None = None, folder: str = "", backbone: str = DEFAULTS.model,
                        mode: str = "fast", epochs: float = DEFAULTS.epochs, batch_size: float = DEFAULTS.batch_size,
@@ -181,6 +184,8 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
                     update["results"] = gr.update(visible=True)
                     pics = update["mistakes"]  # none when every validation image was right: no empty box
                     update["mistakes"] = gr.update(value=pics, visible=bool(pics))
+                    diagram = update["reliability"]  # none for a run without calibration bins: no empty box
+                    update["reliability"] = gr.update(value=diagram, visible=diagram is not None)
                     ctx.models.get(ev.run_dir)  # load now: the Predict tab answers at once
                     update["active"] = str(ev.run_dir)
                     ctx.housekeeping(ev.run_dir)

@@ -3,8 +3,13 @@ keyed by output name; the tab maps them onto its components."""
 
 from __future__ import annotations
 
+import logging
 import time
+from typing import Any
 
+from PIL import Image
+
+from flowerdemo.models.reliability import has_diagram, reliability_diagram
 from flowerdemo.train.events import CheckpointSaved, EpochEnd, Event, Finished, Progress, RunStarted, Stopped
 from flowerdemo.train.metrics import format_accuracy
 
@@ -15,6 +20,8 @@ STAGES = {"decode": "Decoding images", "features": "Computing backbone features 
           "train": "Training", "val": "Validating",
           "unknown": "Learning what its photos look like (to recognise photos of none of its classes)"}
 THROTTLE_S = 0.25  # batch-level progress is sent to the browser at most this often
+
+log = logging.getLogger(__name__)
 
 
 class TrainView:
@@ -123,8 +130,37 @@ class TrainView:
             summary += (f"\n\nConfidence calibrated (temperature {cal['temperature']:.3g}): expected calibration "
                         f"error on the validation split {cal['before']['ece']:.3f} → {cal['after']['ece']:.3f} "
                         "(how far the shown probabilities are from how often the model is right; lower is better).")
+        summary += "\n\n" + unknown_line(ev.report.get("unknown"), ev.stopped)
         status = (f"**{'Stopped' if ev.stopped else 'Done'}** · best val accuracy {ev.best_val_acc:.1%} · "
                   f"{took}" + (f"  \nDevice: **{self.start.device}**" if self.start else ""))
         return {"status": status, "progress": plots.progress_html(1.0, f"done: {how}"),
                 "results": True, "summary": summary, "per_class": plots.per_class_table(ev.report),
-                "confusion": plots.confusion_image(ev.report), "mistakes": mistake_gallery(ev.mistakes)}
+                "confusion": plots.confusion_image(ev.report), "reliability": reliability_image(cal),
+                "mistakes": mistake_gallery(ev.mistakes)}
+
+
+def unknown_line(unknown: dict[str, Any] | None, stopped: bool) -> str:
+    """One line on the unknown-photo detector of a finished run (`report["unknown"]`), or on its absence."""
+    head = "**Photos of none of these classes:**"
+    if not unknown:
+        why = ("this run was stopped, and a stopped run skips the unknown-photo detector (train to the end to get "
+               "one)" if stopped else "this run has no unknown-photo detector")
+        return f"{head} {why}, so the model puts every photo into one of its classes."
+    photos = unknown.get("train_photos") or unknown.get("bank_photos")
+    share = (unknown.get("shares") or {}).get("normal")
+    fitted = f"detector fitted on {photos:,} training photos" if isinstance(photos, int) else "detector fitted"
+    accepts = (f"; at 'normal' strictness it accepts {share:.0%} of the validation photos and answers photos "
+               "unlike them \"none of these\"" if isinstance(share, (int, float)) else "")
+    return f"{head} {fitted}{accepts}."
+
+
+def reliability_image(calibration: dict[str, Any] | None) -> Image.Image | None:
+    """The run's reliability diagram, or None when it has no calibration bins (or drawing failed: the rest
+    of the results still show)."""
+    if not has_diagram(calibration):
+        return None
+    try:
+        return reliability_diagram(calibration)
+    except Exception:
+        log.exception("could not draw the reliability diagram")
+        return None
