@@ -56,12 +56,34 @@ def score(clf, data) -> tuple[float, dict, torch.Tensor]:
     return float((pred == data.labels).float().mean()), classification_report(data.labels, pred, clf.classes), logits
 
 
+def trust_figures(result: dict) -> dict:
+    """What the model card shows of a benchmarks/trust.py result: the stored detector's figures and where
+    they come from."""
+    stored = result["stored"]
+    return {**stored, "sets": result.get("sets"), "calibration_cross_fitted": result.get("calibration_cross_fitted"),
+            "source": "benchmarks/trust.py: flowers5-dev's validation split vs non-flower photos shipped by "
+                      "installed packages (scikit-image, Gradio, Matplotlib, scikit-learn), their corner crops and "
+                      "100 small face photos"}
+
+
+def cam_ranking(result: dict, architecture: str) -> list[str]:
+    """The CAM methods, best first, for this architecture from a benchmarks/cam_faithfulness.py result."""
+    for model in result.get("models", []):
+        if model.get("architecture") == architecture and model.get("ranking"):
+            return [str(m) for m in model["ranking"]]
+    raise SystemExit(f"no CAM ranking for {architecture} in the given results")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path, help="the run directory written by `python -m flowerdemo train`")
     ap.add_argument("--data", type=Path, required=True, help="the dataset the run was trained on")
     ap.add_argument("--out", type=Path, default=ROOT / "checkpoints" / DEFAULT_RUN)
-    ap.add_argument("--command", default="", help="the training command, quoted in the model card")
+    ap.add_argument("--command", default="", help="the training command, quoted in the model card [the run's own]")
+    ap.add_argument("--trust", type=Path, help="results JSON of benchmarks/trust.py on these weights: its figures go "
+                                               "into the model card (meta['trust'])")
+    ap.add_argument("--cam-ranking", type=Path, help="results JSON of benchmarks/cam_faithfulness.py: the CAM methods "
+                                                     "ranked for this model (meta['cam_ranking']; the app's default)")
     args = ap.parse_args(argv)
 
     clf = load_checkpoint(args.run)
@@ -94,7 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     meta["data"] = {**meta.get("data", {}), "root": args.data.name, "provenance": PROVENANCE}
     meta["metrics"] = {**meta["metrics"], **report, "best_val_acc": acc16 if use_half else acc32,
                        "val_acc_float32": acc32, "val_acc_float16": acc16}
-    meta["command"] = args.command
+    meta["command"] = args.command or meta.get("command", "")
+    if args.trust:
+        meta["trust"] = trust_figures(json.loads(args.trust.read_text()))
+    if args.cam_ranking:
+        meta["cam_ranking"] = cam_ranking(json.loads(args.cam_ranking.read_text()), meta["architecture"])
     meta.pop("mistakes", None)  # paths into the trainer's copy of the photos: meaningless elsewhere
     save_checkpoint(args.out, clf.model, meta, half=use_half, detector=detector)
     size_mb = (args.out / "model.safetensors").stat().st_size / 1e6
@@ -105,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     extra = ["## Provenance", "", PROVENANCE, "", f"Weights: {'float16' if use_half else 'float32'}, "
              f"{size_mb:.1f} MB. Validation accuracy on the held-out images: float32 {format_accuracy(report32)}, "
              f"float16 {format_accuracy(report16)}.", ""]
-    if args.command:
-        extra += ["Trained with:", "", "```bash", args.command, "```", ""]
+    if meta["command"]:
+        extra += ["Trained with:", "", "```bash", meta["command"], "```", ""]
     card[at:at] = extra
     (args.out / "README.md").write_text("\n".join(card))
     if has_diagram(calibration):  # the card shows it

@@ -63,17 +63,33 @@ def test_stricter_levels_accept_fewer(trained_run):
         check_strictness("very")
 
 
-def test_thresholds_are_validation_quantiles():
+def test_thresholds_are_tolerance_bounds_on_the_validation_scores():
     g = torch.Generator().manual_seed(0)
     train = torch.randn(300, 16, generator=g) + 4.0  # one cluster away from the origin
     labels = torch.arange(300) % 3
     val = torch.randn(200, 16, generator=g) + 4.0
     det = fit_detector(train, labels, val)
     scores = det.scores(val)
-    for name, share in STRICTNESS.items():
-        assert float((scores <= det.thresholds[name]).float().mean()) == pytest.approx(share, abs=0.01)
+    for name, share in STRICTNESS.items():  # a little above the share, never below it
+        accepted = float((scores <= det.thresholds[name]).float().mean())
+        assert share <= accepted <= share + 0.035, (name, accepted)
+        assert float(det.thresholds[name]) in scores.tolist()  # an order statistic of the scores
     far = -torch.randn(50, 16, generator=g) - 4.0  # the opposite direction: cosine distance near 2
     assert not det.decide(far, "lenient")[0].known
+
+
+def test_tolerance_bound_keeps_its_promise_on_new_samples():
+    """Thresholds from 300 samples accept at least the share of 2,000 new samples of the same
+    distribution in at least ~90 % of draws (a plain quantile does so only about half the time)."""
+    from flowerdemo.models.unknown import tolerance_threshold
+
+    g = torch.Generator().manual_seed(1)
+    ok = plain_ok = 0
+    for _ in range(200):
+        sample, new = torch.rand(300, generator=g), torch.rand(2000, generator=g)
+        ok += float((new <= tolerance_threshold(sample, 0.95)).float().mean()) >= 0.95
+        plain_ok += float((new <= torch.quantile(sample, 0.95)).float().mean()) >= 0.95
+    assert ok >= 0.85 * 200 and plain_ok <= 0.7 * 200, (ok, plain_ok)
 
 
 def test_bank_is_capped_and_stratified(monkeypatch):
