@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import flowerdemo.data.archive as archive_mod
-from flowerdemo.data.archive import ArchiveError, extract_tar, extract_zip
-from flowerdemo.data.dataset import find_dataset_root, scan_dataset
+from flowerdemo.data.archive import ArchiveError, extract_tar, extract_zip, sizes
+from flowerdemo.data.dataset import find_dataset_root, resolve_data, scan_dataset
 from tests.synth import make_dataset
 
 
@@ -79,12 +79,72 @@ def test_zip_symlink_rejected(tmp_path):
 
 def test_zip_limits(tmp_path):
     zpath = _zip(tmp_path / "many.zip", {f"c/{i}.txt": b"x" * 2000 for i in range(5)})
-    with pytest.raises(ArchiveError, match=r"5 entries; the limit is 3 files"):
+    with pytest.raises(ArchiveError, match=r"many.zip has 5 entries; the limit is 3$"):
         extract_zip(zpath, tmp_path / "o1", max_files=3)
-    with pytest.raises(ArchiveError, match=r"expand to 10,000 bytes; the limit is 5,000 bytes"):
+    with pytest.raises(ArchiveError, match=r"many.zip declares 9.8 KB of files; the limit is 4.9 KB uncompressed"):
         extract_zip(zpath, tmp_path / "o2", max_bytes=5000)
+    with pytest.raises(ArchiveError, match=r"declares 9.77 KB of files; the limit is 9.76 KB"):
+        extract_zip(zpath, tmp_path / "o2", max_bytes=9_999)  # one byte over: the numbers still differ
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
     assert extract_zip(zpath, tmp_path / "o3", max_files=5, max_bytes=10_000) == tmp_path / "o3"
+
+
+def test_sizes_read_differently_when_they_differ():
+    gb = 1024**3
+    assert sizes(2 * gb + 1, 2 * gb) == ["2,147,483,649 bytes", "2,147,483,648 bytes"]
+    assert sizes(2300 * 1024**2, 2 * gb) == ["2.2 GB", "2.0 GB"]
+    assert sizes(2 * gb + 20 * 1024**2, 2 * gb) == ["2.02 GB", "2.00 GB"]
+    assert sizes(300 * 1024**2, 4 * gb) == ["300.0 MB", "4,096.0 MB"]
+    assert sizes(512) == ["512 bytes"]
+
+
+def test_refused_before_anything_is_written_and_named_as_the_visitor_named_it(tmp_path):
+    """The declared sizes are checked from the directory: no destination, not even its parent, is
+    created; the message calls the archive by the name given, not by the server's temp path."""
+    zpath = _zip(tmp_path / "tmpa1b2c3.zip", {f"c/{i}.bin": b"\0" * 50_000 for i in range(3)})
+    dest = tmp_path / "uploads" / "job" / "data"
+    with pytest.raises(ArchiveError) as err:
+        extract_zip(zpath, dest, max_bytes=100_000, name="my flowers.zip")
+    assert str(err.value).startswith("my flowers.zip declares 146.5 KB of files; the limit is 97.7 KB")
+    assert "tmpa1b2c3" not in str(err.value) and str(tmp_path) not in str(err.value)
+    assert not (tmp_path / "uploads").exists()
+
+
+def test_default_limit_is_the_operator_setting_shared_by_app_and_cli(tmp_path, monkeypatch):
+    zpath = _zip(tmp_path / "two-mb.zip", {"c/a.bin": b"\0" * (2 * 1024**2)})
+    monkeypatch.setenv("FLOWERDEMO_MAX_EXTRACT_MB", "1")
+    assert archive_mod.default_max_bytes() == 1024**2
+    with pytest.raises(ArchiveError, match=r"declares 2.0 MB of files; the limit is 1.0 MB"):
+        extract_zip(zpath, tmp_path / "out")
+    with pytest.raises(ArchiveError, match=r"the limit is 1.0 MB"):  # the CLI's path to the same function
+        resolve_data(zpath, str(tmp_path / "cli"))
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cli").exists()
+    monkeypatch.setenv("FLOWERDEMO_MAX_EXTRACT_MB", "3")
+    assert (extract_zip(zpath, tmp_path / "out") / "c" / "a.bin").stat().st_size == 2 * 1024**2
+
+
+def test_an_archive_bigger_than_the_free_disk_is_refused_up_front(tmp_path, monkeypatch):
+    zpath = _zip(tmp_path / "big.zip", {"c/a.bin": b"\0" * 300_000})
+    monkeypatch.setattr(archive_mod, "_free_bytes", lambda dest: 200_000)
+    with pytest.raises(ArchiveError, match=r"big.zip needs 293.0 KB uncompressed, but this server has only 195.3 KB"):
+        extract_zip(zpath, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_write_errors_do_not_show_server_paths(tmp_path, monkeypatch):
+    zpath = _zip(tmp_path / "ok.zip", {"c/a.bin": b"1"})
+    real_open = open
+
+    def full_disk(path, mode="r", *args, **kwargs):
+        if "x" in mode:
+            raise OSError(28, "No space left on device", str(path))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", full_disk)
+    with pytest.raises(ArchiveError) as err:
+        extract_zip(zpath, tmp_path / "secret-server-dir" / "out", name="visitor.zip")
+    assert str(err.value) == "could not extract visitor.zip on this server: No space left on device"
+    assert not list((tmp_path / "secret-server-dir").iterdir())  # the staging folder is gone
 
 
 def test_lying_headers_stopped_while_streaming(tmp_path, monkeypatch):
