@@ -22,13 +22,15 @@ MB = 1024**2
 
 
 def _setting(default: Any, why: str, *, env: str | None = None, kind: type | None = None, flag: str | None = None,
-             minimum: int | None = None, maximum: int | None = None, many: bool = False, factory: Any = None) -> Any:
+             minimum: int | None = None, maximum: int | None = None, many: bool = False, factory: Any = None,
+             shown: str | None = None, metavar: str | None = None) -> Any:
     """A Settings field: `why` is its --help text; `env` its variable (default FLOWERDEMO_<FIELD>);
-    `kind` parses one value (default: the default's type); `many`: a repeatable flag, an os.pathsep-separated
-    variable; `minimum`/`maximum`: the accepted range of a number."""
+    `kind` parses one value (default: the default's type; bool: a --flag/--no-flag pair, true/false in the
+    variable); `many`: a repeatable flag, an os.pathsep-separated variable; `minimum`/`maximum`: the accepted
+    range of a number; `shown`: the default as --help states it, when the value alone would mislead."""
     kind = kind or (Path if isinstance(default, Path) else type(default))
     meta = {"help": why, "env": env, "kind": kind, "flag": flag, "min": minimum, "max": maximum,
-            "many": many}
+            "many": many, "shown": shown, "metavar": metavar}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -59,10 +61,24 @@ class Settings:
                                 env="GRADIO_SERVER_NAME", kind=str, flag="--host")
     port: int | None = _setting(None, "port to listen on (Gradio's own variable)", env="GRADIO_SERVER_PORT", kind=int,
                                 flag="--port", minimum=1, maximum=65535)
+    default_model: str | None = _setting(None, "the model every new visitor gets: a run folder under the checkpoint "
+                                         "dir, or a run directory's path; visitors' own runs never replace it",
+                                         kind=str, metavar="RUN",
+                                         shown="the bundled flowers5-lite2, else the oldest run the operator put there")
+    share_runs: bool = _setting(False, "list every visitor's runs to all visitors; off, a visitor sees only the "
+                                "operator's runs, their own, and runs shared with them by code or link")
+    runs_per_visitor: int = _setting(5, "runs a visitor's trainings keep, their oldest deleted first: one "
+                                     "visitor cannot fill a shared server's disk", minimum=1)
+    uploads_per_visitor: int = _setting(3, "checkpoints a visitor's uploads and Hub loads keep, their oldest "
+                                        "deleted first", minimum=1)
+    runs_disk_mb: int = _setting(4096, "disk all runs may use together in MB, oldest unpinned deleted first "
+                                 "(the default model and pinned runs never); 0 = no limit", minimum=0)
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.metadata["kind"] is str and value is not None and (not str(value).strip() or "\x00" in str(value)):
+                raise ConfigError(f"{f.name}={value!r} is not accepted; {_accepted(f)}")
             if isinstance(value, int) and not _in_range(f, value):
                 raise ConfigError(f"{f.name}={value} is not accepted; {_accepted(f)}")
 
@@ -122,9 +138,12 @@ def add_arguments(parser: argparse.ArgumentParser, names: Iterable[str] | None =
         flag = (flags or {}).get(f.name) or f.metadata["flag"] or "--" + f.name.replace("_", "-")
         kind = f.metadata["kind"]
         text = f"{f.metadata['help']} [{env_var(f)}, else {_shown_default(f)}]".replace("%", "%%")
+        if kind is bool:  # --share-runs / --no-share-runs; unset stays None, as for the others
+            group.add_argument(flag, dest=f.name, default=None, help=text, action=argparse.BooleanOptionalAction)
+            continue
         group.add_argument(flag, dest=f.name, type=kind, default=None, help=text,
                            action="append" if f.metadata["many"] else "store",
-                           metavar={Path: "DIR", int: "N"}.get(kind))
+                           metavar=f.metadata["metavar"] or {Path: "DIR", int: "N"}.get(kind))
 
 
 def export_cache_dir(path: Path) -> None:
@@ -140,13 +159,24 @@ def _parse(f: Field, raw: str) -> Any:
     values = []
     for part in parts:
         try:
-            value = kind(part)
+            value = _bool(part) if kind is bool else kind(part)
         except ValueError:
             raise ConfigError(f"{name}={raw!r} is not accepted; {_accepted(f)}") from None
         if isinstance(value, int) and not _in_range(f, value):
             raise ConfigError(f"{name}={raw!r} is not accepted; {_accepted(f)}")
         values.append(value)
     return tuple(values) if f.metadata["many"] else values[0]
+
+
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+def _bool(text: str) -> bool:
+    """A switch from the environment: bool("false") would be True."""
+    try:
+        return _BOOLS[text.strip().lower()]
+    except KeyError:
+        raise ValueError(text) from None
 
 
 def _in_range(f: Field, value: int) -> bool:
@@ -156,6 +186,10 @@ def _in_range(f: Field, value: int) -> bool:
 
 def _accepted(f: Field) -> str:
     lo, hi = f.metadata["min"], f.metadata["max"]
+    if f.metadata["kind"] is bool:
+        return "expected true or false (also 1/0, yes/no, on/off)"
+    if f.metadata["kind"] is str:
+        return "expected a non-empty name or path"
     if f.metadata["kind"] is int:
         bounds = f">= {lo}" if hi is None else f"from {lo} to {hi}"
         return f"expected a whole number {bounds} (default: {_shown_default(f)})"
@@ -163,6 +197,8 @@ def _accepted(f: Field) -> str:
 
 
 def _shown_default(f: Field) -> str:
+    if f.metadata["shown"]:
+        return f.metadata["shown"]
     default = f.default_factory() if f.default is MISSING else f.default
     if default is None:
         return "Gradio's default"

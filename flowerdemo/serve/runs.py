@@ -1,5 +1,6 @@
-"""Run-directory housekeeping for a shared server: which folders a visitor may name, how many runs are
-kept, pinning, zipping a run for download and importing an uploaded one. No UI code here."""
+"""Run-directory housekeeping for a shared server: which folders a visitor may name, the default model,
+how many runs and how much disk are kept, pinning, what a crash left behind, zipping a run for download
+and importing an uploaded one. Who owns a run: `owners.py`. No UI code here."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from flowerdemo.models.checkpoints import META, WEIGHTS, CheckpointError, read_meta, safe_name
+from flowerdemo.config import ConfigError
+from flowerdemo.models.checkpoints import META, WEIGHTS, CheckpointError, list_checkpoints, read_meta, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +71,37 @@ def run_dirs(root: str | Path) -> list[Path]:
     return sorted(dirs, key=lambda p: (_mtime(p), p.name))
 
 
-def prune_runs(root: str | Path, keep: int, protect: Iterable[str | Path] = ()) -> list[Path]:
-    """Delete the oldest unpinned runs beyond `keep` (0 = keep all) and abandoned runs; return what went.
+def default_run(root: str | Path, named: str | None = None) -> Path | None:
+    """The run every new visitor gets: `named` (a folder under `root`, or a run directory's path), else the
+    bundled DEFAULT_RUN, else the oldest run the operator put under `root` (one without an owner record:
+    never a visitor's, never merely the newest). None when there is none. ConfigError for a bad `named`."""
+    from flowerdemo.serve.owners import read_owner
 
-    Pinned runs, the shipped default model and `protect` (e.g. models in use, the run in progress) stay
-    and do not count towards `keep`.
+    root = Path(root)
+    if named:
+        for candidate in (root / named, Path(named).expanduser()):
+            if (candidate / WEIGHTS).is_file():
+                try:
+                    read_meta(candidate)
+                except CheckpointError as exc:
+                    raise ConfigError(f"default model {named!r} is not accepted: {exc}") from None
+                return candidate.resolve()
+        there = ", ".join(p.name for p in list_checkpoints(root)) or "none"
+        raise ConfigError(f"default model {named!r} is not accepted: no {WEIGHTS} in {root / named} nor in {named}; "
+                          f"expected the name of a run folder under {root} (there: {there}) or the path of a run "
+                          f"directory holding {WEIGHTS}")
+    if (root / DEFAULT_RUN / WEIGHTS).is_file():
+        return (root / DEFAULT_RUN).resolve()
+    operators = [run for run in list_checkpoints(root) if read_owner(run) is None]
+    return min(operators, key=lambda p: (not is_pinned(p), _mtime(p), p.name)).resolve() if operators else None
+
+
+def prune_runs(root: str | Path, keep: int, protect: Iterable[str | Path] = (), max_bytes: int = 0) -> list[Path]:
+    """Delete the oldest unpinned runs beyond `keep` (0 = keep all), then beyond `max_bytes` of disk for all
+    runs together (0 = no limit), and abandoned runs; return what went.
+
+    Pinned runs, the shipped default model and `protect` (e.g. the default model, models in use, the run in
+    progress) stay and do not count towards `keep`; their size counts towards `max_bytes`.
     """
     keep_safe = {Path(p).resolve() for p in protect}
     removable = [r for r in run_dirs(root) if not is_pinned(r) and r.resolve() not in keep_safe]
@@ -85,7 +113,63 @@ def prune_runs(root: str | Path, keep: int, protect: Iterable[str | Path] = ()) 
     for run in doomed:
         log.info("removing run %s (keep-runs=%d)", run, keep)
         shutil.rmtree(run, ignore_errors=True)
+    if max_bytes > 0:
+        total = sum(_size(r) for r in run_dirs(root))
+        for run in [r for r in complete if r not in doomed]:  # oldest first
+            if total <= max_bytes:
+                break
+            size = _size(run)
+            log.info("removing run %s (%.0f MB): runs use %.0f MB, the budget is %.0f MB", run, size / 2**20,
+                     total / 2**20, max_bytes / 2**20)
+            shutil.rmtree(run, ignore_errors=True)
+            doomed.append(run)
+            total -= size
     return doomed
+
+
+def _is_temp(name: str) -> bool:
+    """A temp file of an atomic write (`.model.safetensors.tmp-<pid>`, `.owner.json.tmp-<pid>`) or a
+    tempfile-made `.tmp*`: a finished write leaves none."""
+    return name.startswith(".tmp") or (name.startswith(".") and ".tmp-" in name)
+
+
+def clean_leftovers(root: str | Path, scratch: Iterable[str | Path] = ()) -> list[Path]:
+    """Remove what a crashed process left, and nothing else; return (and log) what went:
+
+    - in `root`: temp files beside checkpoints, `.import-*` staging folders, `.stop-*` flags, then run
+      folders left empty (nothing but an owner record);
+    - each `scratch` folder's entries (extracted uploads, downloads): no visitor session outlives the process.
+
+    Call at start, before serving: a temp file named after this process may be a write in progress, so it stays.
+    """
+    from flowerdemo.serve.owners import OWNER_FILE
+
+    root, mine, removed = Path(root), f"-{os.getpid()}", []
+
+    def drop(path: Path, why: str) -> None:
+        log.info("start-up cleanup: removing %s (%s)", path, why)
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink(
+            missing_ok=True)
+        removed.append(path)
+
+    if root.is_dir():
+        for entry in sorted(root.iterdir()):
+            if entry.name.startswith(".import-") and entry.is_dir():
+                drop(entry, "an unfinished checkpoint import")
+            elif entry.name.startswith(".stop-") and entry.is_file():
+                drop(entry, "a stop flag of a run that ended")
+            elif entry.is_dir() and not entry.is_symlink() and not entry.name.startswith("."):
+                for f in sorted(entry.iterdir()):
+                    if f.is_file() and _is_temp(f.name) and not f.name.endswith(mine):
+                        drop(f, "a temp file of an interrupted write")
+                if all(f.name == OWNER_FILE for f in entry.iterdir()):
+                    drop(entry, "an empty run folder")
+    for folder in scratch:
+        folder = Path(folder)
+        if folder.is_dir():
+            for entry in sorted(folder.iterdir()):
+                drop(entry, "scratch space of an earlier process")
+    return removed
 
 
 def remove_tree(path: str | Path | None, within: str | Path) -> None:
@@ -123,8 +207,9 @@ def zip_run(run: str | Path, dest_dir: str | Path) -> Path:
     return target
 
 
-def import_run(upload: str | Path, root: str | Path, max_bytes: int = 2 * 1024**3) -> Path:
-    """Install an uploaded checkpoint (a run-dir .zip or a .safetensors file) as a new run under `root`.
+def import_run(upload: str | Path, root: str | Path, max_bytes: int = 2 * 1024**3, owner: str | None = None) -> Path:
+    """Install an uploaded checkpoint (a run-dir .zip or a .safetensors file) as a new run under `root`,
+    `owner`'s (see owners.py) from the moment it appears there.
 
     Raises CheckpointError (and leaves nothing behind) when it is not a flowerdemo checkpoint.
     """
@@ -151,6 +236,11 @@ def import_run(upload: str | Path, root: str | Path, max_bytes: int = 2 * 1024**
         meta = read_meta(found[0])
         run = _unique(root, safe_name(found[0].parent.name if found[0].parent != staging / "run"
                                       else f"upload-{meta['architecture']}"))
+        from flowerdemo.serve.owners import OWNER_FILE, claim
+
+        (found[0].parent / OWNER_FILE).unlink(missing_ok=True)  # a record inside an upload proves nothing
+        if owner is not None:  # before the move: the run is never the operator's, not even for a moment
+            claim(found[0].parent, owner, "uploaded")
         shutil.move(str(found[0].parent), run)
         if not (run / META).exists():
             import json
@@ -166,6 +256,10 @@ def _unique(root: Path, name: str) -> Path:
     while candidate.exists():
         candidate, i = root / f"{name}-{i}", i + 1
     return candidate
+
+
+def _size(run: Path) -> int:
+    return sum(f.stat().st_size for f in run.rglob("*") if f.is_file() and not f.is_symlink())
 
 
 def _mtime(path: Path) -> float:
