@@ -1,7 +1,8 @@
 """The web app: `python app.py` (see `--help`; each setting is also an environment variable). Importing
 this module builds nothing: `demo` is built on first access (`gradio app.py`, embedding, tests), from the
-environment's settings, without loading any model; the newest usable checkpoint is loaded at launch, or on
-the first prediction.
+environment's settings, without loading any model; the operator's default model (`--default-model`, else the
+bundled one) is loaded at launch, or on the first prediction. Every new visitor gets it; what a visitor trains
+or uploads is theirs (see flowerdemo/serve/owners.py).
 
 UI only: training, prediction and explanation live in the `flowerdemo` package; the tabs in `ui/`.
 """
@@ -19,7 +20,7 @@ from flowerdemo.device import configure_process
 from flowerdemo.settings import MB, Settings, add_arguments, export_cache_dir
 from ui import models_tab, predict_tab, train_tab
 from ui.plots import CSS
-from ui.state import AppContext
+from ui.state import AppContext, browser_secret
 
 log = logging.getLogger("flowerdemo.app")
 
@@ -34,12 +35,30 @@ def create_demo(ctx: AppContext | None = None) -> gr.Blocks:
     ctx = ctx or AppContext.create()
     with gr.Blocks(title="Flower classifier", delete_cache=(1800, 3600)) as demo:
         gr.Markdown(INTRO)
-        active = gr.State(None)  # this visitor's model (a run directory); None = the newest on disk
+        active = gr.State(None)  # this visitor's model (a run directory); None = the operator's default
+        # who this browser is, across reloads and restarts: a random token in its localStorage, encrypted with a
+        # secret kept beside the checkpoints (a new secret each start would make every browser a stranger)
+        visitor = gr.BrowserState(None, storage_key="flowerdemo-visitor", secret=browser_secret(ctx.settings))
+        session = gr.State(None, delete_callback=ctx.visitors.forget)  # forgets the token when the tab goes
         with gr.Tabs():
             predict = predict_tab.build(ctx, active)
             on_load, load_outputs = train_tab.build(ctx, active, predict)
             models_tab.build(ctx, active, predict)
-        demo.load(predict.refresh, active, predict.refresh_outputs, api_name="init")
+
+        def init(active: str | None = None, token: str | None = None, request: gr.Request = None):
+            """Page load: bind the session to the browser's token (a new one for a new browser), open a model
+            shared by link (?model=CODE), then predict_tab.refresh's outputs, the token and the session."""
+            from flowerdemo.serve.owners import find_shared
+
+            session_hash = getattr(request, "session_hash", None)
+            token = ctx.visitors.register(session_hash, token)
+            code = dict(getattr(request, "query_params", None) or {}).get("model")
+            shared = find_shared(ctx.settings.checkpoint_dir, code) if code else None
+            if code and shared is None:
+                gr.Warning("That share link's model is not on this server any more; showing the default model.")
+            return (*predict.refresh(str(shared) if shared else active, request), token, session_hash)
+
+        demo.load(init, [active, visitor], [*predict.refresh_outputs, visitor, session], api_name="init")
         demo.load(on_load, None, load_outputs, api_name="backbones")
     demo.ctx = ctx  # for tests and embedding: the settings, models and training slot behind this demo
     return demo
@@ -74,15 +93,15 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
         settings = Settings.from_args(args)
-    except ConfigError as exc:  # a bad FLOWERDEMO_* value: the message names it and what is accepted
+        ctx = AppContext.create(settings)  # also clears what a crash left and checks --default-model
+    except ConfigError as exc:  # a bad flag or FLOWERDEMO_* value: the message names it and what is accepted
         raise SystemExit(f"app.py: {exc}") from None
     export_cache_dir(settings.cache_dir)  # --cache-dir holds fast mode's feature cache too
     configure_process()  # backend flags: once per process, never per request or run
-    ctx = AppContext.create(settings)
     demo = globals()["demo"] = create_demo(ctx)  # the one demo: `app.demo` is this one from now on
     ctx.housekeeping()
-    clf = ctx.models.newest()  # load before the first visitor arrives
-    log.info("active model: %s", clf.path if clf else f"none under {settings.checkpoint_dir} (train or load one)")
+    clf = ctx.models.default_model()  # load before the first visitor arrives
+    log.info("default model: %s", clf.path if clf else f"none under {settings.checkpoint_dir} (train or load one)")
     demo.queue(default_concurrency_limit=1).launch(server_name=settings.host, server_port=settings.port,
                                                    **launch_kwargs(settings))
 

@@ -245,11 +245,11 @@ def test_training_on_an_upload_streams_epochs_then_predict_uses_the_new_model(se
     run = new.pop()
     assert run.name in final[5] and load_checkpoint(run).classes == ("circle", "square")
 
-    # predictions now use it: this visitor's active model and, for a newcomer, the newest one
-    for who in (client, new_client(url, tmp_path / "downloads2")):
-        label, _, _, text = classify(who, photo(tmp_path / "c.png", "circle"))
-        assert {c["label"] for c in label["confidences"]} == {"circle", "square"}
-        assert run.name in text
+    # predictions now use it, for this visitor only: a newcomer gets the operator's default model
+    label, _, _, text = classify(client, photo(tmp_path / "c.png", "circle"))
+    assert {c["label"] for c in label["confidences"]} == {"circle", "square"} and run.name in text
+    label, _, _, text = classify(new_client(url, tmp_path / "downloads2"), photo(tmp_path / "c.png", "circle"))
+    assert {c["label"] for c in label["confidences"]} == set(CLASSES) and run.name not in text
 
 
 def test_stop_ends_the_run_keeps_the_best_checkpoint_and_others_get_busy(served, client, tmp_path):

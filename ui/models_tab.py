@@ -1,4 +1,6 @@
-"""Models tab: the active checkpoint (details, download), checkpoint upload, Hugging Face Hub load/push."""
+"""Models tab: the active checkpoint (details, download), checkpoint upload, the visitor's own models (name,
+delete, share by code or link; open a shared one), Hugging Face Hub load/push. A visitor's models are theirs:
+downloading and pushing them is the owner's (flowerdemo/serve/owners.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from .predict_tab import PredictRefs
 from .state import AppContext
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
-RUN_COLUMNS = ["run", "model", "classes", "val acc", "created", "pinned"]
+RUN_COLUMNS = ["name", "whose", "model", "classes", "val acc", "created", "pinned", "run"]
 
 
 def _hub():
@@ -42,6 +44,35 @@ def _active(ctx: AppContext, active: str | None):
     return clf
 
 
+def _owned(ctx: AppContext, active: str | None, request, doing: str):
+    """The active model, if this visitor may take it away (download, push): theirs or the server's."""
+    from flowerdemo.serve.owners import display_name, may_download
+
+    clf = _active(ctx, active)
+    if not may_download(clf.path, ctx.visitors.identity(request)):
+        raise gr.Error(f"{display_name(clf.path)} was shared with you: you can use it here, but only the visitor "
+                       f"who made it can {doing} it.", title="Not yours")
+    return clf
+
+
+def _my_run(ctx: AppContext, run: str | None) -> Path:
+    """One of the checkpoint folder's runs, by folder name (or path): never a path elsewhere."""
+    name = Path(run or "").name
+    path = ctx.settings.checkpoint_dir / name
+    if not name or name.startswith(".") or not path.is_dir():
+        raise gr.Error("Choose one of your models first.", title="No model chosen")
+    return path
+
+
+def my_choices(ctx: AppContext, identity: str) -> list[tuple[str, str]]:
+    """(display name, folder name) of the visitor's own models, newest first."""
+    from flowerdemo.models.checkpoints import WEIGHTS
+    from flowerdemo.serve.owners import display_name, owned_runs
+
+    return [(display_name(r), r.name) for r in reversed(owned_runs(ctx.settings.checkpoint_dir, identity))
+            if (r / WEIGHTS).is_file()]
+
+
 def details(ctx: AppContext, active: str | None) -> str:
     clf, _ = ctx.models.resolve(active)
     if clf is None:
@@ -59,20 +90,25 @@ def details(ctx: AppContext, active: str | None) -> str:
     return "  \n".join(lines)
 
 
-def runs_table(ctx: AppContext) -> pd.DataFrame:
+def runs_table(ctx: AppContext, identity: str = "anonymous") -> pd.DataFrame:
+    """The runs this visitor may use (predict_tab.model_choices' rule), and whose each is."""
     from flowerdemo.models.checkpoints import read_meta
+    from flowerdemo.serve.owners import display_name, owner_key, visible_runs
     from flowerdemo.serve.runs import is_pinned
 
-    rows = []
-    for run in ctx.models.runs():
+    default = ctx.models.default.resolve() if ctx.models.default is not None else None
+    rows, key = [], owner_key(identity)
+    for run, record in visible_runs(ctx.settings.checkpoint_dir, identity, ctx.settings.share_runs):
         try:
             meta = read_meta(run)
         except (ValueError, OSError):
             continue
         acc = checkpoint_accuracy(meta.get("metrics", {}))
-        rows.append({"run": run.name, "model": meta.get("architecture"), "classes": len(meta.get("classes", [])),
-                     "val acc": acc or "", "created": meta.get("created", ""),
-                     "pinned": "yes" if is_pinned(run) else ""})
+        whose = ("default" if run.resolve() == default else "server" if record is None else
+                 "yours" if record.owner == key else "another visitor")
+        rows.append({"name": display_name(run, record), "whose": whose, "model": meta.get("architecture"),
+                     "classes": len(meta.get("classes", [])), "val acc": acc or "", "created": meta.get("created", ""),
+                     "pinned": "yes" if is_pinned(run) or whose == "default" else "", "run": run.name})
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 
@@ -101,44 +137,113 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> None:
                 with gr.Accordion("Model card that will be pushed", open=False):
                     card_btn = gr.Button("Show model card", size="sm")
                     card = gr.Markdown()
-        gr.Markdown("### Checkpoints on this server")
+        with gr.Row(equal_height=False):
+            with gr.Column():
+                gr.Markdown("### Your models\nWhat you train or upload is yours: other visitors do not see it "
+                            "unless you share it.")
+                # the choices are per visitor, set on page load: the handlers check what is sent
+                mine = gr.Dropdown([], label="Your models", elem_id="models-mine", allow_custom_value=True)
+                with gr.Row():
+                    new_name = gr.Textbox(label="Name", placeholder="e.g. garden flowers, May", max_length=60, scale=3)
+                    rename_btn = gr.Button("Rename", size="sm", scale=1)
+                with gr.Row():
+                    share_btn = gr.Button("Share (code and link)", size="sm")
+                    delete_btn = gr.Button("Delete", variant="stop", size="sm")
+                mine_status = gr.Markdown(elem_id="models-mine-status")
+            with gr.Column():
+                gr.Markdown("### A model shared with you")
+                code = gr.Textbox(label="Share code", placeholder="the code another visitor gave you")
+                open_btn = gr.Button("Use the shared model", size="sm")
+        gr.Markdown("### Checkpoints you can use")
         runs = gr.Dataframe(value=pd.DataFrame(columns=RUN_COLUMNS), interactive=False, max_height=260)
 
-    def show(active: str | None = None):
-        return details(ctx, active), runs_table(ctx)
+    def listing(identity: str, chosen: str | None = None) -> tuple:
+        choices = my_choices(ctx, identity)
+        value = chosen if chosen in {v for _, v in choices} else (choices[0][1] if choices else None)
+        return gr.update(choices=choices, value=value), runs_table(ctx, identity)
 
-    def download_checkpoint(active: str | None = None) -> str:
+    def show(active: str | None = None, request: gr.Request = None):
+        """The active model's details, the runs this visitor may use, and their own models."""
+        mine_update, table = listing(ctx.visitors.identity(request))
+        return details(ctx, active), table, mine_update
+
+    def download_checkpoint(active: str | None = None, request: gr.Request = None) -> str:
         from flowerdemo.serve.runs import zip_run
 
         ctx.housekeeping()
-        return str(zip_run(_active(ctx, active).path, ctx.settings.folder("downloads")))
+        return str(zip_run(_owned(ctx, active, request, "download").path, ctx.settings.folder("downloads")))
 
-    def adopt(run: Path) -> str:
-        """Make a newly arrived run active, or delete it with a clear message if it does not load."""
+    def adopt(run: Path, request) -> str:
+        """Make a newly arrived run this visitor's and active, or delete it with a clear message if it does
+        not load."""
         from flowerdemo.serve.runs import remove_tree
 
         try:
-            ctx.models.get(run)
+            clf = ctx.models.get(run)
         except Exception as exc:
             remove_tree(run, ctx.settings.checkpoint_dir)
             raise ui_error(exc, "Loading a new checkpoint", title="Bad checkpoint",
                            message=f"That checkpoint does not load: {exc}") from None
-        ctx.housekeeping(run)
-        return str(run)
+        ctx.adopt(run, ctx.visitors.identity(request), "uploaded")
+        return str(Path(clf.path).resolve())
 
-    def upload_checkpoint(file: str | None = None) -> tuple[str, str]:
+    def upload_checkpoint(file: str | None = None, request: gr.Request = None) -> tuple[str, str]:
         from flowerdemo.serve.runs import import_run
 
         if not file:
             raise gr.Error("Choose a checkpoint file first.")
         try:
-            run = import_run(file, ctx.settings.checkpoint_dir)
+            run = import_run(file, ctx.settings.checkpoint_dir, owner=ctx.visitors.identity(request))
         except Exception as exc:
             raise ui_error(exc, "Importing an uploaded checkpoint", title="Bad checkpoint",
                            message=f"That file is not a usable checkpoint: {exc}") from None
-        return adopt(run), f"Loaded `{run.name}` from the uploaded file."
+        return adopt(run, request), f"Loaded `{run.name}` from the uploaded file; it is yours and now active."
 
-    def hub_load(repo_id: str, token: str = "", revision: str = "") -> tuple[str, str]:
+    def rename_run(run: str | None = None, name: str = "", request: gr.Request = None):
+        from flowerdemo.serve.owners import rename
+
+        identity, path = ctx.visitors.identity(request), _my_run(ctx, run)
+        try:
+            shown = rename(path, identity, name)
+        except Exception as exc:
+            raise ui_error(exc, "Renaming a model", title="Cannot rename") from None
+        return (*listing(identity, path.name), f"Renamed to **{shown}**.")
+
+    def delete_run(run: str | None = None, active: str | None = None, request: gr.Request = None):
+        from flowerdemo.serve.owners import delete, display_name
+
+        identity, path = ctx.visitors.identity(request), _my_run(ctx, run)
+        shown = display_name(path)
+        try:
+            delete(path, identity, ctx.settings.checkpoint_dir)
+        except Exception as exc:
+            raise ui_error(exc, "Deleting a model", title="Cannot delete") from None
+        gone = active is not None and Path(active).resolve() == path.resolve()
+        return (*listing(identity), f"Deleted **{shown}**." + (" You now use the default model." if gone else ""),
+                None if gone else active)
+
+    def share_run(run: str | None = None, request: gr.Request = None) -> str:
+        from flowerdemo.serve.owners import display_name, share_code
+
+        path = _my_run(ctx, run)
+        try:
+            shared = share_code(path, ctx.visitors.identity(request))
+        except Exception as exc:
+            raise ui_error(exc, "Sharing a model", title="Cannot share") from None
+        page = (request.headers.get("referer", "") if request is not None else "").split("?")[0]
+        return (f"Anyone with this code can use **{display_name(path)}** here (not download it): `{shared}`  \n"
+                f"or open this link: {page or 'this page'}?model={shared}")
+
+    def open_shared(text: str = "") -> tuple[str, str]:
+        from flowerdemo.serve.owners import display_name, find_shared
+
+        run = find_shared(ctx.settings.checkpoint_dir, text)
+        if run is None:
+            raise gr.Error("No model on this server has that share code; check it with whoever gave it to you.",
+                           title="Unknown code")
+        return str(run.resolve()), f"Using **{display_name(run)}**, shared with you."
+
+    def hub_load(repo_id: str, token: str = "", revision: str = "", request: gr.Request = None) -> tuple[str, str]:
         hub = _hub()
         repo_id = _repo(repo_id)
         try:
@@ -146,13 +251,14 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> None:
                                       revision=revision.strip() or None)
         except Exception as exc:
             raise ui_error(exc, f"Loading {repo_id} from the Hub", title="Hub") from None
-        return adopt(Path(run)), f"Loaded `{repo_id}` from the Hub; it is now the active model."
+        return adopt(Path(run), request), f"Loaded `{repo_id}` from the Hub; it is yours and now the active model."
 
-    def hub_push(repo_id: str, token: str = "", private: bool = False, active: str | None = None) -> str:
+    def hub_push(repo_id: str, token: str = "", private: bool = False, active: str | None = None,
+                 request: gr.Request = None) -> str:
         hub = _hub()
         repo_id = _repo(repo_id)
         token = token.strip() or os.environ.get("HF_TOKEN") or None  # None: huggingface_hub's saved login, if any
-        clf = _active(ctx, active)
+        clf = _owned(ctx, active, request, "push")
         try:
             url = hub.push_checkpoint(clf.path, repo_id, token=token, private=bool(private))
         except Exception as exc:
@@ -162,8 +268,15 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> None:
     def model_card(active: str | None = None) -> str:
         return _hub().model_card(_active(ctx, active).meta)
 
-    active.change(show, active, [info, runs], api_name="model_details")
+    active.change(show, active, [info, runs, mine], api_name="model_details")
     download_btn.click(download_checkpoint, active, download, api_name="download_checkpoint")
+    rename_btn.click(rename_run, [mine, new_name], [mine, runs, mine_status], api_name="rename_run").success(
+        predict.refresh, active, predict.refresh_outputs, api_name="refresh_after_rename")
+    delete_btn.click(delete_run, [mine, active], [mine, runs, mine_status, active], api_name="delete_run").success(
+        predict.refresh, active, predict.refresh_outputs, api_name="refresh_after_delete")
+    share_btn.click(share_run, mine, mine_status, api_name="share_run")
+    gr.on([open_btn.click, code.submit], open_shared, code, [active, mine_status], api_name="open_shared").success(
+        predict.refresh, active, predict.refresh_outputs, api_name="refresh_after_open")
     upload.upload(upload_checkpoint, upload, [active, hub_status], api_name="upload_checkpoint").success(
         predict.refresh, active, predict.refresh_outputs, api_name="refresh_after_upload")
     load_btn.click(hub_load, [repo, token, revision], [active, hub_status], api_name="hub_load").success(

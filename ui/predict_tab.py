@@ -45,19 +45,36 @@ class PredictRefs:
     refresh_outputs: list
 
 
-def describe(meta: dict, path: Path) -> str:
+def describe(meta: dict, path: Path, whose: str = "") -> str:
+    """A dropdown label: whose it is (default / yours / shared), its name, classes and accuracy."""
+    from flowerdemo.serve.owners import display_name
+
     acc = meta.get("metrics", {}).get("best_val_acc")
     acc = f" · val acc {acc:.1%}" if isinstance(acc, (int, float)) else ""
-    return f"{path.name} · {len(meta.get('classes', []))} classes{acc}"
+    return f"{whose + ' · ' if whose else ''}{display_name(path)} · {len(meta.get('classes', []))} classes{acc}"
 
 
-def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
+def model_choices(ctx: AppContext, identity: str = "anonymous", active: str | None = None) -> list[tuple[str, str]]:
+    """The models this visitor may pick: the default first, then theirs, the operator's (and everyone's
+    when the operator shares all runs), newest first, and the active one if it came by a share code."""
     from flowerdemo.models.checkpoints import read_meta
+    from flowerdemo.serve.owners import owner_key, read_owner, visible_runs
 
-    out = []
-    for run in ctx.models.runs():
+    default = ctx.models.default.resolve() if ctx.models.default is not None else None
+    runs = [(run.resolve(), record) for run, record in
+            visible_runs(ctx.settings.checkpoint_dir, identity, ctx.settings.share_runs)]
+    listed = {run for run, _ in runs}
+    if default is not None and default not in listed:  # named outside the checkpoint folder
+        runs.append((default, None))
+    if active and Path(active).is_dir() and Path(active).resolve() not in listed | {default}:
+        runs.append((Path(active).resolve(), read_owner(active)))  # only server code sets `active`
+    runs.sort(key=lambda r: r[0] != default)  # stable: the default first, the rest newest first
+    out, key = [], owner_key(identity)
+    for run, record in runs:
+        whose = ("default" if run == default else "" if record is None else
+                 "yours" if record.owner == key else "shared")
         try:
-            out.append((describe(read_meta(run), run), str(run)))
+            out.append((describe(read_meta(run), run, whose), str(run)))
         except (ValueError, OSError):
             continue
     return out
@@ -230,21 +247,26 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
           [label, overlay, heatmap, timing, verdict, details], api_name="predict",
           preprocess=False, trigger_mode="always_last")
 
-    def refresh(active: str | None = None):
-        """Model list, the visitor's model (else the newest that loads), its classes, its best CAM
-        method; the notice if there is none."""
-        choices = model_choices(ctx)
-        clf, note = ctx.models.resolve(active if active in {v for _, v in choices} else None)
-        current = str(clf.path) if clf is not None else None
+    def refresh(active: str | None = None, request: gr.Request = None):
+        """Model list (what this visitor may use), the visitor's model (else the operator's default), its
+        classes, its best CAM method; the notice if there is none."""
+        choices = model_choices(ctx, ctx.visitors.identity(request), active)
+        chosen = str(Path(active).resolve()) if active else None
+        clf, note = ctx.models.resolve(chosen if chosen in {v for _, v in choices} else None)
+        current = str(Path(clf.path).resolve()) if clf is not None else None
         classes = list(clf.classes) if clf is not None else []
         return (gr.update(choices=choices, value=current), gr.update(choices=[PREDICTED, *classes], value=PREDICTED),
                 gr.update(visible=clf is None), current, known_classes_text(clf), default_method(clf))
 
     refresh_outputs = [model, target, notice, active, known, method]
 
-    def select(path: str | None, active: str | None = None):
+    def select(path: str | None, active: str | None = None, request: gr.Request = None):
         if not path or path == active:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        if path not in {v for _, v in model_choices(ctx, ctx.visitors.identity(request), active)}:
+            gr.Warning("That model is not one of yours or the server's (a shared model loads with its code in "
+                       "the Models tab). Keeping the current model.")
+            return gr.skip(), gr.skip(), gr.update(value=active), gr.skip(), gr.skip()
         try:
             clf = ctx.models.get(path)
         except Exception as exc:

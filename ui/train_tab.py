@@ -8,6 +8,8 @@ import gradio as gr
 
 from flowerdemo.config import SCHEDULES, TrainConfig
 from flowerdemo.serve.jobs import Busy, on_zero_gpu
+from flowerdemo.serve.owners import claim
+from flowerdemo.train.events import RunStarted
 
 from . import plots, train_data
 from .errors import ui_error
@@ -177,6 +179,8 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
         try:
             for ev in run:
                 view.stopping = ctx.job.state.stopping
+                if isinstance(ev, RunStarted):  # the visitor's from its first file on, even if the server dies
+                    claim(ev.run_dir, ctx.visitors.identity(request), "trained")
                 update = view.update(ev)
                 if update is None:
                     continue
@@ -187,8 +191,8 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
                     diagram = update["reliability"]  # none for a run without calibration bins: no empty box
                     update["reliability"] = gr.update(value=diagram, visible=diagram is not None)
                     ctx.models.get(ev.run_dir)  # load now: the Predict tab answers at once
-                    update["active"] = str(ev.run_dir)
-                    ctx.housekeeping(ev.run_dir)
+                    update["active"] = str(ev.run_dir)  # this session's model; other visitors keep theirs
+                    ctx.adopt(ev.run_dir, ctx.visitors.identity(request), "trained")  # + per-visitor limit
                 yield {outputs[k]: v for k, v in update.items()}
         except Exception as exc:
             raise ui_error(exc, "Training", title="Training failed", message=f"Training failed: {exc}") from None

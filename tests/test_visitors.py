@@ -1,0 +1,143 @@
+"""Visitors apart, through the app's public API (gradio_client), as several people would use one server:
+a model one visitor uploads is theirs alone; everyone else, and everyone after a restart, gets the
+operator's default model; ownership outlives a restart for the same browser; start-up cleans what a
+crash left, and nothing else."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from flowerdemo.models.checkpoints import WEIGHTS
+from tests.test_app import CLASSES, classify, new_client, photo, running_app, tiny_model
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import handle_file  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+
+OTHER = ("alpha", "beta", "gamma")
+
+
+def relabelled(run: Path, dest: Path, classes: tuple[str, ...] = OTHER) -> Path:
+    """The tiny model's weights under other class names: a visitor's model, told apart by its labels."""
+    with safe_open(str(run / WEIGHTS), framework="pt") as f:
+        header = dict(f.metadata())
+    meta = json.loads(header["flowerdemo"])
+    meta["classes"] = list(classes)
+    header["flowerdemo"] = json.dumps(meta)
+    dest.mkdir(parents=True, exist_ok=True)
+    save_file(load_file(str(run / WEIGHTS)), str(dest / WEIGHTS), metadata=header)
+    return dest / WEIGHTS
+
+
+def labels(client, image: Path) -> set[str]:
+    label, _, _, _ = classify(client, image)
+    return {c["label"] for c in label["confidences"]}
+
+
+def init(client, token: str) -> tuple:
+    """A page load from a browser whose stored token is `token`: refresh's outputs, then the token."""
+    return client.predict(token, api_name="/init")
+
+
+def my_models(client) -> list[tuple[str, str]]:
+    _, _, mine = client.predict(api_name="/model_details")
+    return [tuple(c) for c in mine["choices"]]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return tiny_model(tmp_path_factory.getbasetemp())
+
+
+def test_an_upload_is_its_visitors_alone_and_a_restart_brings_back_the_default(tiny, tmp_path):
+    root = tmp_path / "server"
+    upload = relabelled(tiny, tmp_path / "theirs")
+    image = photo(tmp_path / "c.png", "circle")
+    token_b = "b" * 32  # B's browser: the token its localStorage keeps
+    with running_app(root, tiny) as (demo, url):
+        a, b = new_client(url, tmp_path / "a"), new_client(url, tmp_path / "b")
+        assert labels(a, image) == set(CLASSES)
+        assert init(b, token_b)[-1] == token_b
+        assert "yours" in b.predict(handle_file(str(upload)), api_name="/upload_checkpoint")
+        assert labels(b, image) == set(OTHER)  # B's own model, active in B's session
+        c = new_client(url, tmp_path / "c")
+        assert labels(a, image) == set(CLASSES) and labels(c, image) == set(CLASSES)
+        assert my_models(a) == [] and len(my_models(b)) == 1
+        model, *_ = init(c, "c" * 32)  # C's model list: not B's upload
+        assert all("alpha" not in str(choice) for choice in model["choices"])
+        assert len(model["choices"]) == 1 and model["choices"][0][0].startswith("default")
+        runs = [p for p in (root / "checkpoints").iterdir() if p.is_dir() and p.name != tiny.name]
+        assert len(runs) == 1 and (runs[0] / ".owner.json").is_file()
+        assert "b" * 32 not in (runs[0] / ".owner.json").read_text()  # a hash, never the token itself
+        with pytest.raises(AppError, match="only the visitor who made it"):
+            c.predict(runs[0].name, api_name="/delete_run")
+    with running_app(root, None) as (demo, url):  # a restart on the same folders
+        newcomer = new_client(url, tmp_path / "d")
+        assert labels(newcomer, image) == set(CLASSES)
+        b_again = new_client(url, tmp_path / "b2")
+        init(b_again, token_b)  # the same browser: its model is still its own
+        assert labels(b_again, image) == set(CLASSES)  # the default until B picks theirs again
+        (run_name,) = [run for _, run in my_models(b_again)]
+        assert run_name == runs[0].name and my_models(newcomer) == []
+        _, table, status = b_again.predict(run_name, "My shapes", api_name="/rename_run")
+        assert "My shapes" in status and [r[0] for r in table["data"] if r[1] == "yours"] == ["My shapes"]
+        with pytest.raises(AppError, match="only the visitor who made it"):
+            newcomer.predict(run_name, "Mine now", api_name="/rename_run")
+        with pytest.raises(AppError, match="only the visitor who made it"):
+            newcomer.predict(run_name, api_name="/delete_run")
+        with pytest.raises(AppError, match="server's model"):
+            b_again.predict(tiny.name, api_name="/delete_run")
+        assert "Deleted **My shapes**" in b_again.predict(run_name, api_name="/delete_run")[2]
+        assert not (root / "checkpoints" / run_name).exists() and (root / "checkpoints" / tiny.name).is_dir()
+
+
+def test_a_share_code_lets_another_visitor_use_but_not_download_a_model(tiny, tmp_path):
+    upload = relabelled(tiny, tmp_path / "theirs")
+    image = photo(tmp_path / "c.png", "circle")
+    with running_app(tmp_path / "server", tiny) as (demo, url):
+        owner, friend = new_client(url, tmp_path / "o"), new_client(url, tmp_path / "f")
+        owner.predict(handle_file(str(upload)), api_name="/upload_checkpoint")
+        (run,) = [r for _, r in my_models(owner)]
+        text = owner.predict(run, api_name="/share_run")
+        code = text.split("`")[1]
+        assert f"?model={code}" in text
+        with pytest.raises(AppError, match="share code"):
+            friend.predict("not-a-code-at-all", api_name="/open_shared")
+        friend.predict(code, api_name="/open_shared")
+        assert labels(friend, image) == set(OTHER)
+        with pytest.raises(AppError, match="only the visitor who made it can download"):
+            friend.predict(api_name="/download_checkpoint")
+        assert Path(owner.predict(api_name="/download_checkpoint")).name.endswith(".zip")
+
+
+def test_start_up_removes_what_a_crash_left_and_nothing_else(tiny, tmp_path):
+    import shutil
+
+    root = tmp_path / "server"
+    ckpt, work = root / "checkpoints", root / "work"
+    run = Path(shutil.copytree(tiny, ckpt / tiny.name))
+    files = {"left": [run / ".tmpab12cd", run / ".model.safetensors.tmp-99999", run / ".owner.json.tmp-99999",
+                      ckpt / "20250101-000000-crashed" / ".owner.json", ckpt / ".stop-0a1b2c",
+                      ckpt / ".import-x1y2" / "run" / WEIGHTS, work / "uploads" / "5f0c-orphan" / "data" / "a.png",
+                      work / "downloads" / "old.zip"],
+             "kept": [run / "notes.txt", ckpt / "README.md", ckpt / "operator-notes" / "todo.txt",
+                      work / "elsewhere.txt", work / "other" / "file.bin"]}
+    for path in files["left"] + files["kept"]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * 10)
+    empty = ckpt / "20250101-000001-empty"
+    empty.mkdir()
+    gone = [*files["left"], empty, ckpt / "20250101-000000-crashed", ckpt / ".import-x1y2",
+            work / "uploads" / "5f0c-orphan"]
+    before = {p for p in root.rglob("*") if not any(p == g or p.is_relative_to(g) for g in gone)}
+    with running_app(root, None) as (demo, url):
+        for path in gone:
+            assert not path.exists(), path
+        after = set(root.rglob("*"))
+        assert before <= after, before - after  # nothing else went
+        assert labels(new_client(url, tmp_path / "v"), photo(tmp_path / "c.png")) == set(CLASSES)
