@@ -78,16 +78,17 @@ def default_run(root: str | Path, named: str | None = None) -> Path | None:
     from flowerdemo.serve.owners import read_owner
 
     root = Path(root)
+    given = f"default model (--default-model, FLOWERDEMO_DEFAULT_MODEL) {named!r} is not accepted"
     if named:
         for candidate in (root / named, Path(named).expanduser()):
             if (candidate / WEIGHTS).is_file():
                 try:
                     read_meta(candidate)
                 except CheckpointError as exc:
-                    raise ConfigError(f"default model {named!r} is not accepted: {exc}") from None
+                    raise ConfigError(f"{given}: {exc}") from None
                 return candidate.resolve()
         there = ", ".join(p.name for p in list_checkpoints(root)) or "none"
-        raise ConfigError(f"default model {named!r} is not accepted: no {WEIGHTS} in {root / named} nor in {named}; "
+        raise ConfigError(f"{given}: no {WEIGHTS} in {root / named} nor in {named}; "
                           f"expected the name of a run folder under {root} (there: {there}) or the path of a run "
                           f"directory holding {WEIGHTS}")
     if (root / DEFAULT_RUN / WEIGHTS).is_file():
