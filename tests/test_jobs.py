@@ -62,6 +62,45 @@ def test_one_training_at_a_time_and_slot_is_released(tmp_path):
     list(other.start(CFG, tmp_path, tmp_path))  # free again
 
 
+def test_a_claim_holds_the_slot_while_the_data_is_prepared(tmp_path):
+    """Claim first, prepare second: a second request is refused before it writes anything; a failed
+    preparation frees the slot; a started claim hands the slot to its Run."""
+    job, other = TrainingJob(fake_engine()), TrainingJob(fake_engine())
+    with job.claim(CFG, owner="alice") as slot:
+        assert job.state.running and job.state.owner == "alice"
+        assert "preparing the data" in job.state.describe()
+        with pytest.raises(Busy, match="busy"):
+            other.claim(CFG)
+        run = slot.start(tmp_path, tmp_path)
+    assert job.state.running  # leaving the block after start: the Run holds the slot, not the claim
+    with pytest.raises(RuntimeError, match="already started"):
+        slot.start(tmp_path, tmp_path)
+    assert isinstance(list(run)[-1], Finished) and not job.state.running
+
+    with pytest.raises(ValueError, match="no images"), job.claim(CFG) as slot:
+        raise ValueError("no images")  # e.g. the upload held no dataset
+    assert not job.state.running
+    other.claim(CFG).release()  # free again, for anyone
+    assert not other.state.running
+
+
+def test_a_claim_dropped_without_with_does_not_hold_the_slot(tmp_path):
+    job = TrainingJob(fake_engine())
+    job.claim(CFG)  # never started, never released: collected at once in CPython
+    list(job.start(CFG, tmp_path, tmp_path))
+
+
+def test_an_engine_that_cannot_start_frees_the_slot(tmp_path):
+    def refuses(cfg, data, out_dir, stop):
+        raise OSError("no GPU quota")
+
+    job = TrainingJob(refuses)
+    with pytest.raises(OSError, match="quota"):
+        job.start(CFG, tmp_path, tmp_path)
+    assert not job.state.running
+    list(TrainingJob(fake_engine()).start(CFG, tmp_path, tmp_path))
+
+
 def test_abandoned_stream_frees_the_slot(tmp_path):
     job = TrainingJob(fake_engine())
     run = job.start(CFG, tmp_path, tmp_path)

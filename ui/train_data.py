@@ -4,7 +4,8 @@ download) and what was found in them. Plain functions: errors are the core's Val
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -32,7 +33,9 @@ def resolve(ctx: AppContext, source: str, zip_file: str | None, folder: str | No
     """(dataset folder, what this visitor's session now holds on disk).
 
     An uploaded .zip is extracted once into the app's scratch space and reused until another one
-    is chosen; the previous extraction is deleted.
+    is chosen; the previous extraction is deleted. It is checked from its directory first, with the
+    limits the CLI uses (`extract_zip`), and errors call it by the name the visitor gave it: Gradio
+    keeps that name as the file name of its temporary copy.
     """
     uploads = ctx.settings.folder("uploads")
     if source == "zip":
@@ -48,7 +51,7 @@ def resolve(ctx: AppContext, source: str, zip_file: str | None, folder: str | No
         try:
             if progress:
                 progress(0.1, "Extracting the .zip")
-            root = find_dataset_root(extract_zip(zip_file, workdir / "data",
+            root = find_dataset_root(extract_zip(zip_file, workdir / "data", name=Path(zip_file).name,
                                                  max_bytes=ctx.settings.max_extract_mb * MB))
         except BaseException:
             remove_tree(workdir, uploads)
@@ -92,6 +95,22 @@ def open_dataset(ctx: AppContext, source: str, zip_file: str | None, folder: str
         release(ctx, held)
         extracted = str(Path(held["owned"]) / "data")
         raise ValueError(str(exc).replace(extracted, Path(zip_file or "the .zip").name)) from None
+
+
+@contextmanager
+def opened(ctx: AppContext, source: str, zip_file: str | None, folder: str | None, held: dict | None,
+           val_fraction: float = 0.2, seed: int = 0, progress: Callable[[float, str], None] | None = None
+           ) -> Iterator[tuple[DatasetSplit, dict | None]]:
+    """`open_dataset` for one request: if the rest of the request fails (busy, bad settings, a bug), the
+    upload this call extracted is deleted before the error returns. A failed request does not update the
+    visitor's session, so nothing would ever hand that folder back; one the session already held stays."""
+    split, now = open_dataset(ctx, source, zip_file, folder, held, val_fraction, seed, progress)
+    try:
+        yield split, now
+    except BaseException:
+        if now is not held:
+            release(ctx, now)
+        raise
 
 
 def preview(split: DatasetSplit) -> tuple[str, pd.DataFrame, pd.DataFrame, list]:

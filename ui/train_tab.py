@@ -139,9 +139,9 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
     def check(source: str, zip_file: str | None = None, folder: str = "", held: dict | None = None,
               progress=gr.Progress()):
         try:
-            split, held = train_data.open_dataset(ctx, source, zip_file, folder, held,
-                                                  progress=lambda f, d: progress(f, desc=d))
-            text, table, skipped_df, pics = train_data.preview(split)
+            with train_data.opened(ctx, source, zip_file, folder, held,
+                                   progress=lambda f, d: progress(f, desc=d)) as (split, held):
+                text, table, skipped_df, pics = train_data.preview(split)
         except Exception as exc:
             raise ui_error(exc, "Checking the dataset", title="Dataset problem") from None
         return text, gr.update(open=True), pics, table, gr.update(value=skipped_df, visible=len(skipped_df) > 0), held
@@ -163,11 +163,11 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
         try:
             cfg = make_config(backbone, mode, epochs, batch_size, lr, optimizer, schedule, warmup_epochs, freeze,
                               frozen_stages, image_size, augmentations, seed)
-            if ctx.job.state.running:  # fail fast, before touching the data
-                raise Busy(f"The server is busy: {ctx.job.state.describe()} Predictions keep working; "
-                           "try again when it has finished.")
-            split, held = train_data.open_dataset(ctx, source, zip_file, folder, held, cfg.val_fraction, cfg.seed)
-            run = ctx.job.start(cfg, split, ctx.settings.checkpoint_dir, owner=getattr(request, "session_hash", None))
+            # the slot first: a request refused as busy has written nothing; one failing after the upload
+            # was extracted deletes it on the way out (`opened`), then frees the slot
+            with ctx.job.claim(cfg, owner=getattr(request, "session_hash", None)) as slot, \
+                    train_data.opened(ctx, source, zip_file, folder, held, cfg.val_fraction, cfg.seed) as (split, held):
+                run = slot.start(split, ctx.settings.checkpoint_dir)
         except Busy as exc:
             raise ui_error(exc, "Starting training", title="Busy") from None
         except Exception as exc:

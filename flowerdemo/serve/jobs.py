@@ -1,5 +1,11 @@
 """One training at a time per process, whoever asks: `TrainingJob.start` hands out the engine's event
 stream or raises `Busy`; `stop` asks the run to end; `state` lets anyone see what is running.
+A caller that must prepare the data first claims the slot before writing anything, so a request
+refused as busy has nothing to clean up:
+
+    with job.claim(cfg, owner) as slot:      # Busy here: nothing was written
+        data = prepare()                     # an error here frees the slot
+        run = slot.start(data, out_dir)      # the Run now holds the slot
 
 On a Hugging Face ZeroGPU Space (the `spaces` package is importable) the engine runs inside
 `@spaces.GPU`, in another process: events come back pickled, stopping goes through a file, and the
@@ -121,21 +127,30 @@ class TrainingJob:
         with self._guard:
             return self._state
 
-    def start(self, cfg: TrainConfig, data: Any, out_dir: str | Path, owner: str | None = None) -> Run:
-        """Claim the slot and return the run's event iterator; raise Busy if a training is running."""
+    def claim(self, cfg: TrainConfig, owner: str | None = None) -> Slot:
+        """Take the slot now (state: preparing the data) or raise Busy; `Slot.start` runs it."""
         if not _LOCK.acquire(blocking=False):
             raise Busy(f"The server is busy: {self.state.describe()} Only one training runs at a time; "
                        "predictions keep working meanwhile. Try again when it has finished.")
+        with self._guard:
+            self._stop = None
+            self._state = JobState(running=True, owner=owner, started=time.time(), model=cfg.model,
+                                   epochs=cfg.epochs)
+        return Slot(self, cfg)
+
+    def start(self, cfg: TrainConfig, data: Any, out_dir: str | Path, owner: str | None = None) -> Run:
+        """Claim the slot and return the run's event iterator; raise Busy if a training is running."""
+        return self.claim(cfg, owner).start(data, out_dir)
+
+    def _launch(self, cfg: TrainConfig, data: Any, out_dir: str | Path) -> Run:
         out_dir = Path(out_dir)
         stop = StopFlag(out_dir / f".stop-{uuid.uuid4().hex}")
         with self._guard:
             self._stop = stop
-            self._state = JobState(running=True, owner=owner, started=time.time(), model=cfg.model,
-                                   epochs=cfg.epochs)
         try:
             events = self._train_fn(cfg, data, out_dir, stop)
-        except BaseException:
-            self._release(None)
+        except BaseException as exc:
+            self._release(exc)
             raise
         return Run(self, events, stop)
 
@@ -167,6 +182,38 @@ class TrainingJob:
             self._state = replace(self._state, running=False, error=str(error) if error else "")
         if _LOCK.locked():
             _LOCK.release()
+
+
+class Slot:
+    """The claimed slot while the caller prepares the data: `start` hands it to a Run; leaving the
+    `with` block (or `release`) without starting frees it, so a failed preparation never holds it."""
+
+    def __init__(self, job: TrainingJob, cfg: TrainConfig) -> None:
+        self._job, self._cfg = job, cfg
+        self._held = True
+
+    def start(self, data: Any, out_dir: str | Path) -> Run:
+        if not self._held:
+            raise RuntimeError("this training slot was already started or released")
+        self._held = False
+        return self._job._launch(self._cfg, data, out_dir)
+
+    def release(self, error: BaseException | None = None) -> None:
+        if self._held:
+            self._held = False
+            self._job._release(error)
+
+    def __enter__(self) -> Slot:
+        return self
+
+    def __exit__(self, kind, error, tb) -> None:
+        self.release(error)
+
+    def __del__(self) -> None:  # a claim dropped without `with` must not hold the slot forever
+        try:
+            self.release()
+        except Exception:
+            pass
 
 
 class Run(Iterator[Event]):
