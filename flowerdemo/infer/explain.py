@@ -28,8 +28,8 @@ class BoundedScoreCAM(ScoreCAM):
     are near-uniform and small; scoring only the most active ones keeps what shapes the map. The others
     get weight 0. All scored masks go through the model in batches of `batch_size`."""
 
-    channels = 48
-    batch_size = 48
+    channels = 32  # close to the full map, a few times the cost of Grad-CAM (docs/benchmarks.md §5)
+    batch_size = 32  # one forward for all of them
 
     def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads) -> np.ndarray:
         with torch.no_grad():
@@ -51,6 +51,13 @@ class BoundedScoreCAM(ScoreCAM):
 
 CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "scorecam": BoundedScoreCAM,
                "eigencam": EigenCAM, "layercam": LayerCAM, "xgradcam": XGradCAM}
+# Expected seconds of one explain() per method, for the UI to show where the method is chosen: p50 of 3 calls
+# (after 1 warm-up) on a 12 MP JPEG (4000x3000) with the app's 1024 px overlay, the shipped model (Lite2,
+# 240 px), torch's default 2 threads, on the 2-core development machine (AMD EPYC, no GPU) while other
+# work loaded it (load 3-4): `python benchmarks/cam_faithfulness.py --per-class 0 --time-photo PHOTO`
+# (docs/benchmarks.md §5). A quiet machine is faster (Grad-CAM 0.13 s there, §3); check=True adds ~0.15 s.
+CAM_SECONDS = {"gradcam": 0.6, "gradcam++": 0.45, "hirescam": 0.4, "scorecam": 3.0, "eigencam": 0.4,
+               "layercam": 0.4, "xgradcam": 0.45}
 DEFAULT_CAM = "gradcam"  # for a model without a measured ranking (best_cam_method)
 
 CROP_NOTE = ("The model sees only the square marked on the photo; the parts outside it were not used, "

@@ -91,14 +91,18 @@ def top_region(cam: torch.Tensor, area: float) -> torch.Tensor:
     return mask.view_as(cam)
 
 
+def random_maps(shape: tuple[int, int], count: int, generator: torch.Generator, grid: int = 8) -> torch.Tensor:
+    """`count` smooth random heatmaps (count, H, W) in [0, 1]: uniform noise on a `grid` x `grid` lattice,
+    upsampled bilinearly, so their peaks are blobs at a CAM's own scale (the Lite backbones' last stage is
+    1/32 of the input: 8x8 at 240 px), not scattered pixels. Also the random baseline of the benchmark."""
+    noise = torch.rand(count, 1, grid, grid, generator=generator)
+    return torch.nn.functional.interpolate(noise, size=shape, mode="bilinear", align_corners=False)[:, 0]
+
+
 def random_regions(shape: tuple[int, int], area: float, count: int, generator: torch.Generator,
                    grid: int = 8) -> torch.Tensor:
-    """`count` boolean (H, W) masks of `area` each: the top of smooth random maps (uniform noise on a
-    `grid` x `grid` lattice, upsampled bilinearly), so the regions are blobs at a CAM's own scale
-    (the Lite backbones' last stage is 1/32 of the input: 8x8 at 240 px), not scattered pixels."""
-    noise = torch.rand(count, 1, grid, grid, generator=generator)
-    smooth = torch.nn.functional.interpolate(noise, size=shape, mode="bilinear", align_corners=False)[:, 0]
-    return torch.stack([top_region(m, area) for m in smooth])
+    """`count` boolean (H, W) masks of `area` each: the tops of `random_maps`."""
+    return torch.stack([top_region(m, area) for m in random_maps(shape, count, generator, grid)])
 
 
 def check_faithfulness(clf: Classifier, x: torch.Tensor, cam: np.ndarray, class_index: int, area: float = AREA,
