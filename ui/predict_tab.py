@@ -26,7 +26,8 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 CAM_NAMES = ["gradcam", "gradcam++", "hirescam", "scorecam", "eigencam", "layercam", "xgradcam"]
 # expected seconds per method on a 2-core CPU, copied from flowerdemo.infer.explain.CAM_SECONDS for the same
 # reason (tests/test_app.py checks that they agree)
-CAM_SECONDS: dict[str, float] = {}
+CAM_SECONDS: dict[str, float] = {"gradcam": 0.6, "gradcam++": 0.45, "hirescam": 0.4, "scorecam": 3.0, "eigencam": 0.4,
+                                 "layercam": 0.4, "xgradcam": 0.45}
 MAX_SIDE = 1024  # the overlay is drawn at most this large: big photos stay fast
 # the keys of flowerdemo.models.unknown.STRICTNESS plus "off" (tests/test_app.py checks that they agree)
 STRICTNESS_CHOICES = [("Strict (accepts 90% of real photos of its classes)", "strict"),
@@ -173,7 +174,8 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
                     method = gr.Dropdown(cam_choices(), value="gradcam", label="CAM method (expected time)", scale=2)
                     target = gr.Dropdown([PREDICTED], value=PREDICTED, label="Explain class", scale=2)
                 alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Heatmap opacity")
-                model = gr.Dropdown([], label="Active model", info="Checkpoints on this server, newest first")
+                model = gr.Dropdown([], label="Active model",
+                                    info="The server's default model first, then yours (and shared ones)")
                 button = gr.Button("Classify", variant="primary")
                 files, labels = example_files()
                 if files:
