@@ -394,9 +394,11 @@ def test_the_train_summary_shows_the_interval_the_warning_and_the_calibration():
 
     report = {"accuracy": 1.0, "correct": 9, "total": 9, "accuracy_interval": [0.7008, 1.0], "macro_f1": 1.0,
               "warning": "The validation split has only 3 photos of a: the accuracy is rough.",
-              "calibration": {"temperature": 0.667, "before": {"ece": 0.0802}, "after": {"ece": 0.0165}},
+              "calibration": {"temperature": 0.667, "before": {"ece": 0.0802, "nll": 0.21, "brier": 0.061},
+                              "after": {"ece": 0.0165, "nll": 0.12, "brier": 0.052}},
               "per_class": {}, "confusion_matrix": []}
     out = TrainView(3).finished(Finished(Path("run-x"), 1.0, 2, 3, 12.0, False, report, ()))
     assert "100.0% (9/9; 95% interval 70–100%)" in out["summary"]
     assert "Rough figure." in out["summary"] and "only 3 photos of a" in out["summary"]
     assert "temperature 0.667" in out["summary"] and "0.080 → 0.017" in out["summary"]
+    assert "NLL) 0.210 → 0.120" in out["summary"] and "Brier score 0.061 → 0.052" in out["summary"]

@@ -127,9 +127,11 @@ class TrainView:
             summary += f"\n\n**Rough figure.** {ev.report['warning']}"
         cal = ev.report.get("calibration")
         if cal and cal["before"].get("ece") is not None:
+            b, a = cal["before"], cal["after"]
             summary += (f"\n\nConfidence calibrated (temperature {cal['temperature']:.3g}): expected calibration "
-                        f"error on the validation split {cal['before']['ece']:.3f} → {cal['after']['ece']:.3f} "
-                        "(how far the shown probabilities are from how often the model is right; lower is better).")
+                        f"error on the validation split {b['ece']:.3f} → {a['ece']:.3f} "
+                        "(how far the shown probabilities are from how often the model is right; lower is better); "
+                        f"log loss (NLL) {b['nll']:.3f} → {a['nll']:.3f}, Brier score {b['brier']:.3f} → {a['brier']:.3f}.")
         summary += "\n\n" + unknown_line(ev.report.get("unknown"), ev.stopped)
         status = (f"**{'Stopped' if ev.stopped else 'Done'}** · best val accuracy {ev.best_val_acc:.1%} · "
                   f"{took}" + (f"  \nDevice: **{self.start.device}**" if self.start else ""))
