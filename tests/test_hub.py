@@ -142,11 +142,15 @@ def trusted_meta() -> dict:
     meta["unknown"] = {"method": "knn-cosine", "encoder": "efficientnet_lite0", "input_size": 224, "k": 10,
                        "thresholds": {"strict": 0.4156, "normal": 0.4554, "lenient": 0.5611},
                        "shares": {"strict": 0.9, "normal": 0.95, "lenient": 0.99}, "bank_photos": 1986,
-                       "thresholds_from": "validation split (496 photos)"}
+                       "thresholds_from": "validation split (496 photos)", "confidence": 0.9,
+                       "val_accepted": {"strict": 0.9153, "normal": 0.9637, "lenient": 0.998}}
     meta["cam_ranking"] = ["gradcam++", "layercam", "gradcam"]
     meta["trust"] = {"auroc": 0.9531, "normal": {"threshold": 0.4554, "flowers_accepted_cross_fitted": 0.948,
                                                  "flowers_accepted_validation": 0.95,
-                                                 "non-flower photos_accepted": 0.031}}
+                                                 "non-flower photos_accepted": 0.031},
+                     "sets": {"validation flowers": 496, "non-flower photos": 27},
+                     "calibration_cross_fitted": {"ece_calibrated_mean": 0.0264, "ece_calibrated_max": 0.0455,
+                                                  "ece_uncalibrated_mean": 0.0816, "halves": 10}}
     return meta
 
 
@@ -159,10 +163,13 @@ def test_model_card_states_interval_calibration_detector_and_heatmaps():
     assert "| raw (T = 1) | 0.0802 | 0.2054 | 0.0754 |" in cal and "| calibrated (T = 0.667) | 0.0165 | 0.1581 | 0.0678 |" in cal
     assert "![Reliability diagram](reliability.png)" in cal
     unknown = card[card.index("## Photos of none of these classes"):card.index("## Heatmaps")]
-    assert "| strict | 0.4156 | 90% |" in unknown and "| normal (default) | 0.4554 | 95% |" in unknown
-    assert "| lenient | 0.5611 | 99% |" in unknown and "1,986" in unknown and "efficientnet_lite0" in unknown
-    assert "AUROC 0.953" in unknown and "| normal | 94.8% | 3.1% |" in unknown
-    assert "non-flower photos accepted" in unknown and "flowers_accepted_validation" not in unknown
+    assert "| strict | 0.4156 | ≥ 90% | 91.5% |" in unknown and "| normal (default) | 0.4554 | ≥ 95% | 96.4% |" in unknown
+    assert "| lenient | 0.5611 | ≥ 99% | 99.8% |" in unknown and "1,986" in unknown and "efficientnet_lite0" in unknown
+    assert "90%-confidence bound" in unknown
+    assert "AUROC 0.9531" in unknown and "| normal | 94.8% | 3.1% |" in unknown
+    assert "non-flower photos accepted (of 27)" in unknown and "flowers_accepted_validation" not in unknown
+    assert "| sets |" not in unknown and "| calibration_cross_fitted |" not in unknown
+    assert "ECE 0.0816 raw → 0.0264 calibrated (worst half 0.0455)" in unknown
     assert "`gradcam++`, `layercam`, `gradcam`" in card[card.index("## Heatmaps"):]
     limits = card[card.index("## Limits"):]
     assert "forced into" not in card and "none of these" in limits and "other flowers" in limits

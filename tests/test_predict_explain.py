@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import io
+import math
 import random
 
 import numpy as np

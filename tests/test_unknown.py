@@ -73,6 +73,7 @@ def test_thresholds_are_tolerance_bounds_on_the_validation_scores():
     for name, share in STRICTNESS.items():  # a little above the share, never below it
         accepted = float((scores <= det.thresholds[name]).float().mean())
         assert share <= accepted <= share + 0.035, (name, accepted)
+        assert det.info["val_accepted"][name] == pytest.approx(accepted, abs=1e-4)  # what the model card shows
         assert float(det.thresholds[name]) in scores.tolist()  # an order statistic of the scores
     far = -torch.randn(50, 16, generator=g) - 4.0  # the opposite direction: cosine distance near 2
     assert not det.decide(far, "lenient")[0].known

@@ -172,8 +172,12 @@ def _unknown_section(unknown: dict[str, Any] | None, trust: Any) -> list[str]:
         return []
     thresholds = unknown.get("thresholds") or {}
     shares = unknown.get("shares") or {}
+    accepted = unknown.get("val_accepted") or {}
+    confidence = unknown.get("confidence")
     source = unknown.get("thresholds_from") or "the validation split"
     photos = unknown.get("bank_photos")
+    bound = (f"a {confidence:.0%}-confidence bound: at least that share of new photos of the classes should fall "
+             "below it" if isinstance(confidence, (int, float)) else "the chosen share of those photos")
     out = ["## Photos of none of these classes", "",
            ("Every photo is also checked against what the model was trained on, so that a photo of none of its "
             "classes (a portrait, a building, a texture) is answered \"none of these\" instead of being put "
@@ -181,33 +185,47 @@ def _unknown_section(unknown: dict[str, Any] | None, trust: Any) -> list[str]:
             f"(`{unknown.get('encoder', '?')}` with its ImageNet weights, {unknown.get('input_size', '?')} px) and "
             f"scored by its cosine distance to its {unknown.get('k', '?')} nearest training photos"
             + (f" ({photos:,} stored)" if isinstance(photos, int) else "") + "; a photo farther than the "
-            f"threshold is declined. The thresholds come from the {source}, photos the detector never saw: each "
-            "strictness accepts a chosen share of those real photos of the classes and declines the rest."), "",
-           "| strictness | highest accepted distance | validation photos accepted |", "|---|---:|---:|"]
+            f"threshold is declined. The thresholds come from the {source}, photos the detector never saw "
+            f"({bound})."), "",
+           "| strictness | highest accepted distance | new photos of the classes it aims to accept | "
+           "validation photos accepted |", "|---|---:|---:|---:|"]
     out += [f"| {name}{' (default)' if name == 'normal' else ''} | {_num(t)} | "
-            + (f"{shares[name]:.0%}" if isinstance(shares.get(name), (int, float)) else "n/a") + " |"
+            + (f"≥ {shares[name]:.0%}" if isinstance(shares.get(name), (int, float)) else "n/a") + " | "
+            + (f"{accepted[name]:.1%}" if isinstance(accepted.get(name), (int, float)) else "n/a") + " |"
             for name, t in thresholds.items()]
-    return out + [""] + _trust_lines(trust)
+    return out + [""] + _trust_lines(trust, list(thresholds))
 
 
-def _trust_lines(trust: Any) -> list[str]:
-    """The figures of benchmarks/trust.py when stored: AUROC and, per strictness, the share of each photo set accepted."""
+def _trust_lines(trust: Any, levels: list[str]) -> list[str]:
+    """The figures of benchmarks/trust.py when stored: AUROC, the photo sets, and per strictness the share of
+    each set accepted; the cross-fitted calibration when stored."""
     if not isinstance(trust, dict):
         return []
-    rows = {name: r for name, r in trust.items() if isinstance(r, dict)}
+    rows = {name: trust[name] for name in levels if isinstance(trust.get(name), dict)}
     sets = list(dict.fromkeys(k for r in rows.values() for k in r
-                              if k.endswith("_accepted") or k == "flowers_accepted_cross_fitted"))
+                              if k.endswith("_accepted") and k != "flowers_accepted_validation"
+                              or k == "flowers_accepted_cross_fitted"))
+    sizes = trust.get("sets") if isinstance(trust.get("sets"), dict) else {}
     out = ["Measured by `benchmarks/trust.py` on photos the model was not trained on"
-           + (f": AUROC {_num(trust['auroc'], 3)} (1 = every outside photo scores farther than every photo of the "
+           + (f" ({trust['source'].split(': ', 1)[-1]})" if isinstance(trust.get("source"), str) else "")
+           + (f": AUROC {_num(trust['auroc'], 4)} (1 = every outside photo scores farther than every photo of the "
               "classes)" if isinstance(trust.get("auroc"), (int, float)) else "") + "."]
     if rows and sets:
         def label(key: str) -> str:
-            return "photos of the classes accepted (threshold from the other half)" if key.endswith("cross_fitted") \
-                else key.removesuffix("_accepted").replace("_", " ") + " accepted"
+            if key.endswith("cross_fitted"):
+                return "photos of the classes accepted (threshold from the other half)"
+            name = key.removesuffix("_accepted")
+            return f"{name.replace('_', ' ')} accepted" + (f" (of {sizes[name]})" if isinstance(sizes.get(name), int) else "")
 
         out += ["", "| strictness | " + " | ".join(label(k) for k in sets) + " |", "|---|" + "---:|" * len(sets)]
         out += [f"| {name} | " + " | ".join(f"{r[k]:.1%}" if isinstance(r.get(k), (int, float)) else "n/a"
                                            for k in sets) + " |" for name, r in rows.items()]
+    cal = trust.get("calibration_cross_fitted")
+    if isinstance(cal, dict) and isinstance(cal.get("ece_calibrated_mean"), (int, float)):
+        out += ["", (f"Calibration on photos T was not fitted on (T fitted on one half of the validation split, "
+                     f"ECE on the other, {cal.get('halves', '?')} halves): ECE {_num(cal.get('ece_uncalibrated_mean'))} "
+                     f"raw → {_num(cal['ece_calibrated_mean'])} calibrated (worst half "
+                     f"{_num(cal.get('ece_calibrated_max'))}).")]
     return out + [""]
 
 
@@ -218,7 +236,9 @@ def _heatmaps_section(ranking: Any) -> list[str]:
             ("A heatmap (class activation map) shows where the model looked: in the app, and with "
              "`flowerdemo predict --cam METHOD`. The methods, ranked for this model by how far its answer falls "
              "when the region a heatmap highlights is removed (ROAD, `benchmarks/cam_faithfulness.py`), best first: "
-            + ", ".join(f"`{_cell(name)}`" for name in ranking) + ". The app starts with the first."), ""]
+            + ", ".join(f"`{_cell(name)}`" for name in ranking) + ". The app starts with the first. A method is ranked "
+             "before Grad-CAM only when its lead is clear (more than 2 standard errors over the photos); the "
+             "gradient methods are within noise of each other."), ""]
 
 
 def _usage_section(repo: str) -> list[str]:

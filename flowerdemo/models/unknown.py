@@ -158,7 +158,9 @@ def fit_detector(train_features: torch.Tensor, train_labels: torch.Tensor, val_f
         reference = torch.cat([val_scores, loo])
         note += f" + leave-one-out scores of {len(loo)} training photos (the validation split is small)"
     thresholds = {name: tolerance_threshold(reference, share) for name, share in STRICTNESS.items()}
+    accepted = {name: round(float((val_scores <= t).float().mean()), 4) for name, t in thresholds.items()}
     info = {"bank_photos": len(stored.bank), "train_photos": len(train_features), "thresholds_from": note,
+            "val_accepted": accepted,
             "val_scores": {"median": round(float(val_scores.median()), 4), "max": round(float(val_scores.max()), 4)}}
     return UnknownDetector(stored.bank, thresholds, k, info)
 
