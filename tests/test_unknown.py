@@ -200,3 +200,10 @@ def test_fast_mode_lite0_shortcut_gives_the_reference_features(tmp_path):
                                    prep.with_size(192), torch.device("cpu")))
     other.train_feats, other.val_feats = trainer.train_feats, trainer.val_feats
     assert fit._cached_reference(other) is None  # another input size: the generic pass
+
+
+def test_saving_without_a_detector_drops_stale_detector_metadata(trained_run, tmp_path):
+    clf = load_checkpoint(trained_run.run_dir)
+    assert "unknown" in clf.meta
+    again = load_checkpoint(save_checkpoint(tmp_path / "plain", clf.model, clf.meta))  # meta copied, no detector
+    assert again.detector is None and "unknown" not in again.meta

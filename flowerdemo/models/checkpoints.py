@@ -95,6 +95,8 @@ def save_checkpoint(run_dir: str | Path, model: FlowerNet, meta: dict[str, Any],
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta, "weights_dtype": "float16" if half else "float32"}
     if detector is not None:
         meta[UNKNOWN_KEY] = detector.to_meta()
+    else:  # the detector's metadata never outlives its tensors (e.g. a copy of an older checkpoint's meta)
+        meta.pop(UNKNOWN_KEY, None)
     text = json.dumps(meta, indent=2, default=str)
     tensors = {}
     for key, value in model.state_dict().items():
