@@ -28,7 +28,11 @@ CAM_NAMES = ["gradcam", "gradcam++", "hirescam", "scorecam", "eigencam", "layerc
 # reason (tests/test_app.py checks that they agree)
 CAM_SECONDS: dict[str, float] = {"gradcam": 0.6, "gradcam++": 0.45, "hirescam": 0.4, "scorecam": 3.0, "eigencam": 0.4,
                                  "layercam": 0.4, "xgradcam": 0.45}
-MAX_SIDE = 1024  # the overlay is drawn at most this large: big photos stay fast
+# the overlay and heatmap are drawn at most this large, the display size (the images show 280 px high, 800 px
+# leaves room for a zoom), and sent as JPEG: ~3 ms to encode at this size, where Gradio's default WebP took
+# ~140 ms for the two at 1000x750 (docs/benchmarks.md)
+MAX_SIDE = 800
+PREDICT_CONCURRENCY = 16  # /predict requests in flight: answers are batched (infer/batching.py), CAMs use replicas
 # the keys of flowerdemo.models.unknown.STRICTNESS plus "off" (tests/test_app.py checks that they agree)
 STRICTNESS_CHOICES = [("Strict (accepts 90% of real photos of its classes)", "strict"),
                       ("Normal (95%)", "normal"), ("Lenient (99%)", "lenient"), ("Off (always answer a class)", "off")]
@@ -186,9 +190,9 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
                 label = gr.Label(num_top_classes=5, label="Class probabilities", elem_id="predict-label")
                 with gr.Row():
                     overlay = gr.Image(label="Grad-CAM overlay", type="pil", interactive=False, height=280,
-                                       elem_id="predict-overlay")
+                                       format="jpeg", elem_id="predict-overlay")
                     heatmap = gr.Image(label="Heatmap", type="pil", interactive=False, height=280,
-                                       elem_id="predict-heatmap")
+                                       format="jpeg", elem_id="predict-heatmap")
                 timing = gr.Markdown(elem_id="predict-timing")
                 with gr.Accordion("Details (JSON)", open=False):
                     details = gr.JSON(label="Answer", elem_id="predict-details")
@@ -197,7 +201,7 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
                 active: str | None = None, strictness: str = "normal"):
         """Streams twice: the answer (probabilities + unknown-photo verdict), then the heatmap."""
         from flowerdemo.data.images import ACCEPTED, ImageError
-        from flowerdemo.infer.explain import explain, heatmap_image
+        from flowerdemo.infer.explain import explain, heatmap_image, prepare_for_explain
         from flowerdemo.infer.predict import classify
 
         if image is None:
@@ -215,8 +219,9 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
                            f"{', '.join(v for _, v in STRICTNESS_CHOICES)}.", title="Bad option")
         device = str(next(clf.model.parameters()).device)
         t0 = time.perf_counter()
-        try:
-            pred = classify(clf, source, strictness=strictness)
+        try:  # decoded once, at the overlay's size: the answer and the heatmap both start from it
+            prepared = prepare_for_explain(clf, source, MAX_SIDE)
+            pred = classify(clf, strictness=strictness, prepared=prepared)
         except ImageError as exc:
             raise ui_error(exc, "Prediction", title="Not a usable image",
                            message=f"{name}: {exc.problem}. Accepted: {ACCEPTED}.") from None
@@ -231,8 +236,8 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
         yield (probs, None, None, f"{answered * 1000:.0f} ms for the answer on {device} · heatmap ({method}) follows…",
                head, info)
         try:
-            ex = explain(clf, source, method=method, target=target if target in clf.classes else None,
-                         alpha=float(alpha), max_side=MAX_SIDE, check=True)
+            ex = explain(clf, method=method, target=target if target in clf.classes else None,
+                         alpha=float(alpha), check=True, prepared=prepared)
         except ImageError as exc:
             raise ui_error(exc, "Explanation", title="Not a usable image",
                            message=f"{name}: {exc.problem}. Accepted: {ACCEPTED}.") from None
@@ -247,7 +252,7 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
     gr.on([button.click, image.change, method.change, target.change, alpha.release, active.change, strictness.change],
           predict, [image, method, target, alpha, active, strictness],
           [label, overlay, heatmap, timing, verdict, details], api_name="predict",
-          preprocess=False, trigger_mode="always_last")
+          preprocess=False, trigger_mode="always_last", concurrency_limit=PREDICT_CONCURRENCY)
 
     def refresh(active: str | None = None, request: gr.Request = None):
         """Model list (what this visitor may use), the visitor's model (else the operator's default), its
@@ -284,7 +289,8 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
 
 def cam_choices() -> list[tuple[str, str]]:
     """The CAM methods with their expected time on a 2-core CPU (measured: flowerdemo.infer.explain.CAM_SECONDS)."""
-    return [(f"{name} (~{_seconds(CAM_SECONDS.get(name))})", name) for name in CAM_NAMES]
+    bounded = {"scorecam": ", bounded: scores the 32 most active channels"}  # infer/explain.py BoundedScoreCAM
+    return [(f"{name} (~{_seconds(CAM_SECONDS.get(name))}{bounded.get(name, '')})", name) for name in CAM_NAMES]
 
 
 def _seconds(s: float | None) -> str:
