@@ -8,11 +8,16 @@ units bf16 is emulated and slower than fp32, so plain fp32 is kept there.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import nullcontext
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from functools import partial
 
 import torch
+
+# torch's default intra-op thread count (one per core, or OMP_NUM_THREADS), read once at import: the cores
+# the forwards of this process share (ComputeShare below)
+DEFAULT_THREADS = torch.get_num_threads()
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -68,3 +73,88 @@ def configure_process() -> None:
     fixed input sizes of training and serving."""
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
+
+
+@contextmanager
+def intra_op_threads(n: int) -> Iterator[None]:
+    """Run the block with `n` intra-op threads in the calling thread, then restore its count.
+
+    torch.set_num_threads is per thread with the OpenMP backend (each thread's OpenMP setting, read by the
+    forwards it starts), but it also sets the count that threads starting their first torch op later pick
+    up; restoring on exit puts that back too. Changing it costs microseconds."""
+    before = torch.get_num_threads()
+    if n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class ComputeShare:
+    """The forwards (and backwards) running at once in this process share its cores: each one entering
+    gets `cores // running` intra-op threads (at least 1). Why: OpenMP threads of several forwards on the
+    same cores wait for each other's descheduled threads at every barrier; on the 2-core machine a
+    single-image forward took 92 ms with 2 threads while another process used a core, 40 ms with 1
+    (docs/benchmarks.md). One forward alone keeps every core."""
+
+    def __init__(self, cores: int) -> None:
+        self.cores = max(1, cores)
+        self.reserved = 0  # cores lent to something that runs beside the forwards (a training)
+        self.running = 0
+        self._lock = threading.Lock()
+
+    def threads(self) -> int:
+        with self._lock:
+            return max(1, (self.cores - self.reserved) // max(1, self.running))
+
+    @contextmanager
+    def share(self) -> Iterator[int]:
+        """Count this block as a running forward; yields its thread count."""
+        with self._lock:
+            self.running += 1
+            n = max(1, (self.cores - self.reserved) // self.running)
+        try:
+            with intra_op_threads(n):
+                yield n
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    @contextmanager
+    def reserve(self, cores: int = 1) -> Iterator[None]:
+        """Keep `cores` out of what forwards get while the block runs (e.g. a training with that many threads)."""
+        with self._lock:
+            self.reserved += cores
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.reserved -= cores
+
+
+COMPUTE = ComputeShare(DEFAULT_THREADS)
+
+
+def bounded_threads(events: Iterator, threads: int = 1) -> Iterator:
+    """Relay a generator (a training's events), running each of its steps with `threads` intra-op threads in
+    whatever thread asks for the next item, and keeping those cores out of the predictions' share meanwhile.
+
+    A training in the app runs in the server's process, iterated from its worker threads; with every core
+    it leaves predictions none (they took twice their idle time and more). One thread per step for the
+    training leaves the other cores to the visitors. Closing this generator closes `events`."""
+    with COMPUTE.reserve(min(threads, COMPUTE.cores - 1)):
+        try:
+            while True:
+                with intra_op_threads(threads):
+                    try:
+                        event = next(events)
+                    except StopIteration:
+                        return
+                yield event
+        finally:
+            close = getattr(events, "close", None)
+            if close is not None:
+                close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -13,8 +13,10 @@ from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, Layer
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from flowerdemo.device import COMPUTE
+from flowerdemo.infer.batching import ANSWERS
 from flowerdemo.infer.faithfulness import Faithfulness, check_faithfulness
-from flowerdemo.infer.preprocess import prepare_image
+from flowerdemo.infer.preprocess import PreparedImage, prepare_image
 from flowerdemo.infer.replicas import replica
 from flowerdemo.models.checkpoints import Classifier
 
@@ -78,6 +80,7 @@ class Explanation:
     method: str
     faithfulness: Faithfulness | None = None  # explain(check=True): does removing the highlighted part matter?
     crop_note: str | None = None  # set when the model's square (outlined on the overlay) leaves part of the photo out
+    cam: np.ndarray | None = None  # float32 (S, S): the CAM on the model's input, what `check_explanation` needs
 
 
 def resolve_target(clf: Classifier, target: str | int | None, predicted: int) -> int:
@@ -92,22 +95,33 @@ def resolve_target(clf: Classifier, target: str | int | None, predicted: int) ->
     return int(target)
 
 
-def explain(clf: Classifier, image, method: str = "gradcam", target: str | int | None = None,
-            alpha: float = 0.5, max_side: int | None = None, check: bool = False) -> Explanation:
+def prepare_for_explain(clf: Classifier, image, max_side: int | None = None) -> PreparedImage:
+    """The image as `explain` needs it (the overlay is drawn on the decoded image: at least twice the model
+    input, or half of `max_side`, decoded at the coarsest JPEG scale that gives that). `classify` accepts
+    it too (`prepared=`), so a caller that wants both decodes the photo once."""
+    size = clf.preprocessing.input_size
+    return prepare_image(image, clf.preprocessing, max_side=max_side, min_side=max(2 * size, (max_side or 0) // 2))
+
+
+def explain(clf: Classifier, image=None, method: str = "gradcam", target: str | int | None = None,
+            alpha: float = 0.5, max_side: int | None = None, check: bool = False,
+            prepared: PreparedImage | None = None) -> Explanation:
     """CAM for `target` (default: the predicted class). Safe to call from several threads at once, also
     while `predict` runs on the same classifier: the shared model is only read. `check` adds a
-    faithfulness check (infer/faithfulness.py: one more batched forward of a few images)."""
+    faithfulness check (infer/faithfulness.py: one more batched forward of a few images). `prepared`
+    (from `prepare_for_explain`) replaces `image` and `max_side`: the photo is not decoded again."""
     if method not in CAM_METHODS:
         raise ExplainError(f"unknown CAM method {method!r}; choose one of: {', '.join(CAM_METHODS)}")
     if not 0.0 <= alpha <= 1.0:
         raise ExplainError(f"alpha (heatmap opacity) must be in [0, 1], got {alpha}")
     chosen = None if target is None or target == "" else resolve_target(clf, target, -1)  # bad names fail first
-    # the overlay is drawn on the decoded image: at least twice the model input, or half of max_side
-    size = clf.preprocessing.input_size
-    prepared = prepare_image(image, clf.preprocessing, max_side=max_side, min_side=max(2 * size, (max_side or 0) // 2))
+    if prepared is None:
+        prepared = prepare_for_explain(clf, image, max_side)
     # the CAM's hooks and gradients live on a replica that shares the weights, never on the shared model
-    # (replicas.py says why): explanations and predictions of one classifier may run in many threads at once
-    with replica(clf.model) as model:
+    # (replicas.py says why): explanations and predictions of one classifier may run in many threads at once;
+    # the forward and backward get their share of the cores while others run (device.ComputeShare)
+    ANSWERS.yield_to_answers()  # answers of other requests first: a visitor waits for those
+    with replica(clf.model) as model, COMPUTE.share():
         x = prepared.tensor.to(next(model.parameters()).device, memory_format=torch.channels_last)
         with CAM_METHODS[method](model=model, target_layers=[model.target_layer]) as cam:
             # targets=None: the CAM's own forward picks the predicted class, so the image runs once
@@ -118,7 +132,6 @@ def explain(clf: Classifier, image, method: str = "gradcam", target: str | int |
     probs = clf.softmax(outputs)[0].cpu()  # calibrated with the checkpoint's temperature, as in predict
     index = int(probs.argmax()) if chosen is None else chosen
     grayscale = np.nan_to_num(grayscale.astype(np.float32))
-    faithfulness = check_faithfulness(clf, prepared.tensor, grayscale, index) if check else None
     heatmap = _place(grayscale, prepared.original.size, prepared.box)
     rgb = np.asarray(prepared.original, dtype=np.float32) / 255.0
     overlay = Image.fromarray(show_cam_on_image(rgb, heatmap, use_rgb=True, image_weight=1.0 - alpha))
@@ -126,8 +139,18 @@ def explain(clf: Classifier, image, method: str = "gradcam", target: str | int |
     if cropped:  # the heatmap stops at the crop: show where, so its edge is not read as the model's doing
         _outline(overlay, prepared.box)
     order = probs.argsort(descending=True).tolist()
-    return Explanation(heatmap, overlay, clf.classes[index], index, {clf.classes[i]: float(probs[i]) for i in order},
-                       method, faithfulness, CROP_NOTE if cropped else None)
+    ex = Explanation(heatmap, overlay, clf.classes[index], index, {clf.classes[i]: float(probs[i]) for i in order},
+                     method, None, CROP_NOTE if cropped else None, grayscale)
+    return check_explanation(clf, ex, prepared) if check else ex
+
+
+def check_explanation(clf: Classifier, ex: Explanation, prepared: PreparedImage) -> Explanation:
+    """`ex` with its faithfulness check (what explain(check=True) adds), for a caller that shows the heatmap
+    before the check is done. `prepared` is the image `ex` was computed from."""
+    if ex.cam is None:
+        raise ExplainError("this explanation has no CAM at the model's input to check")
+    ANSWERS.yield_to_answers()
+    return replace(ex, faithfulness=check_faithfulness(clf, prepared.tensor, ex.cam, ex.class_index))
 
 
 def best_cam_method(meta: Mapping[str, Any] | None) -> str:

@@ -2,7 +2,8 @@
 calibrated: softmax(logits / T) with the checkpoint's temperature (`Classifier.softmax`; T = 1 without one).
 
 The shared model is only read here (inference mode, no hook, no flag changed), so predictions may run
-from many threads at once, also while explanations of the same classifier run (they use replicas)."""
+from many threads at once, also while explanations of the same classifier run (they use replicas).
+Concurrent forwards of one model are stacked into one (infer/batching.py): a server's visitors share them."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from typing import Any
 
 import torch
 
-from flowerdemo.infer.preprocess import prepare_image
+from flowerdemo.device import COMPUTE
+from flowerdemo.infer.batching import ANSWERS, batcher_for
+from flowerdemo.infer.preprocess import PreparedImage, prepare_image
 from flowerdemo.models.checkpoints import Classifier
-from flowerdemo.models.unknown import DEFAULT_STRICTNESS, Familiarity, check_strictness, reference_features
+from flowerdemo.models.unknown import DEFAULT_STRICTNESS, Familiarity, check_strictness, reference_encoder, reference_input
 
 
 @dataclass(frozen=True)
@@ -38,35 +41,55 @@ class Prediction:
                 "label": None if self.rejected else self.top[0], **self.familiarity.to_dict()}
 
 
+def _forward(model: torch.nn.Module):
+    """model(x) under inference mode with this forward's share of the cores (device.ComputeShare)."""
+    @torch.inference_mode()
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with COMPUTE.share():
+            return model(x)
+    return run
+
+
 @torch.inference_mode()
 def probabilities(clf: Classifier, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
     """Calibrated softmax over classes for a prepared batch; `tta` averages the image's and its mirror's
-    calibrated probabilities (the temperature was fitted on single views, so each view is scaled by it)."""
+    calibrated probabilities (the temperature was fitted on single views, so each view is scaled by it).
+    Concurrent calls on one model run as one batched forward; a lone call runs its own batch as is."""
     device = next(clf.model.parameters()).device
     x = x.to(device, memory_format=torch.channels_last)  # the layout load_checkpoint gave the model
-    probs = clf.softmax(clf.model(x))
+    logits = batcher_for(clf.model, "logits")
+    forward = _forward(clf.model)
+    probs = clf.softmax(logits(forward, x))
     if tta:
-        probs = (probs + clf.softmax(clf.model(x.flip(-1)))) / 2
+        probs = (probs + clf.softmax(logits(forward, x.flip(-1)))) / 2
     return probs.cpu()
 
 
 def familiarity(clf: Classifier, x: torch.Tensor, strictness: str = DEFAULT_STRICTNESS) -> list[Familiarity]:
     """For each image of a prepared batch: is it like the photos the model was trained on? (one forward of
-    the small reference encoder; read-only, thread-safe)"""
+    the small reference encoder, batched with concurrent calls; read-only, thread-safe)"""
     check_strictness(strictness)
     if clf.detector is None:
         return [Familiarity(None, None, None, strictness, False) for _ in range(len(x))]
     device = next(clf.model.parameters()).device
-    feats = reference_features(x.to(device), clf.preprocessing.mean, clf.preprocessing.std).cpu()
+    encoder = reference_encoder(device)
+    with torch.inference_mode():  # models.unknown.reference_features, with the encoder's forward batched
+        r = reference_input(x.to(device), clf.preprocessing.mean, clf.preprocessing.std)
+        feats = batcher_for(encoder, "features")(_forward(encoder), r).float().cpu()
     return clf.detector.decide(feats, strictness)
 
 
-def classify(clf: Classifier, image, tta: bool = False, strictness: str = DEFAULT_STRICTNESS) -> Prediction:
-    """Probabilities of every class and the unknown-photo decision for one image."""
-    x = prepare_image(image, clf.preprocessing).tensor
-    probs = probabilities(clf, x, tta)[0]
+def classify(clf: Classifier, image=None, tta: bool = False, strictness: str = DEFAULT_STRICTNESS,
+             prepared: PreparedImage | None = None) -> Prediction:
+    """Probabilities of every class and the unknown-photo decision for one image. `prepared`: the image
+    already decoded and cropped (prepare_image), e.g. shared with `explain`, so it is decoded once."""
+    check_strictness(strictness)
+    x = (prepared if prepared is not None else prepare_image(image, clf.preprocessing)).tensor
+    with ANSWERS.answering():  # explanations running meanwhile let it pass (batching.Answers)
+        probs = probabilities(clf, x, tta)[0]
+        known = familiarity(clf, x, strictness)[0]
     order = probs.argsort(descending=True).tolist()
-    return Prediction({clf.classes[i]: float(probs[i]) for i in order}, familiarity(clf, x, strictness)[0])
+    return Prediction({clf.classes[i]: float(probs[i]) for i in order}, known)
 
 
 def predict(clf: Classifier, image, top_k: int | None = None, tta: bool = False) -> dict[str, float]:
