@@ -60,15 +60,24 @@ def create_demo(ctx: AppContext | None = None) -> gr.Blocks:
 
         demo.load(init, [active, visitor], [*predict.refresh_outputs, visitor, session], api_name="init")
         demo.load(on_load, None, load_outputs, api_name="backbones")
+        # does nothing: the floor of a round trip through the queue (benchmarks/serving.py); never waits for a slot
+        gr.api(ping, api_name="ping", concurrency_limit=None)
     demo.ctx = ctx  # for tests and embedding: the settings, models and training slot behind this demo
     return demo
+
+
+def ping() -> str:
+    """Nothing but the round trip: `pong`."""
+    return "pong"
 
 
 def launch_kwargs(settings: Settings) -> dict:
     """What `launch()` needs besides host and port: upload cap, example files, look."""
     examples = [str(predict_tab.EXAMPLES_DIR), *(str(path) for path, _ in predict_tab.package_photos())]
+    # worker threads: every /predict in flight holds one while it waits for its batch or a replica (Gradio's
+    # default of 40 would cap the requests in flight below predict_tab.PREDICT_CONCURRENCY)
     return {"max_file_size": settings.max_upload_mb * MB, "allowed_paths": examples,
-            "theme": THEME, "css": CSS}
+            "theme": THEME, "css": CSS, "max_threads": 2 * predict_tab.PREDICT_CONCURRENCY}
 
 
 def __getattr__(name: str) -> gr.Blocks:
@@ -102,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     ctx.housekeeping()
     clf = ctx.models.default_model()  # load before the first visitor arrives
     log.info("default model: %s", clf.path if clf else f"none under {settings.checkpoint_dir} (train or load one)")
+    # one at a time for what has no limit of its own (training claims its slot, uploads write files); /predict
+    # sets its own (ui/predict_tab.PREDICT_CONCURRENCY: batched answers, CAMs on replicas) and /ping has none
     demo.queue(default_concurrency_limit=1).launch(server_name=settings.host, server_port=settings.port,
                                                    **launch_kwargs(settings))
 

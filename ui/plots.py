@@ -101,4 +101,16 @@ CSS = """
 .fd-progress-label {font-size: var(--text-sm); color: var(--body-text-color-subdued); margin-top: 4px}
 .fd-note {border-left: 4px solid var(--color-accent); padding-left: 12px}
 .fd-rejected {opacity: 0.45; filter: grayscale(1)}
+/* Predict tab on a phone: the two columns become one, and the answer comes right after the photo (then the
+   heatmap, then the controls), so it is on screen after an upload without scrolling */
+@media (max-width: 640px) {
+  .row:has(> .column > #predict-verdict) {flex-direction: column; flex-wrap: nowrap; gap: var(--layout-gap)}
+  .row:has(> .column > #predict-verdict) > .column {display: contents}
+  .row:has(> .column > #predict-verdict) > .column > * {order: 10}
+  .row:has(> .column > #predict-verdict) > .column > #predict-image {order: 1}
+  .row:has(> .column > #predict-verdict) > .column > #predict-verdict {order: 2}
+  .row:has(> .column > #predict-verdict) > .column > #predict-label {order: 3}
+  .row:has(> .column > #predict-verdict) > .column > .row:has(#predict-overlay) {order: 4}
+  .row:has(> .column > #predict-verdict) > .column > #predict-timing {order: 5}
+}
 """

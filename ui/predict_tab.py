@@ -32,7 +32,9 @@ CAM_SECONDS: dict[str, float] = {"gradcam": 0.6, "gradcam++": 0.45, "hirescam": 
 # leaves room for a zoom), and sent as JPEG: ~3 ms to encode at this size, where Gradio's default WebP took
 # ~140 ms for the two at 1000x750 (docs/benchmarks.md)
 MAX_SIDE = 800
-PREDICT_CONCURRENCY = 16  # /predict requests in flight: answers are batched (infer/batching.py), CAMs use replicas
+# /predict requests in flight: enough that a burst of visitors all get their answer in the first batched forwards
+# (infer/batching.py) instead of queueing behind earlier visitors' heatmaps; CAMs wait for a replica (at most 4)
+PREDICT_CONCURRENCY = 64
 # the keys of flowerdemo.models.unknown.STRICTNESS plus "off" (tests/test_app.py checks that they agree)
 STRICTNESS_CHOICES = [("Strict (accepts 90% of real photos of its classes)", "strict"),
                       ("Normal (95%)", "normal"), ("Lenient (99%)", "lenient"), ("Off (always answer a class)", "off")]
@@ -199,9 +201,9 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
 
     def predict(image: Any, method: str = "gradcam", target: str = PREDICTED, alpha: float = 0.5,
                 active: str | None = None, strictness: str = "normal"):
-        """Streams twice: the answer (probabilities + unknown-photo verdict), then the heatmap."""
+        """Streams three times: the answer (probabilities + unknown-photo verdict), the heatmap, then its check."""
         from flowerdemo.data.images import ACCEPTED, ImageError
-        from flowerdemo.infer.explain import explain, heatmap_image, prepare_for_explain
+        from flowerdemo.infer.explain import check_explanation, explain, heatmap_image, prepare_for_explain
         from flowerdemo.infer.predict import classify
 
         if image is None:
@@ -237,17 +239,23 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
                head, info)
         try:
             ex = explain(clf, method=method, target=target if target in clf.classes else None,
-                         alpha=float(alpha), check=True, prepared=prepared)
+                         alpha=float(alpha), prepared=prepared)
         except ImageError as exc:
             raise ui_error(exc, "Explanation", title="Not a usable image",
                            message=f"{name}: {exc.problem}. Accepted: {ACCEPTED}.") from None
         except Exception as exc:
             raise ui_error(exc, "Explanation", title="Explanation failed") from None
         seconds = time.perf_counter() - t0
-        text = summary_text(ex, seconds, device, clf.name, answered)
-        # the plain value last: the label and style of the first update stay, and API clients get the
+        shown = heatmap_image(ex.heatmap)
+        # the plain value from here on: the label and style of the first update stay, and API clients get the
         # probabilities themselves rather than an update
-        yield pred.probabilities, ex.overlay, heatmap_image(ex.heatmap), text, head, info
+        yield (pred.probabilities, ex.overlay, shown, summary_text(ex, seconds, device, clf.name, answered)
+               + "\n\n*Checking the heatmap…*", head, info)
+        try:  # the faithfulness check (one more batched forward) comes after the heatmap, never before it
+            ex = check_explanation(clf, ex, prepared)
+        except Exception as exc:
+            raise ui_error(exc, "Checking the heatmap", title="Heatmap check failed") from None
+        yield pred.probabilities, ex.overlay, shown, summary_text(ex, seconds, device, clf.name, answered), head, info
 
     gr.on([button.click, image.change, method.change, target.change, alpha.release, active.change, strictness.change],
           predict, [image, method, target, alpha, active, strictness],

@@ -1,0 +1,178 @@
+"""Serving many visitors at once: concurrent forwards are batched (infer/batching.py) and give each caller
+what it would get alone; concurrent /predict requests through the app answer as serial ones; the heatmap
+images sent are compact JPEGs at most the display size; forwards share the cores (device.ComputeShare)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from flowerdemo.device import ComputeShare, intra_op_threads
+from flowerdemo.infer.batching import MicroBatcher
+from flowerdemo.models.checkpoints import load_checkpoint
+from tests.test_app import answer, new_client, photo, running_app, tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return tiny_model(tmp_path_factory.getbasetemp())
+
+
+def call_together(batcher: MicroBatcher, fn, inputs: list[torch.Tensor]) -> list:
+    """Each input from its own thread, all queued before the first batch runs (its leader waits for them)."""
+    results: list = [None] * len(inputs)
+    errors: list = [None] * len(inputs)
+    entered = threading.Semaphore(0)
+
+    def held(x: torch.Tensor):
+        if batcher.batches == 0:  # the first leader waits until every thread has called (and so queued)
+            for _ in inputs:
+                assert entered.acquire(timeout=10)
+            time.sleep(0.1)
+        return fn(x)
+
+    def go(i: int) -> None:
+        try:
+            entered.release()
+            results[i] = batcher(held, inputs[i])
+        except Exception as exc:
+            errors[i] = exc
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return [e if e is not None else r for r, e in zip(results, errors, strict=True)]
+
+
+def test_batched_forwards_give_each_caller_its_own_single_forward(tiny):
+    clf = load_checkpoint(tiny)
+    size = clf.preprocessing.input_size
+    gen = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(n, 3, size, size, generator=gen) for n in (1, 1, 3, 1, 2)]  # check batches have 5 rows
+    batcher = MicroBatcher()
+
+    @torch.inference_mode()
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return clf.model(x.contiguous(memory_format=torch.channels_last))
+
+    got = call_together(batcher, forward, inputs)
+    assert batcher.batches < len(inputs)  # some requests really were stacked into one forward
+    assert batcher.rows == sum(len(x) for x in inputs)
+    for x, y in zip(inputs, got, strict=True):
+        assert y.shape == (len(x), len(clf.classes))
+        assert torch.allclose(y, forward(x), rtol=0, atol=1e-5)  # batched kernels may round the last bits apart
+
+
+def test_tuples_are_split_and_an_error_reaches_every_caller_of_its_batch():
+    batcher = MicroBatcher()
+    got = call_together(batcher, lambda x: (x * 2, x.sum(1)), [torch.full((1, 2), float(i)) for i in range(4)])
+    assert [g[0].tolist() for g in got] == [[[2.0 * i] * 2] for i in range(4)]
+    assert [g[1].tolist() for g in got] == [[2.0 * i] for i in range(4)]
+
+    def boom(x):
+        raise RuntimeError("out of memory")
+
+    failing = MicroBatcher()
+    errors = call_together(failing, boom, [torch.zeros(1, 2) for _ in range(3)])
+    assert all(isinstance(e, RuntimeError) and "out of memory" in str(e) for e in errors)
+    assert batcher(lambda x: x + 1, torch.zeros(1, 1)).item() == 1.0  # a lone call after others: runs at once
+
+
+def test_batches_are_capped_at_max_rows():
+    batcher = MicroBatcher(max_rows=4)
+    sizes: list[int] = []
+
+    def record(x):
+        sizes.append(len(x))
+        return x
+
+    got = call_together(batcher, record, [torch.full((2, 1), float(i)) for i in range(5)])
+    assert max(sizes) <= 4 and sum(sizes) == 10
+    assert [g[:, 0].tolist() for g in got] == [[float(i)] * 2 for i in range(5)]
+
+
+def test_forwards_share_the_cores_and_thread_counts_are_restored():
+    before = torch.get_num_threads()
+    with intra_op_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+    share = ComputeShare(4)
+    with share.share() as alone:
+        with share.share() as second:
+            with share.reserve(1):
+                assert share.threads() == 1  # (4 - 1) // 2
+    assert (alone, second) == (4, 2) and share.running == 0 and share.reserved == 0
+
+
+def test_concurrent_visitors_get_the_serial_answers(tiny, tmp_path):
+    kinds = ["circle", "square", "triangle", "circle", "square", "triangle"]
+    photos = [photo(tmp_path / f"{i}-{k}.png", k, size=64 + 16 * i) for i, k in enumerate(kinds)]
+    with running_app(tmp_path / "app", tiny) as (_, url):
+        serial = [answer(new_client(url, tmp_path / "d-serial"), p) for p in photos]
+        clients = [new_client(url, tmp_path / f"d{i}") for i in range(len(photos))]
+        got: list = [None] * len(photos)
+        gate = threading.Barrier(len(photos))
+
+        def go(i: int) -> None:
+            gate.wait()
+            got[i] = answer(clients[i], photos[i])
+
+        threads = [threading.Thread(target=go, args=(i,)) for i in range(len(photos))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+    for alone, together in zip(serial, got, strict=True):
+        assert together is not None
+        want = {c["label"]: c["confidence"] for c in alone[0]["confidences"]}
+        have = {c["label"]: c["confidence"] for c in together[0]["confidences"]}
+        assert want.keys() == have.keys() and all(abs(want[k] - have[k]) < 1e-5 for k in want)
+        assert together[4] == alone[4]  # the verdict headline too
+
+
+def test_heatmaps_are_sent_as_jpeg_at_most_the_display_size(tiny, tmp_path):
+    from ui.predict_tab import MAX_SIDE
+
+    big = tmp_path / "big.png"
+    photo(tmp_path / "small.png", "square", size=120)
+    Image.open(tmp_path / "small.png").convert("RGB").resize((1600, 1200)).save(big)
+    with running_app(tmp_path / "app", tiny) as (_, url):
+        _, overlay, heatmap, *_ = answer(new_client(url, tmp_path / "d"), big)
+    for path in (overlay, heatmap):
+        with Image.open(path) as img:
+            assert img.format == "JPEG"
+            assert img.size == (MAX_SIDE, MAX_SIDE * 3 // 4)  # the photo's shape, at the display size
+        assert Path(path).stat().st_size < 200_000
+
+
+def test_a_training_relayed_with_bounded_threads_uses_one_thread_per_step_and_leaves_the_rest():
+    from flowerdemo.device import COMPUTE, bounded_threads
+
+    before = torch.get_num_threads()
+    seen: list[tuple[int, int]] = []
+
+    def steps():
+        for _ in range(3):
+            seen.append((torch.get_num_threads(), COMPUTE.reserved))
+            yield len(seen)
+
+    relayed = bounded_threads(steps(), threads=1)
+    assert next(relayed) == 1
+    assert torch.get_num_threads() == before  # between steps the asking thread has its own count back
+    assert list(relayed) == [2, 3]
+    assert all(n == 1 for n, _ in seen)
+    assert all(r == min(1, COMPUTE.cores - 1) for _, r in seen)
+    assert COMPUTE.reserved == 0
+
+    closed = bounded_threads(steps(), threads=1)
+    next(closed)
+    closed.close()  # a stopped training gives its cores back
+    assert COMPUTE.reserved == 0
