@@ -64,8 +64,40 @@ def test_size_and_model_card_agree_with_the_metadata():
     assert weights.stat().st_size <= 15_000_000
     meta = read_meta(weights)
     card = (SHIPPED / "README.md").read_text()
-    assert f"{meta['metrics']['best_val_acc']:.2%}" in card
+    from flowerdemo.figures import checkpoint_accuracy
+
+    assert f"**{checkpoint_accuracy(meta['metrics'])}**" in card  # count and interval, from the stored figures
     assert meta["command"] in card
-    for section in ("## Provenance", "## Classes", "## Metrics", "## Limits"):
+    for section in ("## Provenance", "## Classes", "## Metrics", "## Calibration", "## Photos of none of these classes",
+                    "## Heatmaps", "## Limits"):
         assert section in card
+    assert (SHIPPED / "reliability.png").is_file() and "![Reliability diagram](reliability.png)" in card
+    assert f"T = {meta['calibration']['temperature']:.4f}" in card
     assert json.loads((SHIPPED / "meta.json").read_text())["classes"] == list(FLOWERS)
+
+
+@pytest.mark.skipif(not (SHIPPED / "model.safetensors").is_file(), reason="no shipped model in this checkout")
+def test_the_shipped_model_says_none_of_these_for_non_flowers_and_knows_its_drawings_apart():
+    """The shipped detector on photos that installed packages ship (a portrait, a pagoda) and on synthetic
+    textures: rejected at 'normal'; a drawn daisy (examples/) is accepted and called a daisy."""
+    import importlib.util
+
+    import numpy as np
+    from PIL import Image
+
+    from flowerdemo.infer.predict import classify
+    from flowerdemo.models.checkpoints import load_checkpoint
+
+    clf = load_checkpoint(SHIPPED)
+    assert clf.detector is not None and clf.temperature != 1.0
+    outside = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8)).resize(
+        (320, 240), Image.Resampling.BICUBIC) for i in range(3)]
+    for module, rel in (("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"), ("sklearn", "datasets/images/china.jpg")):
+        spec = importlib.util.find_spec(module)
+        if spec and spec.origin:
+            outside.append(Path(spec.origin).parent / rel)
+    for image in outside:
+        pred = classify(clf, image)
+        assert pred.rejected, (image, pred.familiarity)
+    daisy = classify(clf, Path(__file__).resolve().parent.parent / "examples" / "daisy.jpg")
+    assert not daisy.rejected and daisy.top[0] == "daisy"
