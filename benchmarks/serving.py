@@ -1,6 +1,7 @@
 """Serving under load, through the running app: `python app.py` in a subprocess, driven with gradio_client.
 
-In one run, against `/ping` (does nothing: the floor of a round trip through Gradio's queue):
+In one run, against `/ping` (does nothing: the floor of a round trip through Gradio's queue; also timed with
+plain HTTP, since gradio_client itself adds ~100 ms: it reads its message queue every 50 ms):
 
   round trips   a small photo (a dataset JPEG) and a 12 MP photo (it upscaled to 4000x3000, JPEG q90),
                 one after another: time to the label (the first streamed output of /predict) and to the
@@ -170,6 +171,21 @@ def ping_once(client) -> dict[str, Any]:
         return {"label_s": None, "heatmap_s": None, "error": f"{type(exc).__name__}: {exc}"}
 
 
+def raw_ping_once(http, url: str) -> dict[str, Any]:
+    """/ping through Gradio's plain HTTP API (POST, then its event stream): the server's own floor, without
+    gradio_client, which reads its message queue every 50 ms (~100 ms of every round trip measured here)."""
+    t0 = time.perf_counter()
+    try:
+        event = http.post(f"{url}gradio_api/call/ping", json={"data": []}).json()["event_id"]
+        with http.stream("GET", f"{url}gradio_api/call/ping/{event}") as r:
+            for line in r.iter_lines():
+                if line.startswith("event: complete"):
+                    return {"label_s": time.perf_counter() - t0, "heatmap_s": None, "error": None}
+        return {"label_s": None, "heatmap_s": None, "error": "the event stream ended without 'complete'"}
+    except Exception as exc:
+        return {"label_s": None, "heatmap_s": None, "error": f"{type(exc).__name__}: {exc}"}
+
+
 def concurrent(clients: list, photo: Path) -> list[dict[str, Any]]:
     """Every client sends `photo` at the same moment (each in its own thread)."""
     results: list[dict[str, Any]] = [{}] * len(clients)
@@ -255,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
             phases: dict[str, Any] = {}
             sampler.phase = "serial"
             phases["ping"] = stats([ping_once(client) for _ in range(args.requests)])
+            import httpx
+
+            with httpx.Client(timeout=60) as http:
+                phases["ping_raw_http"] = stats([raw_ping_once(http, url) for _ in range(args.requests)])
             phases["small"] = stats([predict_once(client, small) for _ in range(args.requests)])
             phases["12mp"] = stats([predict_once(client, big) for _ in range(args.requests)])
             for name, n, photo in (("small_concurrent", args.clients, small), ("12mp_concurrent", args.big_clients, big)):
@@ -310,7 +330,8 @@ def table(phases: dict[str, Any]) -> tuple[list[list[str]], dict[str, bool]]:
 
     checks: dict[str, bool] = {}
     targets = {
-        "ping": "floor",
+        "ping": "floor (gradio_client)",
+        "ping_raw_http": "floor without gradio_client",
         "small": f"label <= {TARGETS['label_p50_ms']} ms p50 (floor included)",
         "12mp": f"heatmap <= {TARGETS['12mp_heatmap_p50_ms']} ms p50, label <= {TARGETS['label_p50_ms']} ms p50",
         "small_concurrent": f"p95 <= {TARGETS['small_concurrent_p95_s']:.0f} s (label; heatmap shown too), 0 errors",

@@ -8,6 +8,9 @@ units bf16 is emulated and slower than fp32, so plain fp32 is kept there.
 
 from __future__ import annotations
 
+import ctypes
+import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -70,9 +73,28 @@ def describe_device(device: torch.device) -> str:
 def configure_process() -> None:
     """Backend flags, set once when a process starts (the CLI, the app), never per run: a server's
     runs and predictions share them. cuDNN autotuning picks the fastest convolution kernels for the
-    fixed input sizes of training and serving."""
+    fixed input sizes of training and serving; malloc arenas are capped (`limit_malloc_arenas`)."""
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
+    limit_malloc_arenas()
+
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter number
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Cap glibc's malloc arenas (unless the operator set MALLOC_ARENA_MAX). glibc gives threads that allocate
+    at once their own arena, up to 8 per core, and keeps memory freed there for reuse by that arena: a server
+    whose worker threads each run forwards holds the activations of many of them. Measured on the 2-core
+    machine, five concurrent explanations of a small photo in three rounds: 2,869 MiB resident, 1,817 MiB with
+    2 arenas, at the same speed. Affects arenas created afterwards, so call it before threads start work.
+    True when set."""
+    if sys.platform != "linux" or os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to cap
+        return False
 
 
 @contextmanager
