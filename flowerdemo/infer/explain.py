@@ -17,7 +17,7 @@ from flowerdemo.device import COMPUTE
 from flowerdemo.infer.batching import ANSWERS
 from flowerdemo.infer.faithfulness import Faithfulness, check_faithfulness
 from flowerdemo.infer.preprocess import PreparedImage, prepare_image
-from flowerdemo.infer.replicas import replica
+from flowerdemo.infer.replicas import gradients_at, replica
 from flowerdemo.models.checkpoints import Classifier
 
 
@@ -121,7 +121,7 @@ def explain(clf: Classifier, image=None, method: str = "gradcam", target: str | 
     # (replicas.py says why): explanations and predictions of one classifier may run in many threads at once;
     # the forward and backward get their share of the cores while others run (device.ComputeShare)
     ANSWERS.yield_to_answers()  # answers of other requests first: a visitor waits for those
-    with replica(clf.model) as model, COMPUTE.share():
+    with replica(clf.model) as model, COMPUTE.share(), gradients_at(model, model.target_layer):
         x = prepared.tensor.to(next(model.parameters()).device, memory_format=torch.channels_last)
         with CAM_METHODS[method](model=model, target_layers=[model.target_layer]) as cam:
             # targets=None: the CAM's own forward picks the predicted class, so the image runs once

@@ -132,6 +132,29 @@ def replica(model: nn.Module) -> Iterator[nn.Module]:
         yield borrowed
 
 
+@contextmanager
+def gradients_at(model: nn.Module, layer: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, only `layer`'s parameters of the replica `model` require gradients; restored on exit.
+
+    A gradient CAM needs the gradient at the target layer's output, nothing before it. With every parameter
+    requiring gradients the forward records (and the backward computes) the whole network; with only the
+    target layer's, the forward is recorded from that layer on and the backward stops there, while the gradient
+    at the layer's output is the same (the same function of it). Only for a borrowed replica: its flags are its
+    own, never the shared model's."""
+    own = {id(p) for p in layer.parameters()}
+    if not own:  # a layer without parameters would get no gradient at its output: keep them all
+        yield model
+        return
+    changed = [p for p in model.parameters() if p.requires_grad and id(p) not in own]
+    for p in changed:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p in changed:
+            p.requires_grad_(True)
+
+
 def shares_weights(replica_model: nn.Module, model: nn.Module) -> bool:
     """True when every parameter and buffer of the replica uses `model`'s memory (a check for tests
     and benchmarks: a replica must cost no weight copy)."""
