@@ -176,3 +176,27 @@ def test_a_training_relayed_with_bounded_threads_uses_one_thread_per_step_and_le
     next(closed)
     closed.close()  # a stopped training gives its cores back
     assert COMPUTE.reserved == 0
+
+
+def test_a_cam_backpropagates_from_its_target_layer_only_and_gives_the_same_heatmap(tiny, tmp_path, monkeypatch):
+    from contextlib import nullcontext
+
+    import numpy as np
+
+    import flowerdemo.infer.explain as explain_module
+    from flowerdemo.infer.replicas import gradients_at, replica
+
+    clf = load_checkpoint(tiny)
+    with replica(clf.model) as model:
+        target = {id(p) for p in model.target_layer.parameters()}
+        with gradients_at(model, model.target_layer):
+            assert {id(p) for p in model.parameters() if p.requires_grad} == target
+        assert all(p.requires_grad for p in model.parameters())  # the replica goes back as it came
+    image = Image.open(photo(tmp_path / "cam.png", "triangle", size=80))
+    for method in ("gradcam", "layercam"):
+        fast = explain_module.explain(clf, image, method=method)
+        monkeypatch.setattr(explain_module, "gradients_at", lambda model, layer: nullcontext(model))
+        full = explain_module.explain(clf, image, method=method)  # every parameter requiring gradients
+        monkeypatch.undo()
+        assert np.allclose(fast.heatmap, full.heatmap, rtol=0, atol=1e-6) and fast.heatmap.max() > 0
+        assert fast.probabilities == pytest.approx(full.probabilities, abs=1e-6)
