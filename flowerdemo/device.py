@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import queue
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -119,25 +120,20 @@ class ComputeShare:
     """The forwards (and backwards) running at once in this process share its cores: each one entering
     gets `cores // running` intra-op threads (at least 1). Why: OpenMP threads of several forwards on the
     same cores wait for each other's descheduled threads at every barrier; on the 2-core machine a
-    single-image forward took 92 ms with 2 threads while another process used a core, 40 ms with 1
-    (docs/benchmarks.md). One forward alone keeps every core."""
+    single-image forward took 92 ms with 2 threads while another process used a core, 40 ms with 1.
+    One forward alone keeps every core."""
 
     def __init__(self, cores: int) -> None:
         self.cores = max(1, cores)
-        self.reserved = 0  # cores lent to something that runs beside the forwards (a training)
         self.running = 0
         self._lock = threading.Lock()
-
-    def threads(self) -> int:
-        with self._lock:
-            return max(1, (self.cores - self.reserved) // max(1, self.running))
 
     @contextmanager
     def share(self) -> Iterator[int]:
         """Count this block as a running forward; yields its thread count."""
         with self._lock:
             self.running += 1
-            n = max(1, (self.cores - self.reserved) // self.running)
+            n = max(1, self.cores // self.running)
         try:
             with intra_op_threads(n):
                 yield n
@@ -145,38 +141,70 @@ class ComputeShare:
             with self._lock:
                 self.running -= 1
 
-    @contextmanager
-    def reserve(self, cores: int = 1) -> Iterator[None]:
-        """Keep `cores` out of what forwards get while the block runs (e.g. a training with that many threads)."""
-        with self._lock:
-            self.reserved += cores
-        try:
-            yield
-        finally:
-            with self._lock:
-                self.reserved -= cores
-
 
 COMPUTE = ComputeShare(DEFAULT_THREADS)
 
 
-def bounded_threads(events: Iterator, threads: int = 1) -> Iterator:
-    """Relay a generator (a training's events), running each of its steps with `threads` intra-op threads in
-    whatever thread asks for the next item, and keeping those cores out of the predictions' share meanwhile.
+class _Failed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 
-    A training in the app runs in the server's process, iterated from its worker threads; with every core
-    it leaves predictions none (they took twice their idle time and more). One thread per step for the
-    training leaves the other cores to the visitors. Closing this generator closes `events`."""
-    with COMPUTE.reserve(min(threads, COMPUTE.cores - 1)):
+
+_DONE = object()
+
+
+def in_background(events: Iterator, threads: int | None = 1, nice: int = 10) -> Iterator:
+    """Run a generator (a training's events) in a thread of its own, at a lower CPU priority (`nice`, Linux: the
+    thread's own, inherited by the threads and processes it starts: image decoding, DataLoader workers) and with
+    `threads` intra-op threads (None: torch's default), and relay its items.
+
+    A training in the app runs in the server's process. Iterated from the server's worker threads it took
+    every core at the visitors' priority, so predictions took twice their idle time and more; in a thread
+    of its own, niced, it uses what predictions leave (they run at normal priority and win the cores). Closing
+    the relay asks the thread to stop after its current item and waits for it (the engine also polls its stop
+    flag, which the caller sets first), so a closed training is over when close() returns. The generator's
+    exception is raised here."""
+    items: queue.Queue = queue.Queue(maxsize=16)  # runs ahead of its reader by a few items at most
+    closing = threading.Event()
+
+    def put(item) -> bool:
+        while not closing.is_set():  # the reader is gone once closing: nothing to deliver, never block on it
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def pump() -> None:
+        if nice and hasattr(os, "setpriority"):
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)  # this thread only (Linux)
+            except OSError:
+                pass
         try:
-            while True:
-                with intra_op_threads(threads):
-                    try:
-                        event = next(events)
-                    except StopIteration:
-                        return
-                yield event
+            with intra_op_threads(threads or torch.get_num_threads()):
+                for item in events:
+                    if not put(item):
+                        break
+        except BaseException as exc:  # raised in the relay's caller
+            put(_Failed(exc))
         finally:
             close = getattr(events, "close", None)
             if close is not None:
                 close()
+            put(_DONE)
+
+    thread = threading.Thread(target=pump, name="flowerdemo-background", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        closing.set()
+        thread.join()

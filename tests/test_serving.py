@@ -107,9 +107,9 @@ def test_forwards_share_the_cores_and_thread_counts_are_restored():
     share = ComputeShare(4)
     with share.share() as alone:
         with share.share() as second:
-            with share.reserve(1):
-                assert share.threads() == 1  # (4 - 1) // 2
-    assert (alone, second) == (4, 2) and share.running == 0 and share.reserved == 0
+            with share.share() as third:
+                assert torch.get_num_threads() == third == 1
+    assert (alone, second) == (4, 2) and share.running == 0
 
 
 def test_concurrent_visitors_get_the_serial_answers(tiny, tmp_path):
@@ -153,29 +153,42 @@ def test_heatmaps_are_sent_as_jpeg_at_most_the_display_size(tiny, tmp_path):
         assert Path(path).stat().st_size < 200_000
 
 
-def test_a_training_relayed_with_bounded_threads_uses_one_thread_per_step_and_leaves_the_rest():
-    from flowerdemo.device import COMPUTE, bounded_threads
+def test_a_training_relayed_in_background_runs_niced_in_its_own_thread_and_stops_when_closed():
+    import os
 
-    before = torch.get_num_threads()
-    seen: list[tuple[int, int]] = []
+    from flowerdemo.device import in_background
 
-    def steps():
-        for _ in range(3):
-            seen.append((torch.get_num_threads(), COMPUTE.reserved))
-            yield len(seen)
+    seen: list[tuple[int, int, int]] = []
+    finished = threading.Event()
 
-    relayed = bounded_threads(steps(), threads=1)
+    def steps(n: int = 5):
+        try:
+            for i in range(n):
+                seen.append((threading.get_native_id(), torch.get_num_threads(),
+                             os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+                yield i
+        finally:
+            finished.set()
+
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert list(in_background(steps(3), threads=1, nice=5)) == [0, 1, 2]
+    assert all(tid != threading.get_native_id() and n == 1 and nice == min(19, mine + 5) for tid, n, nice in seen)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine  # the caller's priority is untouched
+
+    finished.clear()
+    relayed = in_background(steps(1000), threads=1, nice=5)
+    next(relayed)
+    relayed.close()  # a stopped training: over when close() returns
+    assert finished.is_set() and len(seen) < 3 + 100  # it ran ahead by a few items, no more
+
+    def failing():
+        yield 1
+        raise RuntimeError("out of disk")
+
+    relayed = in_background(failing())
     assert next(relayed) == 1
-    assert torch.get_num_threads() == before  # between steps the asking thread has its own count back
-    assert list(relayed) == [2, 3]
-    assert all(n == 1 for n, _ in seen)
-    assert all(r == min(1, COMPUTE.cores - 1) for _, r in seen)
-    assert COMPUTE.reserved == 0
-
-    closed = bounded_threads(steps(), threads=1)
-    next(closed)
-    closed.close()  # a stopped training gives its cores back
-    assert COMPUTE.reserved == 0
+    with pytest.raises(RuntimeError, match="out of disk"):
+        next(relayed)
 
 
 def test_a_cam_backpropagates_from_its_target_layer_only_and_gives_the_same_heatmap(tiny, tmp_path, monkeypatch):
