@@ -109,31 +109,35 @@ def batcher_for(owner: object, what: str) -> MicroBatcher:
         return per_owner[what]
 
 
-class Answers:
-    """Answers (probabilities + verdict) in flight, which heavier work lets pass: a visitor waits for the
-    answer, while the heatmap is streamed after it. Explanations call `yield_to_answers` before their CAM,
-    so in a burst of requests every answer goes out before the CAMs take the cores; `timeout` bounds the
-    wait under a steady stream of new answers."""
+class Stages:
+    """Work in flight per stage of a request: the answer (probabilities + verdict), the heatmap, the heatmap's
+    check. A visitor waits for the answer first, then the heatmap; the check is streamed last. So in a burst
+    of requests each stage lets the earlier stages of every request pass (`wait_turn`, before its compute):
+    all answers go out before CAMs take the cores, all heatmaps before the checks (one forward of five images
+    each, the heaviest part). `timeout` bounds the wait under a steady stream of new requests."""
+
+    ANSWER, HEATMAP, CHECK = 0, 1, 2
 
     def __init__(self) -> None:
-        self.in_flight = 0
+        self.in_flight = [0, 0, 0]
         self._cond = threading.Condition()
 
     @contextmanager
-    def answering(self) -> Iterator[None]:
+    def running(self, stage: int) -> Iterator[None]:
+        """Count the block as `stage` work in flight (waiting for its turn included)."""
         with self._cond:
-            self.in_flight += 1
+            self.in_flight[stage] += 1
         try:
             yield
         finally:
             with self._cond:
-                self.in_flight -= 1
-                if self.in_flight == 0:
-                    self._cond.notify_all()
+                self.in_flight[stage] -= 1
+                self._cond.notify_all()
 
-    def yield_to_answers(self, timeout: float = 1.0) -> None:
+    def wait_turn(self, stage: int, timeout: float = 1.0) -> None:
+        """Wait (at most `timeout` s) until no earlier-stage work is in flight."""
         with self._cond:
-            self._cond.wait_for(lambda: self.in_flight == 0, timeout)
+            self._cond.wait_for(lambda: not any(self.in_flight[:stage]), timeout)
 
 
-ANSWERS = Answers()
+STAGES = Stages()

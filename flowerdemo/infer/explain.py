@@ -14,7 +14,7 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from flowerdemo.device import COMPUTE
-from flowerdemo.infer.batching import ANSWERS
+from flowerdemo.infer.batching import STAGES
 from flowerdemo.infer.faithfulness import Faithfulness, check_faithfulness
 from flowerdemo.infer.preprocess import PreparedImage, prepare_image
 from flowerdemo.infer.replicas import gradients_at, replica
@@ -120,15 +120,9 @@ def explain(clf: Classifier, image=None, method: str = "gradcam", target: str | 
     # the CAM's hooks and gradients live on a replica that shares the weights, never on the shared model
     # (replicas.py says why): explanations and predictions of one classifier may run in many threads at once;
     # the forward and backward get their share of the cores while others run (device.ComputeShare)
-    ANSWERS.yield_to_answers()  # answers of other requests first: a visitor waits for those
-    with replica(clf.model) as model, COMPUTE.share(), gradients_at(model, model.target_layer):
-        x = prepared.tensor.to(next(model.parameters()).device, memory_format=torch.channels_last)
-        with CAM_METHODS[method](model=model, target_layers=[model.target_layer]) as cam:
-            # targets=None: the CAM's own forward picks the predicted class, so the image runs once
-            targets = None if chosen is None else [ClassifierOutputTarget(chosen)]
-            grayscale = cam(input_tensor=x, targets=targets)[0]
-            # the logits of that forward (BaseCAM keeps them in every grad-cam >= 1.5.4, our minimum)
-            outputs = cam.outputs.detach()
+    with STAGES.running(STAGES.HEATMAP):
+        STAGES.wait_turn(STAGES.HEATMAP)  # other requests' answers first: a visitor waits for those
+        grayscale, outputs = _cam(clf, prepared, method, chosen)
     probs = clf.softmax(outputs)[0].cpu()  # calibrated with the checkpoint's temperature, as in predict
     index = int(probs.argmax()) if chosen is None else chosen
     grayscale = np.nan_to_num(grayscale.astype(np.float32))
@@ -144,13 +138,26 @@ def explain(clf: Classifier, image=None, method: str = "gradcam", target: str | 
     return check_explanation(clf, ex, prepared) if check else ex
 
 
+def _cam(clf: Classifier, prepared: PreparedImage, method: str, chosen: int | None) -> tuple[np.ndarray, torch.Tensor]:
+    """(grayscale CAM at the model input, the logits of its forward), computed on a borrowed replica."""
+    with replica(clf.model) as model, COMPUTE.share(), gradients_at(model, model.target_layer):
+        x = prepared.tensor.to(next(model.parameters()).device, memory_format=torch.channels_last)
+        with CAM_METHODS[method](model=model, target_layers=[model.target_layer]) as cam:
+            # targets=None: the CAM's own forward picks the predicted class, so the image runs once
+            targets = None if chosen is None else [ClassifierOutputTarget(chosen)]
+            grayscale = cam(input_tensor=x, targets=targets)[0]
+            # the logits of that forward (BaseCAM keeps them in every grad-cam >= 1.5.4, our minimum)
+            return grayscale, cam.outputs.detach()
+
+
 def check_explanation(clf: Classifier, ex: Explanation, prepared: PreparedImage) -> Explanation:
     """`ex` with its faithfulness check (what explain(check=True) adds), for a caller that shows the heatmap
     before the check is done. `prepared` is the image `ex` was computed from."""
     if ex.cam is None:
         raise ExplainError("this explanation has no CAM at the model's input to check")
-    ANSWERS.yield_to_answers()
-    return replace(ex, faithfulness=check_faithfulness(clf, prepared.tensor, ex.cam, ex.class_index))
+    with STAGES.running(STAGES.CHECK):
+        STAGES.wait_turn(STAGES.CHECK, timeout=3.0)  # other requests' answers and heatmaps first
+        return replace(ex, faithfulness=check_faithfulness(clf, prepared.tensor, ex.cam, ex.class_index))
 
 
 def best_cam_method(meta: Mapping[str, Any] | None) -> str:

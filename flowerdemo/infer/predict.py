@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from flowerdemo.device import COMPUTE
-from flowerdemo.infer.batching import ANSWERS, batcher_for
+from flowerdemo.infer.batching import STAGES, batcher_for
 from flowerdemo.infer.preprocess import PreparedImage, prepare_image
 from flowerdemo.models.checkpoints import Classifier
 from flowerdemo.models.unknown import DEFAULT_STRICTNESS, Familiarity, check_strictness, reference_encoder, reference_input
@@ -85,7 +85,7 @@ def classify(clf: Classifier, image=None, tta: bool = False, strictness: str = D
     already decoded and cropped (prepare_image), e.g. shared with `explain`, so it is decoded once."""
     check_strictness(strictness)
     x = (prepared if prepared is not None else prepare_image(image, clf.preprocessing)).tensor
-    with ANSWERS.answering():  # explanations running meanwhile let it pass (batching.Answers)
+    with STAGES.running(STAGES.ANSWER):  # explanations and checks let it pass (batching.Stages)
         probs = probabilities(clf, x, tta)[0]
         known = familiarity(clf, x, strictness)[0]
     order = probs.argsort(descending=True).tolist()
