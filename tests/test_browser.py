@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -119,6 +120,28 @@ def test_a_photo_of_none_of_the_classes_is_answered_so(page, model, tmp_path):
     sync_api.expect(page.locator("#predict-label")).to_contain_text("none of them")  # probabilities, labelled so
     sync_api.expect(page.locator("#predict-classes")).to_contain_text(f"knows {len(classes)} classes")
     shot(page, "predict-rejected.png")
+
+
+def test_on_a_phone_the_answer_is_visible_after_an_upload(page, app_url, model, tmp_path):
+    """390x844, the issue's phone: after an upload the verdict and the probabilities are on screen
+    without scrolling."""
+    classes = read_meta(model)["classes"]
+    image = tmp_path / "phone.png"
+    draw_sample("circle", 224, random.Random(4)).save(image)
+    page.set_viewport_size({"width": 390, "height": 844})
+    try:
+        page.goto(app_url[0])
+        page.locator("#predict-image input[type=file]").set_input_files(str(image))
+        verdict = page.locator("#predict-verdict")
+        sync_api.expect(page.locator("#predict-label")).to_contain_text(classes[0])  # answered
+        sync_api.expect(verdict).to_contain_text(re.compile(r"\w"))
+        page.evaluate("window.scrollTo(0, 0)")
+        sync_api.expect(verdict).to_be_in_viewport()
+        sync_api.expect(page.locator("#predict-label")).to_be_in_viewport()
+        shot(page, "predict-phone.png")
+    finally:
+        page.set_viewport_size({"width": 1280, "height": 900})
+        page.goto(app_url[0])
 
 
 def test_training_from_a_server_folder_draws_curves_and_a_summary(page, app_url):

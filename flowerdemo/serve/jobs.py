@@ -91,9 +91,19 @@ class JobState:
 
 
 def _engine(cfg: TrainConfig, data: Any, out_dir: Path, stop: StopFlag) -> Iterator[Event]:
+    """The engine's events. Outside ZeroGPU the run goes to a thread of its own at a lower priority
+    (`device.in_background`), with one intra-op thread when it trains on the CPU, so that visitors'
+    predictions keep (nearly) their idle latency while it trains (docs/benchmarks.md, serving)."""
+    import torch
+
+    from flowerdemo.device import in_background
     from flowerdemo.train.engine import train
 
-    yield from train(cfg, data, out_dir, stop)
+    events = train(cfg, data, out_dir, stop)
+    if on_zero_gpu():  # the GPU exists only inside this call: keep the run in it
+        yield from events
+        return
+    yield from in_background(events, threads=None if torch.cuda.is_available() else 1)
 
 
 def _gpu(fn: Callable[..., Iterator[Event]]) -> Callable[..., Iterator[Event]]:
