@@ -111,6 +111,12 @@ def main(argv: list[str] | None = None) -> None:
     ctx.housekeeping()
     clf = ctx.models.default_model()  # load before the first visitor arrives
     log.info("default model: %s", clf.path if clf else f"none under {settings.checkpoint_dir} (train or load one)")
+    # the heavy stages of /predict (CAMs, heatmap checks): one at a time per two cores, each with its share of
+    # them, so that a burst's answers never queue behind dozens of CAMs (infer/batching.Stages)
+    from flowerdemo.device import DEFAULT_THREADS
+    from flowerdemo.infer.batching import STAGES
+
+    STAGES.slots = max(1, DEFAULT_THREADS // 2)
     # one at a time for what has no limit of its own (training claims its slot, uploads write files); /predict
     # sets its own (ui/predict_tab.PREDICT_CONCURRENCY: batched answers, CAMs on replicas) and /ping has none
     demo.queue(default_concurrency_limit=1).launch(server_name=settings.host, server_port=settings.port,

@@ -203,6 +203,7 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
                 active: str | None = None, strictness: str = "normal"):
         """Streams three times: the answer (probabilities + unknown-photo verdict), the heatmap, then its check."""
         from flowerdemo.data.images import ACCEPTED, ImageError
+        from flowerdemo.infer.batching import STAGES
         from flowerdemo.infer.explain import check_explanation, explain, heatmap_image, prepare_for_explain
         from flowerdemo.infer.predict import classify
 
@@ -221,9 +222,11 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
                            f"{', '.join(v for _, v in STRICTNESS_CHOICES)}.", title="Bad option")
         device = str(next(clf.model.parameters()).device)
         t0 = time.perf_counter()
-        try:  # decoded once, at the overlay's size: the answer and the heatmap both start from it
-            prepared = prepare_for_explain(clf, source, MAX_SIDE)
-            pred = classify(clf, strictness=strictness, prepared=prepared)
+        try:  # decoded once, at the overlay's size: the answer and the heatmap both start from it; an answer in
+            # flight from the decode on, so that other requests' heatmaps wait for it (batching.Stages)
+            with STAGES.running(STAGES.ANSWER):
+                prepared = prepare_for_explain(clf, source, MAX_SIDE)
+                pred = classify(clf, strictness=strictness, prepared=prepared)
         except ImageError as exc:
             raise ui_error(exc, "Prediction", title="Not a usable image",
                            message=f"{name}: {exc.problem}. Accepted: {ACCEPTED}.") from None

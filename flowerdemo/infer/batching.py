@@ -20,6 +20,7 @@ caller gets what it would get alone, up to the last float bits that batched kern
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,8 +41,11 @@ class _Request:
 class MicroBatcher:
     """Stacks the rows of concurrent `__call__`s (same trailing shape) into one call of `fn`."""
 
-    def __init__(self, max_rows: int = 32) -> None:
-        self.max_rows = max_rows  # bounds a batch's memory and the wait of the last caller in it
+    def __init__(self, max_rows: int = 8) -> None:
+        # bounds a batch's memory and the wait of the last caller in it. 8: on the 2-core machine the shipped
+        # Lite2 + reference encoder cost ~41 ms per image in batches of 2-8, 49 at 16, 64 at 24, 42+17 at 50
+        # (larger batches leave the caches); and a batch of 8 hands its answers out after ~0.3 s, not 3 s
+        self.max_rows = max_rows
         self._queue: list[_Request] = []
         self._running = False
         self._cond = threading.Condition()
@@ -112,14 +116,20 @@ def batcher_for(owner: object, what: str) -> MicroBatcher:
 class Stages:
     """Work in flight per stage of a request: the answer (probabilities + verdict), the heatmap, the heatmap's
     check. A visitor waits for the answer first, then the heatmap; the check is streamed last. So in a burst
-    of requests each stage lets the earlier stages of every request pass (`wait_turn`, before its compute):
-    all answers go out before CAMs take the cores, all heatmaps before the checks (one forward of five images
-    each, the heaviest part). `timeout` bounds the wait under a steady stream of new requests."""
+    of requests each stage lets the earlier stages of every request pass (`turn`, around its compute): all
+    answers go out before CAMs take the cores, all heatmaps before the checks. And the heavy stages (heatmap,
+    check) run at most `slots` at a time, each with its share of the cores (device.ComputeShare): 50 CAMs
+    started together would split the cores 50 ways and every answer arriving meanwhile would queue behind
+    them (measured, 50 concurrent small-photo clients on 2 cores: answers took 8 s in `classify` alone while
+    up to 4 CAMs and the checks ran beside them). `timeout` bounds the wait for earlier stages under a steady
+    stream of new requests; the slot is always waited for."""
 
     ANSWER, HEATMAP, CHECK = 0, 1, 2
 
-    def __init__(self) -> None:
+    def __init__(self, slots: int | None = None) -> None:
         self.in_flight = [0, 0, 0]
+        self.slots = slots  # None: no cap (the library's default); the app sets its own (app.main)
+        self.busy = 0  # heavy computations running now (<= slots)
         self._cond = threading.Condition()
 
     @contextmanager
@@ -138,6 +148,27 @@ class Stages:
         """Wait (at most `timeout` s) until no earlier-stage work is in flight."""
         with self._cond:
             self._cond.wait_for(lambda: not any(self.in_flight[:stage]), timeout)
+
+    @contextmanager
+    def turn(self, stage: int, timeout: float = 10.0) -> Iterator[None]:
+        """Count the block as `stage` work in flight; run it once no earlier-stage work is in flight (or
+        `timeout` s have passed) and one of the `slots` is free."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self.in_flight[stage] += 1
+            while True:
+                left = deadline - time.monotonic()
+                if (self.slots is None or self.busy < self.slots) and (left <= 0 or not any(self.in_flight[:stage])):
+                    break
+                self._cond.wait(left if left > 0 else None)
+            self.busy += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.busy -= 1
+                self.in_flight[stage] -= 1
+                self._cond.notify_all()
 
 
 STAGES = Stages()

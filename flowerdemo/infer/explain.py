@@ -120,8 +120,7 @@ def explain(clf: Classifier, image=None, method: str = "gradcam", target: str | 
     # the CAM's hooks and gradients live on a replica that shares the weights, never on the shared model
     # (replicas.py says why): explanations and predictions of one classifier may run in many threads at once;
     # the forward and backward get their share of the cores while others run (device.ComputeShare)
-    with STAGES.running(STAGES.HEATMAP):
-        STAGES.wait_turn(STAGES.HEATMAP)  # other requests' answers first: a visitor waits for those
+    with STAGES.turn(STAGES.HEATMAP):  # other requests' answers first (a visitor waits for those); a few at a time
         grayscale, outputs = _cam(clf, prepared, method, chosen)
     probs = clf.softmax(outputs)[0].cpu()  # calibrated with the checkpoint's temperature, as in predict
     index = int(probs.argmax()) if chosen is None else chosen
@@ -155,8 +154,7 @@ def check_explanation(clf: Classifier, ex: Explanation, prepared: PreparedImage)
     before the check is done. `prepared` is the image `ex` was computed from."""
     if ex.cam is None:
         raise ExplainError("this explanation has no CAM at the model's input to check")
-    with STAGES.running(STAGES.CHECK):
-        STAGES.wait_turn(STAGES.CHECK, timeout=3.0)  # other requests' answers and heatmaps first
+    with STAGES.turn(STAGES.CHECK, timeout=20.0):  # other requests' answers and heatmaps first
         return replace(ex, faithfulness=check_faithfulness(clf, prepared.tensor, ex.cam, ex.class_index))
 
 

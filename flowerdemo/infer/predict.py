@@ -51,13 +51,14 @@ def _forward(model: torch.nn.Module):
 
 
 @torch.inference_mode()
-def probabilities(clf: Classifier, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+def probabilities(clf: Classifier, x: torch.Tensor, tta: bool = False, queue: str = "logits") -> torch.Tensor:
     """Calibrated softmax over classes for a prepared batch; `tta` averages the image's and its mirror's
     calibrated probabilities (the temperature was fitted on single views, so each view is scaled by it).
-    Concurrent calls on one model run as one batched forward; a lone call runs its own batch as is."""
+    Concurrent calls on one model with the same `queue` run as one batched forward; a lone call runs its own
+    batch as is. Heatmap checks use their own queue, so that answers never wait in a batch behind them."""
     device = next(clf.model.parameters()).device
     x = x.to(device, memory_format=torch.channels_last)  # the layout load_checkpoint gave the model
-    logits = batcher_for(clf.model, "logits")
+    logits = batcher_for(clf.model, queue)
     forward = _forward(clf.model)
     probs = clf.softmax(logits(forward, x))
     if tta:
