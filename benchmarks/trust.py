@@ -4,7 +4,7 @@ packages ship (scikit-image's sample data, Gradio's media assets, Matplotlib's a
 images; read where they are installed, never copied into the repo), plus corner crops of those photos and
 100 small face photos (scikit-image's LFW subset).
 
-    pip install scikit-image            # the benchmark's only extra dependency (more non-flower photos)
+    pip install ".[bench]"              # scikit-image: the benchmark's only extra dependency (more photos)
     python benchmarks/trust.py                      # the shipped model's stored detector
     python benchmarks/trust.py --candidates         # + every candidate score side by side (how it was chosen)
 
