@@ -144,11 +144,6 @@ class Stages:
                 self.in_flight[stage] -= 1
                 self._cond.notify_all()
 
-    def wait_turn(self, stage: int, timeout: float = 1.0) -> None:
-        """Wait (at most `timeout` s) until no earlier-stage work is in flight."""
-        with self._cond:
-            self._cond.wait_for(lambda: not any(self.in_flight[:stage]), timeout)
-
     @contextmanager
     def turn(self, stage: int, timeout: float = 10.0) -> Iterator[None]:
         """Count the block as `stage` work in flight; run it once no earlier-stage work is in flight (or

@@ -150,12 +150,6 @@ def display_name(run: str | Path, record: Owner | None = None) -> str:
     return (record.name if record is not None and record.name else run.name)
 
 
-def may_use(run: str | Path, identity: str, share_all: bool) -> bool:
-    """Whether a visitor may see and use `run` from the list: the operator's, theirs, or all when shared."""
-    record = read_owner(run)
-    return record is None or share_all or record.owner == owner_key(identity)
-
-
 def may_download(run: str | Path, identity: str) -> bool:
     """Downloading (and pushing) a visitor's run is its owner's; the operator's runs are everyone's."""
     record = read_owner(run)
