@@ -210,9 +210,10 @@ def test_predict_says_when_a_photo_is_none_of_the_classes(client, tmp_path):
     noise = tmp_path / "noise.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 12, 3), dtype=np.uint8)).resize(
         (120, 120), Image.Resampling.BICUBIC).save(noise)
-    label, _, _, _, verdict, details = answer(client, noise)
+    label, _, _, summary, verdict, details = answer(client, noise)
     assert details["known"] is False and details["label"] is None and details["score"] > details["threshold"]
     assert "Not one of the 3 classes this model knows" in verdict and "circle, square, triangle" in verdict
+    assert summary.startswith("closest class *") and "not an answer" in summary.split(" · ")[0]
     assert {c["label"] for c in label["confidences"]} == set(CLASSES)  # still there, below the verdict
     _, _, _, _, verdict, details = answer(client, noise, strictness="off")
     assert details["known"] is None and details["label"] is not None and verdict.startswith("## ")

@@ -252,13 +252,14 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
         shown = heatmap_image(ex.heatmap)
         # the plain value from here on: the label and style of the first update stay, and API clients get the
         # probabilities themselves rather than an update
-        yield (pred.probabilities, ex.overlay, shown, summary_text(ex, seconds, device, clf.name, answered)
+        yield (pred.probabilities, ex.overlay, shown, summary_text(ex, seconds, device, clf.name, answered, pred.rejected)
                + "\n\n*Checking the heatmap…*", head, info)
         try:  # the faithfulness check (one more batched forward) comes after the heatmap, never before it
             ex = check_explanation(clf, ex, prepared)
         except Exception as exc:
             raise ui_error(exc, "Checking the heatmap", title="Heatmap check failed") from None
-        yield pred.probabilities, ex.overlay, shown, summary_text(ex, seconds, device, clf.name, answered), head, info
+        text = summary_text(ex, seconds, device, clf.name, answered, pred.rejected)
+        yield pred.probabilities, ex.overlay, shown, text, head, info
 
     gr.on([button.click, image.change, method.change, target.change, alpha.release, active.change, strictness.change],
           predict, [image, method, target, alpha, active, strictness],
@@ -319,14 +320,17 @@ def default_method(clf):
     return gr.update(value=best_cam_method(clf.meta))
 
 
-def summary_text(ex: Explanation, seconds: float, device: str, model_name: str, answered: float | None = None) -> str:
+def summary_text(ex: Explanation, seconds: float, device: str, model_name: str, answered: float | None = None,
+                 rejected: bool = False) -> str:
     """The markdown under a prediction: the top class and the timings, the heatmap's faithfulness check
     in plain words, the square the model saw on non-square photos, and a note when the heatmap is empty
     (Grad-CAM found no region that raises the class score, which happens when the model is unsure)."""
     top, p = next(iter(ex.probabilities.items()))
     took = f"{answered * 1000:.0f} ms for the answer, {seconds * 1000:.0f} ms with the heatmap" if answered else \
         f"{seconds * 1000:.0f} ms"
-    text = f"**{top}** ({p:.1%}) · {ex.method} for *{ex.class_name}* · {took} on {device} · model `{model_name}`"
+    # a photo declined as none of the classes gets no headline class here either, only its closest one
+    head = f"closest class *{top}* ({p:.1%}), not an answer" if rejected else f"**{top}** ({p:.1%})"
+    text = f"{head} · {ex.method} for *{ex.class_name}* · {took} on {device} · model `{model_name}`"
     check = getattr(ex, "faithfulness", None)
     if check is not None:
         text += f"\n\n**Heatmap check:** {check.text}"
