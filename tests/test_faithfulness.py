@@ -77,6 +77,11 @@ def test_explain_with_check_gives_probabilities_in_0_1_and_names_the_class(clf):
         assert f.area == pytest.approx(0.2, abs=0.01)
         assert f.before == pytest.approx(ex.probabilities[ex.class_name], abs=1e-4)  # same calibrated probability
         assert f"'{ex.class_name}'" in f.text
+        # the check reuses the CAM forward's probability instead of scoring the unchanged photo again: the
+        # same figures as a check that scores it itself
+        own = check_faithfulness(clf, prepare_image(_image("square"), clf.preprocessing).tensor, ex.cam, ex.class_index)
+        assert own.before == pytest.approx(f.before, abs=1e-4)
+        assert (own.after_top, own.after_random) == pytest.approx((f.after_top, f.after_random), abs=1e-5)
 
 
 def test_removing_the_object_hurts_more_than_removing_background_or_random_parts(clf):

@@ -155,7 +155,9 @@ def check_explanation(clf: Classifier, ex: Explanation, prepared: PreparedImage)
     if ex.cam is None:
         raise ExplainError("this explanation has no CAM at the model's input to check")
     with STAGES.turn(STAGES.CHECK, timeout=20.0):  # other requests' answers and heatmaps first
-        return replace(ex, faithfulness=check_faithfulness(clf, prepared.tensor, ex.cam, ex.class_index))
+        # the CAM's own forward already scored the unchanged photo: the check does not run it again
+        before = ex.probabilities.get(ex.class_name)
+        return replace(ex, faithfulness=check_faithfulness(clf, prepared.tensor, ex.cam, ex.class_index, before=before))
 
 
 def best_cam_method(meta: Mapping[str, Any] | None) -> str:

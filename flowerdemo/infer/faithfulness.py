@@ -106,11 +106,13 @@ def random_regions(shape: tuple[int, int], area: float, count: int, generator: t
 
 
 def check_faithfulness(clf: Classifier, x: torch.Tensor, cam: np.ndarray, class_index: int, area: float = AREA,
-                       random_count: int = RANDOM_REGIONS, seed: int = 0) -> Faithfulness:
+                       random_count: int = RANDOM_REGIONS, seed: int = 0, before: float | None = None) -> Faithfulness:
     """Remove the top `area` of `cam` from the prepared input `x` (1, 3, S, S), and `random_count` random
     regions of the same area, and compare the calibrated probability of `class_index` in one forward.
     `cam` is the grayscale CAM at input resolution (S, S); `seed` makes the random regions repeatable
-    (an own generator: no process-wide RNG is touched, so concurrent checks do not disturb each other)."""
+    (an own generator: no process-wide RNG is touched, so concurrent checks do not disturb each other).
+    `before`: the class's calibrated probability on the unchanged input when the caller has it (the CAM's
+    own forward gives it): the batch is then one image shorter."""
     if not 0.0 < area < 1.0:
         raise ValueError(f"area must be strictly between 0 and 1, got {area}")
     if x.ndim != 4 or x.shape[0] != 1 or tuple(cam.shape) != tuple(x.shape[-2:]):
@@ -124,8 +126,11 @@ def check_faithfulness(clf: Classifier, x: torch.Tensor, cam: np.ndarray, class_
                          random_regions(tuple(image.shape[-2:]), area, random_count, generator, grid)])
     # pytorch-grad-cam's cam_mult_image perturbation, with a binary "keep" map: removed pixels become 0,
     # the normalisation mean
-    batch = torch.stack([image] + [multiply_tensor_with_cam(image, (~m).float()) for m in removed])
+    batch = torch.stack(([] if before is not None else [image]) +
+                        [multiply_tensor_with_cam(image, (~m).float()) for m in removed])
     probs = probabilities(clf, batch, queue="check")[:, class_index]  # answers never queue behind it
+    if before is not None:
+        probs = torch.cat([torch.tensor([before], dtype=probs.dtype), probs])
     area_done = float(removed[0].float().mean())
     return Faithfulness(clf.classes[class_index], _unit(probs[0]), _unit(probs[1]), _unit(probs[2:].mean()), area_done)
 
