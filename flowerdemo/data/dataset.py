@@ -42,6 +42,9 @@ class DatasetSplit:
     val: tuple[Sample, ...]
     skipped: tuple[tuple[Path, str], ...]
     presplit: bool
+    near_duplicate_groups: int = 0  # groups of identical or near-identical photos found (0: not looked for)
+    groups_kept_together: int = 0  # of those, groups a plain split would have cut, kept on one side
+    groups_left_split: int = 0  # groups on both sides: given train/ and val/ folders, or a class of one group
 
     @property
     def num_classes(self) -> int:
@@ -65,6 +68,12 @@ class DatasetSplit:
             f"{len(self.classes)} classes, {len(self.train)} training and {len(self.val)} validation images "
             f"({how}) from {self.root}. Per class (train/val): {per_class}."
         )
+        if self.groups_kept_together:
+            text += (f" {self.groups_kept_together} group(s) of near-duplicate photos kept on one side of the split, "
+                     "so that no photo is validated against its own copy.")
+        if self.groups_left_split:
+            text += (f" {self.groups_left_split} group(s) of near-duplicate photos are on both sides: the validation "
+                     "accuracy is optimistic (run `flowerdemo check` to see them).")
         if self.skipped:
             examples = "; ".join(f"{p.name}: {why}" for p, why in self.skipped[:3])
             text += f" Skipped {len(self.skipped)} file(s), e.g. {examples}."
@@ -138,7 +147,8 @@ def _loose_files(files: list[Path], where: str, skipped: list[tuple[Path, str]])
         skipped.append((f, f"loose file in {where}, not inside a class folder"))
 
 
-def _split_class(files: list[Path], name: str, val_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+def _order_class(files: list[Path], name: str, val_fraction: float, seed: int) -> tuple[list[Path], int]:
+    """The class's files in a seeded random order, and how many of the first go to validation."""
     if len(files) < 2:
         raise DatasetError(
             f"class '{name}' has {len(files)} usable image(s); each class needs at least 2 "
@@ -147,7 +157,7 @@ def _split_class(files: list[Path], name: str, val_fraction: float, seed: int) -
     order = sorted(files, key=lambda p: p.as_posix())
     random.Random(f"{seed}/{name}").shuffle(order)
     n_val = min(max(round(len(order) * val_fraction), 1), len(order) - 1)
-    return order[n_val:], order[:n_val]
+    return order, n_val
 
 
 def _sample_key(s: Sample) -> tuple[int, str]:
@@ -170,50 +180,47 @@ def _require_classes(dirs: list[Path], folder: Path) -> None:
         )
 
 
-def _scan_presplit(
+@dataclass(frozen=True)
+class DatasetFiles:
+    """Every usable file of a dataset by class, before any split (what `flowerdemo check` examines)."""
+
+    root: Path
+    classes: tuple[str, ...]
+    files: tuple[tuple[Path, ...], ...]  # per class: given train/ files first when presplit
+    given_val: frozenset[Path]  # the files of a given val/ folder (empty unless presplit)
+    skipped: tuple[tuple[Path, str], ...]
+    presplit: bool
+    class_dirs: tuple[Path, ...]  # the (training) folder of each class
+
+
+def _list_presplit(
     train_dir: Path, val_dir: Path, max_pixels: int, skipped: list[tuple[Path, str]]
-) -> tuple[tuple[str, ...], list[Sample], list[Sample]]:
-    """Classes and samples of a root/train/<class> + root/val/<class> layout, used as given."""
+) -> tuple[list[Path], list[list[Path]], set[Path]]:
+    """Class folders, files per class and the given validation files of a train/ + val/ layout."""
     class_dirs = _classes_in(train_dir, train_dir.name + "/", skipped)
     _require_classes(class_dirs, train_dir)
-    classes = tuple(d.name for d in class_dirs)
+    classes = [d.name for d in class_dirs]
     val_dirs = {d.name: d for d in _classes_in(val_dir, val_dir.name + "/", skipped)}
     unknown = sorted(set(val_dirs) - set(classes))
     if unknown:
         raise DatasetError(
             f"{val_dir.name}/ has class folder(s) {unknown} that are not in {train_dir.name}/; the validation "
-            f"classes must be a subset of the training classes {list(classes)}"
+            f"classes must be a subset of the training classes {classes}"
         )
     missing = [c for c in classes if c not in val_dirs]
     if missing:
         logger.warning("Validation folder %s has no folder for class(es) %s", val_dir, missing)
-    train: list[Sample] = []
-    val: list[Sample] = []
-    for label, d in enumerate(class_dirs):
-        imgs = _scan_class(d, max_pixels, skipped)
-        if not imgs:
-            raise DatasetError(
-                f"class '{d.name}' has 0 usable training images in {d}; each class needs at least 1 training "
-                f"image with one of the extensions {_ACCEPTED_EXT}"
-            )
-        train += [Sample(p, label) for p in imgs]
-        if d.name in val_dirs:
-            val += [Sample(p, label) for p in _scan_class(val_dirs[d.name], max_pixels, skipped)]
-    if not val:
-        raise DatasetError(f"{val_dir} contains no usable images; put images in {val_dir.name}/<class>/<image>")
-    return classes, train, val
+    files, given_val = [], set()
+    for d in class_dirs:
+        val = _scan_class(val_dirs[d.name], max_pixels, skipped) if d.name in val_dirs else []
+        files.append(_scan_class(d, max_pixels, skipped) + val)
+        given_val.update(val)
+    return class_dirs, files, given_val
 
 
-def scan_dataset(
-    path: str | os.PathLike,
-    *,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> DatasetSplit:
-    """Scan an ImageFolder dataset (optionally pre-split into train/ and val/) and split it."""
-    if not 0.0 < val_fraction < 1.0:
-        raise DatasetError(f"val_fraction must be strictly between 0 and 1, got {val_fraction}")
+def list_dataset(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DatasetFiles:
+    """The classes and usable files of an ImageFolder dataset (optionally pre-split into train/ and val/);
+    raises DatasetError only when its layout cannot be used at all."""
     root = find_dataset_root(path)
     dirs, files = _visible(root)
     if not dirs and not files:
@@ -224,12 +231,13 @@ def scan_dataset(
     train_dir = by_name.get("train")
     val_dir = next((by_name[n] for n in VAL_DIR_NAMES if n in by_name), None)
     presplit = train_dir is not None and val_dir is not None
+    given_val: set[Path] = set()
     if presplit:
         assert train_dir is not None and val_dir is not None
         extra = [d.name for d in dirs if d not in (train_dir, val_dir)]
         if extra:
             logger.info("Pre-split dataset %s: ignoring folders %s", root, extra)
-        classes, train, val = _scan_presplit(train_dir, val_dir, max_pixels, skipped)
+        dirs, per_class, given_val = _list_presplit(train_dir, val_dir, max_pixels, skipped)
     else:
         class_root = root
         if train_dir is not None:  # train/ (and maybe test/) without val/: split train/ itself
@@ -237,25 +245,88 @@ def scan_dataset(
             class_root = train_dir
             dirs = _classes_in(train_dir, "train/", skipped)
         _require_classes(dirs, class_root)
-        classes = tuple(d.name for d in dirs)
-        train, val = [], []
-        for label, d in enumerate(dirs):
-            tr, va = _split_class(_scan_class(d, max_pixels, skipped), d.name, val_fraction, seed)
-            train += [Sample(p, label) for p in tr]
-            val += [Sample(p, label) for p in va]
-    result = DatasetSplit(
-        root=root,
-        classes=classes,
-        train=tuple(sorted(train, key=_sample_key)),
-        val=tuple(sorted(val, key=_sample_key)),
-        skipped=tuple(sorted(skipped, key=lambda t: t[0].as_posix())),
-        presplit=presplit,
-    )
-    if skipped:
+        per_class = [_scan_class(d, max_pixels, skipped) for d in dirs]
+    return DatasetFiles(root, tuple(d.name for d in dirs), tuple(tuple(f) for f in per_class), frozenset(given_val),
+                        tuple(sorted(skipped, key=lambda t: t[0].as_posix())), presplit, tuple(dirs))
+
+
+def _presplit_sides(ds: DatasetFiles, groups: list[list[Path]] | None) -> tuple[list[frozenset[Path]], dict[str, int]]:
+    """The given validation files per class; the groups the given folders cut are only counted."""
+    for name, d, files in zip(ds.classes, ds.class_dirs, ds.files, strict=True):
+        if not any(p not in ds.given_val for p in files):
+            raise DatasetError(
+                f"class '{name}' has 0 usable training images in {d}; each class needs at least 1 training "
+                f"image with one of the extensions {_ACCEPTED_EXT}"
+            )
+    if not ds.given_val:
+        raise DatasetError(f"{ds.root} has no usable validation images; put images in val/<class>/<image>")
+    val_sets = [frozenset(p for p in files if p in ds.given_val) for files in ds.files]
+    if groups is None:
+        return val_sets, {}
+    cut = sum(len({p in ds.given_val for p in g}) == 2 for g in groups)
+    return val_sets, {"near_duplicate_groups": len(groups), "groups_left_split": cut}
+
+
+def split_files(ds: DatasetFiles, *, val_fraction: float = 0.2, seed: int = 0, keep_groups: bool = True,
+                groups: list[list[Path]] | None = None) -> DatasetSplit:
+    """Split listed files (see scan_dataset); `groups`: near-duplicate groups already found, else found here."""
+    if not 0.0 < val_fraction < 1.0:
+        raise DatasetError(f"val_fraction must be strictly between 0 and 1, got {val_fraction}")
+    if keep_groups and groups is None:
+        groups = _groups([p for files in ds.files for p in files])
+    groups = groups if keep_groups else None
+    counts: dict[str, int] = {}
+    if ds.presplit:
+        orders = ds.files
+        val_sets, counts = _presplit_sides(ds, groups)
+    else:
+        orders, n_val = zip(*(_order_class(list(f), name, val_fraction, seed) for f, name in zip(ds.files, ds.classes,
+                                                                                                  strict=True)), strict=True)
+        val_sets = [frozenset(order[:n]) for order, n in zip(orders, n_val, strict=True)]
+        if groups is not None:
+            from flowerdemo.data.leakage import keep_together
+
+            grouped = keep_together(orders, n_val, groups)
+            val_sets = list(grouped.val)
+            counts = {"near_duplicate_groups": grouped.groups, "groups_kept_together": grouped.kept_together,
+                      "groups_left_split": grouped.left_split}
+    train, val = [], []
+    for label, (order, in_val) in enumerate(zip(orders, val_sets, strict=True)):
+        train += [Sample(p, label) for p in order if p not in in_val]
+        val += [Sample(p, label) for p in order if p in in_val]
+    return DatasetSplit(ds.root, ds.classes, tuple(sorted(train, key=_sample_key)), tuple(sorted(val, key=_sample_key)),
+                        ds.skipped, ds.presplit, **counts)
+
+
+def scan_dataset(
+    path: str | os.PathLike,
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    keep_groups: bool = True,
+) -> DatasetSplit:
+    """Scan an ImageFolder dataset (optionally pre-split into train/ and val/) and split it.
+
+    `keep_groups`: identical and near-identical photos (data/similar.py) stay on one side of the split,
+    so that the validation accuracy is not inflated by copies of training photos; False gives the plain
+    stratified split (for comparison). Given train/ and val/ folders are never changed."""
+    if not 0.0 < val_fraction < 1.0:
+        raise DatasetError(f"val_fraction must be strictly between 0 and 1, got {val_fraction}")
+    result = split_files(list_dataset(path, max_pixels=max_pixels), val_fraction=val_fraction, seed=seed,
+                         keep_groups=keep_groups)
+    if result.skipped:
         examples = "; ".join(f"{p}: {why}" for p, why in result.skipped[:3])
-        logger.warning("Skipped %d file(s) in %s, e.g. %s", len(skipped), root, examples)
+        logger.warning("Skipped %d file(s) in %s, e.g. %s", len(result.skipped), result.root, examples)
     logger.info("%s", result.summary())
     return result
+
+
+def _groups(paths: list[Path]) -> list[list[Path]]:
+    """Groups of identical or near-identical files among `paths` (fingerprints cached across runs)."""
+    from flowerdemo.data.similar import fingerprints, similar_groups  # numpy/scipy: only when grouping
+
+    return [[paths[i] for i in g] for g in similar_groups(fingerprints(paths))]
 
 
 def resolve_data(path: Path, workdir: str | None = None) -> Path:
