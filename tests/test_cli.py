@@ -175,3 +175,14 @@ def test_module_entry_point_exits_cleanly_without_a_traceback(tmp_path):
                            str(tmp_path / "nowhere")], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "no checkpoint at" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_check_subcommand_reports_a_photo_filed_under_two_classes(tmp_path, capsys):
+    data = make_dataset(tmp_path / "d", per_class=6, size=48, classes=("circle", "square"))
+    assert main(["check", "--data", str(data), "--cache-dir", str(tmp_path / "cache")]) == 0
+    capsys.readouterr()
+    copy = data / "square" / "copy_of_circle.png"
+    copy.write_bytes((data / "circle" / "circle_000.png").read_bytes())
+    assert main(["check", "--data", str(data), "--cache-dir", str(tmp_path / "cache")]) == 1
+    out = capsys.readouterr().out
+    assert "copy_of_circle.png" in out and "circle_000.png" in out

@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from flowerdemo import config as config_module
+from flowerdemo.cli.check import add_parser as add_check_parser
 from flowerdemo.config import AugmentConfig, TrainConfig
 from flowerdemo.settings import add_arguments
 
@@ -107,4 +108,5 @@ def build_parser() -> argparse.ArgumentParser:
                          "its classes accepted, strict 90%%, normal 95%%, lenient 99%%, or off [normal]")
     pr.add_argument("--json", action="store_true",
                     help="print one JSON object per image (file, probabilities, label, known, score, threshold)")
+    add_check_parser(sub)
     return parser
