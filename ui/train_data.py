@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from flowerdemo.data.builder import DatasetDraft
 from flowerdemo.data.dataset import DatasetSplit, scan_dataset
 from flowerdemo.data.images import load_image
 from flowerdemo.serve.runs import allowed_path, remove_tree
@@ -17,7 +18,8 @@ from flowerdemo.settings import MB
 
 from .state import AppContext
 
-SOURCES = [("Upload a .zip of class folders", "zip"), ("Folder on this server", "folder"),
+SOURCES = [("Make it here: classes and photos", "builder"), ("Upload a .zip of class folders", "zip"),
+           ("Folder on this server", "folder"),
            ("Built-in flowers: 5 classes, 3,670 photos (218 MB download)", "flowers")]
 MAX_SKIPPED_ROWS = 50
 THUMBS = 12
@@ -29,8 +31,12 @@ def source_choices(ctx: AppContext) -> list[tuple[str, str]]:
 
 
 def resolve(ctx: AppContext, source: str, zip_file: str | None, folder: str | None, held: dict | None,
-            progress: Callable[[float, str], None] | None = None) -> tuple[Path, dict | None]:
+            progress: Callable[[float, str], None] | None = None,
+            draft: DatasetDraft | None = None) -> tuple[Path, dict | None]:
     """(dataset folder, what this visitor's session now holds on disk).
+
+    The builder's photos (`draft`, the visitor's own) are frozen into a copy of hard links first, so the
+    run reads exactly the photos there were when it started while the visitor goes on editing.
 
     An uploaded .zip is extracted once into the app's scratch space and reused until another one
     is chosen; the previous extraction is deleted. It is checked from its directory first, with the
@@ -58,6 +64,8 @@ def resolve(ctx: AppContext, source: str, zip_file: str | None, folder: str | No
             raise
         return root, {"key": str(zip_file), "path": str(root), "owned": str(workdir)}
     release(ctx, held)
+    if source == "builder":
+        return _snapshot(ctx, draft)
     if source == "folder":
         return allowed_path(folder or "", ctx.settings.data_dirs), None
     if source == "flowers":
@@ -71,6 +79,20 @@ def resolve(ctx: AppContext, source: str, zip_file: str | None, folder: str | No
     raise ValueError(f"Unknown dataset source {source!r}; choose one of: {', '.join(v for _, v in SOURCES)}")
 
 
+def _snapshot(ctx: AppContext, draft: DatasetDraft | None) -> tuple[Path, dict]:
+    ready = draft.readiness() if draft is not None else None
+    if ready is None or not ready.ready:
+        todo = " ".join(ready.todo) if ready else "Add classes and their photos first."
+        raise ValueError(f"Your photos are not ready for training yet. {todo}".replace("*", ""))
+    workdir = ctx.settings.folder("uploads") / uuid.uuid4().hex
+    try:
+        root = draft.snapshot(workdir / "data")
+    except BaseException:
+        remove_tree(workdir, ctx.settings.folder("uploads"))
+        raise
+    return root, {"key": "builder", "path": str(root), "owned": str(workdir)}
+
+
 def release(ctx: AppContext, held: dict | None) -> None:
     """Delete a session's extracted upload (called on a new upload, after training, at session end)."""
     if held and held.get("owned"):
@@ -82,11 +104,11 @@ def scan(path: Path, val_fraction: float = 0.2, seed: int = 0) -> DatasetSplit:
 
 
 def open_dataset(ctx: AppContext, source: str, zip_file: str | None, folder: str | None, held: dict | None,
-                 val_fraction: float = 0.2, seed: int = 0,
-                 progress: Callable[[float, str], None] | None = None) -> tuple[DatasetSplit, dict | None]:
+                 val_fraction: float = 0.2, seed: int = 0, progress: Callable[[float, str], None] | None = None,
+                 draft: DatasetDraft | None = None) -> tuple[DatasetSplit, dict | None]:
     """`resolve` then `scan`. An upload that holds no usable dataset is deleted at once (not kept for
     hours), and its errors name the .zip, not the server folder it was extracted to."""
-    path, held = resolve(ctx, source, zip_file, folder, held, progress)
+    path, held = resolve(ctx, source, zip_file, folder, held, progress, draft)
     try:
         return scan(path, val_fraction, seed), held
     except ValueError as exc:
@@ -94,17 +116,18 @@ def open_dataset(ctx: AppContext, source: str, zip_file: str | None, folder: str
             raise
         release(ctx, held)
         extracted = str(Path(held["owned"]) / "data")
-        raise ValueError(str(exc).replace(extracted, Path(zip_file or "the .zip").name)) from None
+        name = "your photos" if source == "builder" else Path(zip_file or "the .zip").name
+        raise ValueError(str(exc).replace(extracted, name)) from None
 
 
 @contextmanager
 def opened(ctx: AppContext, source: str, zip_file: str | None, folder: str | None, held: dict | None,
-           val_fraction: float = 0.2, seed: int = 0, progress: Callable[[float, str], None] | None = None
-           ) -> Iterator[tuple[DatasetSplit, dict | None]]:
+           val_fraction: float = 0.2, seed: int = 0, progress: Callable[[float, str], None] | None = None,
+           draft: DatasetDraft | None = None) -> Iterator[tuple[DatasetSplit, dict | None]]:
     """`open_dataset` for one request: if the rest of the request fails (busy, bad settings, a bug), the
     upload this call extracted is deleted before the error returns. A failed request does not update the
     visitor's session, so nothing would ever hand that folder back; one the session already held stays."""
-    split, now = open_dataset(ctx, source, zip_file, folder, held, val_fraction, seed, progress)
+    split, now = open_dataset(ctx, source, zip_file, folder, held, val_fraction, seed, progress, draft)
     try:
         yield split, now
     except BaseException:

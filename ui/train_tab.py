@@ -11,7 +11,7 @@ from flowerdemo.serve.jobs import Busy, on_zero_gpu
 from flowerdemo.serve.owners import claim
 from flowerdemo.train.events import RunStarted
 
-from . import plots, train_data
+from . import builder, plots, train_data
 from .errors import ui_error
 from .predict_tab import PredictRefs
 from .state import AppContext
@@ -21,10 +21,12 @@ DEFAULTS = TrainConfig()
 AUGMENTS = [("random resized crop", "random_resized_crop"), ("horizontal flip", "hflip"),
             ("colour jitter", "color_jitter"), ("rotation ±30°", "rotation"), ("translation ±10%", "translate"),
             ("random erasing", "random_erasing")]
-MODES = [("Full fine-tuning (best accuracy; wants a GPU)", "full"),
-         ("Fast: cached backbone, last stage + head trained (CPU-friendly)", "fast")]
-FREEZE = [("train everything", "none"), ("freeze the backbone (head only)", "backbone"),
-          ("freeze the first stages", "stages")]
+# Plain words first, the technical term in brackets or in the help text (Teachable Machine is the bar)
+MODES = [("Quick (CPU-friendly)", "fast"), ("Thorough (best with a GPU)", "full")]
+FREEZE = [("adapt the whole starting model", "none"), ("keep the starting model as it is (train the new last "
+          "layer only)", "backbone"), ("keep its first layers as they are", "stages")]
+SCHEDULE_WORDS = {"warmup_cosine": "gentle start, then slowing down smoothly", "linear": "slowing down steadily",
+                  "step": "slowing down in steps", "constant": "the same all along"}
 
 
 def gpu_present() -> bool:
@@ -35,12 +37,12 @@ def gpu_present() -> bool:
 
 def backbone_choices(check: bool = True) -> list[tuple[str, str]]:
     """Registry names, marked by whether their ImageNet weights are on this machine (checking imports
-    torchvision, so the first page load does it, not the import of the app)."""
+    torchvision, so the first page load does it, not the import of the app): ready here, or downloaded."""
     from flowerdemo.models.registry import MODELS, weights_available
 
     if not check:
         return [(name, name) for name in MODELS]
-    return [(f"{name} · {'offline ✓' if weights_available(name) else 'downloads weights'}", name) for name in MODELS]
+    return [(f"{name} · {'ready here ✓' if weights_available(name) else 'downloaded first'}", name) for name in MODELS]
 
 
 def make_config(backbone: str, mode: str, epochs: float, batch_size: float, lr: float, optimizer: str,
@@ -58,13 +60,16 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
     """Lay out the tab and wire its events; returns (on_load fn, its outputs) for the page-load event."""
     sources = train_data.source_choices(ctx)
     allowed = ", ".join(str(p) for p in ctx.settings.data_dirs)
-    with gr.Tab("Train", id="train"):
+    with gr.Tab("Train", id="train") as tab:
         held = gr.State(None, delete_callback=lambda h: train_data.release(ctx, h))
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):
-                gr.Markdown("### 1 · Dataset\nOne sub-folder per class (or `train/` and `val/` folders of classes).")
+                gr.Markdown("### 1 · Your photos\nA few photos of each kind of thing the model should tell apart: "
+                            "one *class* per kind.")
                 source = gr.Radio(sources, value=sources[0][1], label="Images from", show_label=False)
-                zip_file = gr.File(label="Zip of class folders", file_types=[".zip"], type="filepath", height=110)
+                panel = builder.build(ctx, tab, visible=sources[0][1] == "builder")
+                zip_file = gr.File(label="Zip of class folders (one sub-folder per class, or train/ and val/ folders "
+                                   "of classes)", file_types=[".zip"], type="filepath", height=110, visible=False)
                 folder = gr.Textbox(label="Folder on this server", visible=False, placeholder="/data/my_flowers",
                                     elem_id="train-folder", info=f"Allowed under: {allowed}" if allowed else None)
                 scan_btn = gr.Button("Check the dataset", size="sm")
@@ -76,37 +81,52 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
                     skipped = gr.Dataframe(label="Skipped files", interactive=False, max_height=200, wrap=True,
                                            visible=False)
             with gr.Column(scale=4):
-                gr.Markdown("### 2 · Model and training")
-                backbone = gr.Dropdown(backbone_choices(check=False), value=DEFAULTS.model,
-                                       label="Backbone (ImageNet-pretrained)")
-                mode = gr.Radio(MODES, value="full" if gpu_present() else "fast", label="Mode",
-                                info="The default follows the hardware: full fine-tuning on a GPU, fast mode on a CPU.")
-                epochs = gr.Slider(1, 100, value=DEFAULTS.epochs, step=1, label="Epochs", elem_id="train-epochs")
+                gr.Markdown("### 2 · Training")
+                backbone = gr.Dropdown(backbone_choices(check=False), value=DEFAULTS.model, label="Starting model",
+                                       info="a network already trained on a million ImageNet photos (the "
+                                       "'backbone'); yours starts from what it knows")
+                mode = gr.Radio(MODES, value="full" if gpu_present() else "fast", label="How to train",
+                                info="Quick adapts only the starting model's last layers ('fast mode'); thorough "
+                                "adapts all of it ('full fine-tuning'). The default suits this computer.")
+                epochs = gr.Slider(1, 100, value=DEFAULTS.epochs, step=1, label="Rounds over your photos",
+                                   info="one round (an 'epoch') shows the model each photo once",
+                                   elem_id="train-epochs")
                 with gr.Accordion("Advanced options", open=False):
                     with gr.Row():
-                        batch_size = gr.Slider(4, 256, value=DEFAULTS.batch_size, step=4, label="Batch size")
-                        lr = gr.Number(DEFAULTS.lr, label="Learning rate (head)", minimum=1e-6, maximum=1.0)
+                        batch_size = gr.Slider(4, 256, value=DEFAULTS.batch_size, step=4, label="Photos per step",
+                                               info="the 'batch size': more is faster on a GPU and needs more memory")
+                        lr = gr.Number(DEFAULTS.lr, label="Learning speed", minimum=1e-6, maximum=1.0,
+                                       info="the new last layer's 'learning rate': too high and training jumps about")
                     with gr.Row():
                         optimizer = gr.Radio([("AdamW", "adamw"), ("SGD + momentum", "sgd")], value=DEFAULTS.optimizer,
-                                             label="Optimiser")
-                        schedule = gr.Dropdown(list(SCHEDULES), value=DEFAULTS.schedule, label="LR schedule",
-                                               info="warmup_cosine: linear warm-up, then cosine decay")
+                                             label="Optimiser", info="how each correction is made; AdamW adapts itself")
+                        schedule = gr.Dropdown([(f"{words} ({name})", name) for name, words in SCHEDULE_WORDS.items()
+                                                if name in SCHEDULES], value=DEFAULTS.schedule,
+                                               label="Learning speed over time",
+                                               info="the 'learning-rate schedule'; warmup_cosine: rises for the first "
+                                               "rounds, then falls along a cosine curve")
                     with gr.Row():
-                        warmup = gr.Slider(0, 10, value=DEFAULTS.warmup_epochs, step=0.5, label="Warm-up epochs")
-                        image_size = gr.Slider(0, 512, value=DEFAULTS.image_size, step=32, label="Image size",
+                        warmup = gr.Slider(0, 10, value=DEFAULTS.warmup_epochs, step=0.5, label="Gentle-start rounds",
+                                           info="'warm-up epochs': rounds over which the learning speed rises")
+                        image_size = gr.Slider(0, 512, value=DEFAULTS.image_size, step=32, label="Photo size (px)",
                                                elem_id="train-image-size",
-                                               info="0 = the backbone's own (224 px); smaller is faster")
+                                               info="0 = the starting model's own (224 px); smaller is faster")
                     with gr.Row():
-                        freeze = gr.Dropdown(FREEZE, value=DEFAULTS.freeze, label="Freezing (full mode)")
-                        frozen_stages = gr.Slider(0, 8, value=DEFAULTS.frozen_stages, step=1, label="Frozen stages")
-                    augment = gr.CheckboxGroup(AUGMENTS, label="Augmentations",
+                        freeze = gr.Dropdown(FREEZE, value=DEFAULTS.freeze, label="What stays as it is (thorough)",
+                                             info="'freezing' parts of the starting model: fewer weights to learn")
+                        frozen_stages = gr.Slider(0, 8, value=DEFAULTS.frozen_stages, step=1, label="First layers kept",
+                                                  info="'frozen stages', with 'keep its first layers as they are'")
+                    augment = gr.CheckboxGroup(AUGMENTS, label="Variations while training",
+                                               info="'augmentations': random changes to each photo, so the model "
+                                               "learns the thing and not the picture",
                                                value=[v for _, v in AUGMENTS if getattr(DEFAULTS.augment, v)])
-                    seed = gr.Number(DEFAULTS.seed, label="Seed", precision=0)
+                    seed = gr.Number(DEFAULTS.seed, label="Seed", precision=0,
+                                     info="the same seed, photos and settings give the same model")
                 with gr.Row():
                     start_btn = gr.Button("▶ Start training", variant="primary", scale=3, elem_id="train-start")
                     stop_btn = gr.Button("Stop", variant="stop", scale=1)
         gr.Markdown("### 3 · Progress")
-        status = gr.Markdown("Choose a dataset, then press **Start training**.", elem_classes="fd-note",
+        status = gr.Markdown("Add your photos, then press **Start training**.", elem_classes="fd-note",
                              elem_id="train-status")
         progress = gr.HTML(plots.progress_html(0, "idle"))
 
@@ -122,7 +142,9 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
         with gr.Column(visible=False) as results:  # not a Group: Gradio draws a dark frame round a Gallery in one
             summary = gr.Markdown(padding=True, elem_id="train-summary")
             with gr.Row():
-                per_class = gr.Dataframe(label="Per-class precision / recall / F1 (validation)", interactive=False)
+                per_class = gr.Dataframe(label="Each class on the photos kept for checking: precision (when it says "
+                                         "X, how often it is X), recall (how many X it finds), F1 (both together)",
+                                         interactive=False)
                 confusion = gr.Image(label="Confusion matrix (rows: true class)", type="pil", interactive=False,
                                      buttons=["download"], height=340, elem_id="train-confusion")
                 reliability = gr.Image(label="Reliability: share right vs confidence (validation), before → after "
@@ -132,15 +154,15 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
                                   columns=6, height=240, object_fit="contain", interactive=False, fit_columns=False)
 
     def choose_source(src: str):
-        return gr.update(visible=src == "zip"), gr.update(visible=src == "folder")
+        return gr.update(visible=src == "zip"), gr.update(visible=src == "folder"), gr.update(visible=src == "builder")
 
-    source.change(choose_source, source, [zip_file, folder], api_name="choose_source")
+    source.change(choose_source, source, [zip_file, folder, panel], api_name="choose_source")
 
     def check(source: str, zip_file: str | None = None, folder: str = "", held: dict | None = None,
-              progress=gr.Progress()):
+              request: gr.Request = None, progress=gr.Progress()):
         try:
-            with train_data.opened(ctx, source, zip_file, folder, held,
-                                   progress=lambda f, d: progress(f, desc=d)) as (split, held):
+            with train_data.opened(ctx, source, zip_file, folder, held, progress=lambda f, d: progress(f, desc=d),
+                                   draft=builder.draft_for(ctx, request)) as (split, held):
                 text, table, skipped_df, pics = train_data.preview(split)
         except Exception as exc:
             raise ui_error(exc, "Checking the dataset", title="Dataset problem") from None
@@ -166,7 +188,8 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
             # the slot first: a request refused as busy has written nothing; one failing after the upload
             # was extracted deletes it on the way out (`opened`), then frees the slot
             with ctx.job.claim(cfg, owner=getattr(request, "session_hash", None)) as slot, \
-                    train_data.opened(ctx, source, zip_file, folder, held, cfg.val_fraction, cfg.seed) as (split, held):
+                    train_data.opened(ctx, source, zip_file, folder, held, cfg.val_fraction, cfg.seed,
+                                      draft=builder.draft_for(ctx, request)) as (split, held):
                 run = slot.start(split, ctx.settings.checkpoint_dir)
         except Busy as exc:
             raise ui_error(exc, "Starting training", title="Busy") from None

@@ -16,7 +16,7 @@ from flowerdemo.train.metrics import format_accuracy
 from . import plots
 from .train_data import mistake_gallery
 
-STAGES = {"decode": "Decoding images", "features": "Computing backbone features (once, fast mode)",
+STAGES = {"decode": "Reading the photos", "features": "The starting model looks at each photo (once, quick mode)",
           "train": "Training", "val": "Validating",
           "unknown": "Learning what its photos look like (to recognise photos of none of its classes)"}
 THROTTLE_S = 0.25  # batch-level progress is sent to the browser at most this often
@@ -86,7 +86,7 @@ class TrainView:
         text = " · ".join(parts)
         if self.start:
             s = self.start
-            mode = "fast mode (frozen backbone)" if s.mode == "fast" else "full fine-tuning"
+            mode = "quick (fast mode)" if s.mode == "fast" else "thorough (full fine-tuning)"
             text += (f"  \nDevice: **{s.device}** · {mode} · {s.model} · {len(s.classes)} classes · "
                      f"{s.n_train:,} train / {s.n_val:,} val images")
         return text
@@ -121,7 +121,8 @@ class TrainView:
         accuracy = format_accuracy(ev.report) if "accuracy" in ev.report else f"{ev.best_val_acc:.1%}"
         summary = (f"### {'Stopped' if ev.stopped else 'Finished'}: best validation accuracy "
                    f"**{accuracy}** (epoch {ev.best_epoch})\n"
-                   f"{how} in {took}; macro F1 {ev.report.get('macro_f1', 0):.3f}. Saved as `{ev.run_dir.name}` — "
+                   f"{how} in {took}; classes' average score {ev.report.get('macro_f1', 0):.3f} (macro F1: 1 is perfect). "
+                   f"Saved as `{ev.run_dir.name}` — "
                    "it is now the active model in the **Predict** tab.")
         if ev.report.get("warning"):
             summary += f"\n\n**Rough figure.** {ev.report['warning']}"

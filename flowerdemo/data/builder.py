@@ -302,6 +302,10 @@ class DatasetDraft:
 
     def _class_dir(self, name: str) -> Path:
         found = {c.name: self.root / c.name for c in self.classes()}
+        if not name and found:
+            raise BuilderError("choose a class first: click its name in the list of classes")
+        if not name:
+            raise BuilderError("add a class first: type its name (e.g. rose) and press Add class")
         if name not in found:
             listed = ", ".join(found) or "none yet"
             raise BuilderError(f"there is no class {str(name or '')!r}; the classes are: {listed}")

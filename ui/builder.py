@@ -1,0 +1,209 @@
+"""The Train tab's "make it here" dataset, Teachable-Machine style: name a class, drop photos on it (or pick
+them, or take them with the camera), next class, train. Renders what `flowerdemo.data.builder` returns.
+
+Each visitor's dataset lives in their own area of the app's scratch space, named after their hashed
+identity (never shared, never in the page): `ctx.settings.folder("datasets")/<owner key>/my-photos/`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import gradio as gr
+
+from flowerdemo.data.builder import Added, DatasetDraft, md, prune_areas
+from flowerdemo.data.images import load_image
+from flowerdemo.serve.owners import owner_key
+from flowerdemo.serve.runs import allowed_path
+from flowerdemo.settings import MB
+
+from .errors import ui_error
+from .state import AppContext
+
+AREA = "datasets"
+KEEP_S = 6 * 3600  # as extracted uploads (AppContext.housekeeping): a dataset untouched this long is removed
+ALL_MB = 4096  # every visitor's dataset together (a module constant: flowerdemo.settings has no such setting yet)
+SHOWN = 48  # thumbnails per class, newest first: a phone scrolls through more, a server draws more
+THUMB = 160
+REFUSED_SHOWN = 5
+
+
+def draft_for(ctx: AppContext, request: gr.Request | None) -> DatasetDraft:
+    """This visitor's dataset (their browser's identity, else their session's)."""
+    return DatasetDraft(ctx.settings.folder(AREA) / owner_key(ctx.visitors.identity(request)))
+
+
+def render(draft: DatasetDraft, cls: str | None, note: str = "") -> tuple:
+    """(class list, thumbnails, report, names shown, selected photo) for class `cls` (else the first)."""
+    classes = draft.classes()
+    names = [c.name for c in classes]
+    cls = cls if cls in names else (names[0] if names else None)
+    chosen = next((c for c in classes if c.name == cls), None)
+    photos = list(chosen.photos[:SHOWN]) if chosen else []
+    pics = []
+    for p in photos:
+        img = load_image(p, draft=(THUMB, THUMB))
+        img.thumbnail((THUMB, THUMB))
+        pics.append(img)
+    more = f", newest {SHOWN} shown" if chosen and chosen.count > SHOWN else ""
+    label = f"Photos of {cls}: {chosen.count}{more} · click one to select it" if chosen else "Photos"
+    choices = [(f"{c.name} · {c.count}", c.name) for c in classes]
+    return (gr.update(choices=choices, value=cls), gr.update(value=pics, label=label), report(draft, note),
+            [p.name for p in photos], "")
+
+
+def report(draft: DatasetDraft, note: str = "") -> str:
+    """The last action's note, then what is missing before training (or that it can start) and advice."""
+    ready = draft.readiness()
+    parts = [note] if note else []
+    if ready.ready:
+        photos, _ = draft.usage()
+        parts.append(f"**Ready to train** on {photos:,} photos in {len(draft.classes())} classes: press "
+                     "**Start training**.")
+    bullets = "\n".join(f"- {s}" for s in ready.sentences())
+    return "\n\n".join([*parts, bullets] if bullets else parts)
+
+
+def added_note(done: Added, cls: str) -> str:
+    text = f"Added {len(done.added)} photo{'s' if len(done.added) != 1 else ''} to *{md(cls)}*." if done.added else ""
+    if done.refused:
+        listed = "; ".join(md(r) for r in done.refused[:REFUSED_SHOWN])
+        more = f" (and {len(done.refused) - REFUSED_SHOWN} more)" if len(done.refused) > REFUSED_SHOWN else ""
+        text += f" **Not added:** {listed}{more}."
+    return text.strip()
+
+
+def build(ctx: AppContext, tab: gr.Tab, visible: bool = True) -> gr.Column:
+    """Lay out the builder (inside the Train tab's dataset column) and wire its events; returns its panel."""
+    with gr.Column(visible=visible, elem_id="builder") as panel:
+        gr.Markdown("Name a class, add its photos, then the next class. Photos from a phone: the file picker "
+                    "offers its camera.", elem_classes="fd-note")
+        with gr.Row(equal_height=True):
+            name = gr.Textbox(label="New class", placeholder="e.g. rose", scale=3, elem_id="builder-name",
+                              max_lines=1)
+            add_btn = gr.Button("Add class", scale=1, elem_id="builder-add-class")
+        classes = gr.Radio([], label="Classes", info="the class that new photos go to", elem_id="builder-classes")
+        with gr.Row():
+            files = gr.File(label="Drop photos here, or click to pick them", file_count="multiple",
+                            file_types=["image"], type="filepath", height=120, elem_id="builder-files", min_width=200)
+            with gr.Column(min_width=200):
+                camera = gr.Image(label="Camera", sources=["webcam"], type="numpy", height=200,
+                                  webcam_options=gr.WebcamOptions(mirror=False,
+                                                                  constraints={"video": {"facingMode": "environment"}}),
+                                  elem_id="builder-camera")
+                snap_btn = gr.Button("Add this photo", size="sm", elem_id="builder-snap")
+        report_md = gr.Markdown(elem_id="builder-report")
+        gallery = gr.Gallery(label="Photos", columns=6, height=220, object_fit="cover", fit_columns=False,
+                             interactive=False, allow_preview=False, elem_id="builder-gallery")
+        shown = gr.State([])
+        chosen = gr.Textbox(visible=False)
+        with gr.Row():
+            remove_btn = gr.Button("Remove the selected photo", size="sm", elem_id="builder-remove")
+            download_btn = gr.Button("Download as .zip", size="sm", elem_id="builder-download")
+        zipped = gr.File(label="Your photos as a .zip (one folder per class: what `flowerdemo train` reads)",
+                         visible=False, interactive=False)
+        with gr.Accordion("Rename or delete this class · load a .zip", open=False):
+            with gr.Row(equal_height=True):
+                new_name = gr.Textbox(label="New name for this class", max_lines=1, scale=3)
+                rename_btn = gr.Button("Rename", size="sm", scale=1)
+            delete_btn = gr.Button("Delete this class and its photos", size="sm", variant="stop")
+            load_zip = gr.File(label="Load a .zip of class folders (replaces the photos here)", file_types=[".zip"],
+                               type="filepath", height=90)
+            load_folder = gr.Textbox(label="…or a folder on this server (replaces the photos here)", max_lines=1,
+                                     visible=bool(ctx.settings.data_dirs))
+
+    outs = [classes, gallery, report_md, shown, chosen]
+
+    def act(doing: str, fn, *args, request: gr.Request | None = None):
+        draft = draft_for(ctx, request)
+        prune_areas(ctx.settings.folder(AREA), KEEP_S, ALL_MB * MB, keep=[draft.area])
+        try:
+            return fn(draft, *args)
+        except Exception as exc:
+            raise ui_error(exc, doing, title="Photos") from None
+
+    def show(cls: str | None = None, request: gr.Request = None):
+        return act("Showing the photos", lambda d: render(d, cls), request=request)
+
+    def add_class(text: str, request: gr.Request = None):
+        def go(d):
+            made = d.add_class(text)
+            return (*render(d, made, f"Class *{md(made)}* added: now add its photos."), "")
+        return act("Adding a class", go, request=request)
+
+    def add_files(cls: str | None, paths: list[str] | None, request: gr.Request = None):
+        def go(d):
+            done = d.add_photos(cls, [(p, Path(p).name) for p in paths or []])
+            return (*render(d, cls, added_note(done, cls)), None)
+        return act("Adding photos", go, request=request)
+
+    def add_frame(cls: str | None, frame, request: gr.Request = None):
+        def go(d):
+            if frame is None:
+                raise ValueError("take a photo with the camera first, then press Add this photo")
+            done = d.add_photos(cls, [(frame, "camera")])
+            return (*render(d, cls, added_note(done, cls)), None)  # the camera goes live again: the next one
+        return act("Adding a camera photo", go, request=request)
+
+    def pick(names: list[str], evt: gr.SelectData):
+        return names[evt.index] if isinstance(evt.index, int) and 0 <= evt.index < len(names) else ""
+
+    def remove(cls: str | None, photo: str, request: gr.Request = None):
+        def go(d):
+            if not photo:
+                raise ValueError("click a photo first to select it, then remove it")
+            d.remove_photo(cls, photo)
+            return render(d, cls, f"Removed a photo from *{md(cls)}*.")
+        return act("Removing a photo", go, request=request)
+
+    def rename(cls: str | None, text: str, request: gr.Request = None):
+        def go(d):
+            made = d.rename_class(cls, text)
+            return (*render(d, made, f"*{md(cls)}* is now *{md(made)}*."), "")
+        return act("Renaming a class", go, request=request)
+
+    def delete(cls: str | None, request: gr.Request = None):
+        def go(d):
+            n = d.delete_class(cls)
+            return render(d, None, f"Deleted *{md(cls)}* and its {n} photo{'s' if n != 1 else ''}.")
+        return act("Deleting a class", go, request=request)
+
+    def download(request: gr.Request = None):
+        def go(d):
+            if not d.classes():
+                raise ValueError("there is nothing to download yet: add a class and its photos first")
+            return gr.update(value=str(d.to_zip(ctx.settings.folder("downloads") / uuid.uuid4().hex)), visible=True)
+        return act("Making the .zip", go, request=request)
+
+    def load(zip_path: str | None, folder: str = "", request: gr.Request = None):
+        def go(d):
+            source = Path(zip_path) if zip_path else allowed_path(folder, ctx.settings.data_dirs)
+            done = d.load(source, ctx.settings.max_extract_mb * MB, shown=source.name)
+            note = f"Loaded {len(done.added):,} photos in {len(done.classes)} classes from {md(source.name)}."
+            refused = added_note(Added((), done.refused), "")
+            return (*render(d, None, f"{note} {refused}".strip()), None)
+        return act("Loading photos", go, request=request)
+
+    def listing(request: gr.Request = None) -> dict:
+        """This visitor's classes with their photos' names (newest first), and what is missing before training."""
+        draft = draft_for(ctx, request)
+        ready = draft.readiness()
+        return {"classes": {c.name: [p.name for p in c.photos] for c in draft.classes()}, "ready": ready.ready,
+                "todo": list(ready.todo), "advice": list(ready.advice)}
+
+    gr.api(listing, api_name="builder_list")
+    tab.select(show, classes, outs, api_name="builder_show", show_progress="hidden")
+    classes.input(show, classes, outs, show_progress="hidden")
+    gr.on([add_btn.click, name.submit], add_class, name, [*outs, name], api_name="builder_add_class")
+    files.upload(add_files, [classes, files], [*outs, files], api_name="builder_add_photos")
+    snap_btn.click(add_frame, [classes, camera], [*outs, camera], api_name="builder_add_camera")
+    gallery.select(pick, shown, chosen, show_progress="hidden")
+    remove_btn.click(remove, [classes, chosen], outs, api_name="builder_remove_photo")
+    gr.on([rename_btn.click, new_name.submit], rename, [classes, new_name], [*outs, new_name],
+          api_name="builder_rename_class")
+    delete_btn.click(delete, classes, outs, api_name="builder_delete_class")
+    download_btn.click(download, None, zipped, api_name="builder_download")
+    gr.on([load_zip.upload, load_folder.submit], load, [load_zip, load_folder], [*outs, load_zip],
+          api_name="builder_load")
+    return panel
