@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of plain,full,fast")
     p.add_argument("--workers", type=int, default=0, help="plain loop DataLoader workers; 0 = one per core")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--in-process", action="store_true",
+                   help="run the variants in this process, one after another (smoke runs and tests: no interpreter "
+                        "start-up per variant, but peak memory and backend flags are shared between variants)")
     p.add_argument("--_variant", choices=VARIANTS, help=argparse.SUPPRESS)  # internal: run one variant
     p.add_argument("--_split", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--_result", type=Path, help=argparse.SUPPRESS)
@@ -364,16 +367,14 @@ def main(argv: list[str] | None = None) -> int:
         save_split(split, split_file)
         for variant in args.variants:
             result_file = Path(tmp) / f"{variant}.json"
-            cmd = [sys.executable, str(Path(__file__).resolve()), *forwarded(argv), "--device", device,
-                   "--_variant", variant, "--_split", str(split_file), "--_result", str(result_file)]
+            child_argv = [*forwarded(argv), "--device", device, "--_variant", variant, "--_split", str(split_file),
+                          "--_result", str(result_file)]
             print(f"- {variant} ...", file=sys.stderr, flush=True)
             t = time.perf_counter()
-            proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
+            error = run_in_process(child_argv) if args.in_process else run_subprocess(child_argv)
             process_s = time.perf_counter() - t
-            sys.stderr.write(proc.stderr)
-            if proc.returncode != 0 or not result_file.exists():
-                results[variant] = {"variant": variant, "error": proc.stderr.strip().splitlines()[-1:] or
-                                    [f"exit status {proc.returncode}"]}
+            if error or not result_file.exists():
+                results[variant] = {"variant": variant, "error": error or ["no result written"]}
                 continue
             results[variant] = json.loads(result_file.read_text())
             results[variant]["process_s"] = round(process_s, 3)  # incl. interpreter start-up and imports
@@ -401,11 +402,32 @@ def main(argv: list[str] | None = None) -> int:
                             "seed": args.seed, "threads": args.threads or "torch default",
                             "n_train": len(split.train), "n_val": len(split.val),
                             "data": str(args.data), "page_cache_warm_s": round(warm_s, 2),
-                            "subset": bool(args.limit_per_class)},
+                            "subset": bool(args.limit_per_class), "in_process": args.in_process},
                "results": results, "table": {"header": header, "rows": rows}}
     path = common.write_json(args.out, NAME, payload)
     print(f"\nwritten: {path}", file=sys.stderr)
     return 1 if any("error" in r for r in results.values()) else 0
+
+
+def run_subprocess(child_argv: list[str]) -> list[str]:
+    """One variant in a fresh interpreter; [] when it succeeded, else the last line of its stderr."""
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), *child_argv], stderr=subprocess.PIPE, text=True)
+    sys.stderr.write(proc.stderr)
+    if proc.returncode == 0:
+        return []
+    return proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+
+
+def run_in_process(child_argv: list[str]) -> list[str]:
+    """One variant in this process (--in-process); [] when it succeeded, else the error."""
+    import traceback
+
+    try:
+        child(parse_args(child_argv))
+    except Exception as exc:  # reported like a failed subprocess: the other variants still run
+        traceback.print_exc()
+        return [f"{type(exc).__name__}: {exc}"]
+    return []
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
