@@ -7,8 +7,9 @@ One run is three phases around a `Run` context:
   written atomically;
 - finish: the best weights' report (per-class metrics, worst mistakes), their calibration
   temperature, fitted on the validation logits, and the unknown-photo detector ("none of these",
-  fitted on reference features of the training photos, thresholds from the validation photos) are
-  added to the checkpoint.
+  fitted on reference features of the training photos, thresholds from the validation photos), every
+  validation photo's prediction (a confusion matrix's cells) and the likely label errors are added to
+  the checkpoint.
 
 Stopping = setting `stop` or closing the generator; it is honoured within one batch or chunk in every
 phase. Stopped before anything was trained, the run leaves nothing on disk; stopped later, the best
@@ -43,6 +44,7 @@ from flowerdemo.train.evaluate import loss_and_accuracy
 from flowerdemo.train.events import CheckpointSaved, EpochEnd, Event, Finished, Progress, RunStarted, Stopped
 from flowerdemo.train.fast import FastTrainer
 from flowerdemo.train.full import FullTrainer
+from flowerdemo.train.label_issues import MAX_STORED_ISSUES, LabelIssue, run_label_issues, val_predictions
 from flowerdemo.train.metrics import classification_report
 from flowerdemo.train.optim import head_lr
 from flowerdemo.train.seeding import init_, seed_randomness_
@@ -215,7 +217,8 @@ def fit(run: Run) -> Iterator[Event]:
 
 
 def finish(run: Run) -> Iterator[Event]:
-    """The best epoch's report, calibration and worst mistakes, written into its checkpoint."""
+    """The best epoch's report, calibration, worst mistakes, per-photo validation predictions and likely
+    label errors (train/label_issues.py), written into its checkpoint."""
     setup = run.trainer.setup
     best_acc, best_epoch, best_state, logits = run.best
     setup.model.load_state_dict(best_state)
@@ -229,18 +232,28 @@ def finish(run: Run) -> Iterator[Event]:
                                       note=unfit_reason(logits, labels))
     report = {**classification_report(labels, logits.argmax(1), run.classes), "calibration": calibration}
     mistakes = _mistakes(logits / temperature, setup.val, run.classes)  # confidences as the app will show them
+    root = run.meta["data"]["root"]
+    probs = (logits / temperature).softmax(1)
+    predictions = val_predictions(probs, labels, run.classes, setup.val.paths, root)  # the confusion matrix's photos
+    issues: tuple[LabelIssue, ...] = ()
+    if not stopped and run.run_dir is not None:  # like the detector: a stopped run ends with what it has
+        issues, report["label_issues"] = run_label_issues(run.trainer, probs, run.classes, root, run.cfg.seed)
     detector = (yield from fit_unknown_detector(run.trainer, run.cfg.seed)) if run.run_dir is not None else None
     if detector is not None:
         report["unknown"] = detector.to_meta()
     seconds = run.seconds
+    shown = tuple(issue.to_dict() for issue in issues[:MAX_STORED_ISSUES])
     metrics = {"best_val_acc": best_acc, "best_epoch": best_epoch, "epochs_run": len(run.history),
-               "seconds": round(seconds, 2), "stopped": stopped,
-               **{k: v for k, v in report.items() if k not in ("calibration", "unknown")}}  # stored once, in their own keys
+               "seconds": round(seconds, 2), "stopped": stopped,  # stored once, in their own keys:
+               **{k: v for k, v in report.items() if k not in ("calibration", "unknown", "label_issues")}}
     if run.run_dir is not None:
+        extra = {"label_issues": {**report["label_issues"], "issues": list(shown)}} if "label_issues" in report else {}
         save_checkpoint(run.run_dir, setup.model, {**run.meta, "created": _now(), "history": run.history,
                                                    "metrics": metrics, "calibration": calibration,
-                                                   "mistakes": list(mistakes)}, detector=detector)
-    yield Finished(run.run_dir, best_acc, best_epoch, len(run.history), seconds, stopped, report, mistakes)
+                                                   "mistakes": list(mistakes), "val_predictions": list(predictions),
+                                                   **extra}, detector=detector)
+    yield Finished(run.run_dir, best_acc, best_epoch, len(run.history), seconds, stopped, report, mistakes,
+                   shown, predictions, root)
 
 
 def _mistakes(logits: torch.Tensor, data: ImageTensors, classes: tuple[str, ...], limit: int = 12) -> tuple[dict, ...]:

@@ -70,6 +70,11 @@ class Finished:
     stopped: bool
     report: dict[str, Any] = field(default_factory=dict)  # accuracy, per-class P/R/F1, confusion matrix
     mistakes: tuple[dict[str, Any], ...] = ()  # worst validation errors: path, true, pred, confidence
+    # likely mislabelled photos, most suspect first (at most 50; the count is report["label_issues"]["total"]):
+    # path, given, suggested, confidence, quality, split (train/label_issues.py); () for a stopped run
+    label_issues: tuple[dict[str, Any], ...] = ()
+    val_predictions: tuple[dict[str, Any], ...] = ()  # each validation photo (up to 5,000): path, true, pred, confidence
+    data_root: str = ""  # the dataset folder the paths of label_issues and val_predictions are relative to
 
 
 Event = RunStarted | Progress | EpochEnd | CheckpointSaved | Stopped | Finished

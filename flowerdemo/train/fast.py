@@ -101,6 +101,9 @@ class FastTrainer:
             for p in self.tail.parameters():
                 p.requires_grad_(True)
             self.tail.eval()  # BatchNorm keeps its ImageNet statistics: batches of 32 would make them noisy
+        # the last stage's weights before training (a few MB): label issues (train/label_issues.py) score the
+        # training photos on features the run has not fitted to their labels
+        self.tail_start = {k: v.detach().clone() for k, v in self.tail.state_dict().items()} if self.tune_tail else None
         self.encoder = self.trunk if self.tune_tail else model.backbone
         self.slices = batch_slices(len(setup.train), cfg.batch_size)
 
