@@ -4,7 +4,7 @@ extreme-aspect images. One function, `check_dataset`, used by the app and `flowe
 
 Near-duplicates are found by perceptual hash (data/similar.py; why that method and threshold:
 docs/benchmarks.md, "Dataset check"); the fingerprints are cached, so the split that every training
-makes (data/leakage.py keeps each group on one side) reuses them.
+makes (data/split.py keeps each group on one side) reuses them.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flowerdemo.data.dataset import DatasetFiles, list_dataset, split_files
+from flowerdemo.data.dataset import DatasetFiles, list_dataset
 from flowerdemo.data.similar import Fingerprint, exact_pairs, fingerprints, similar_groups, union_groups
+from flowerdemo.data.split import split_files
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -147,23 +146,6 @@ def _loose_files(files: list[Path], where: str, skipped: list[tuple[Path, str]])
         skipped.append((f, f"loose file in {where}, not inside a class folder"))
 
 
-def _order_class(files: list[Path], name: str, val_fraction: float, seed: int) -> tuple[list[Path], int]:
-    """The class's files in a seeded random order, and how many of the first go to validation."""
-    if len(files) < 2:
-        raise DatasetError(
-            f"class '{name}' has {len(files)} usable image(s); each class needs at least 2 "
-            f"(one for training, one for validation) with extensions {_ACCEPTED_EXT}"
-        )
-    order = sorted(files, key=lambda p: p.as_posix())
-    random.Random(f"{seed}/{name}").shuffle(order)
-    n_val = min(max(round(len(order) * val_fraction), 1), len(order) - 1)
-    return order, n_val
-
-
-def _sample_key(s: Sample) -> tuple[int, str]:
-    return s.label, s.path.as_posix()
-
-
 def _classes_in(folder: Path, where: str, skipped: list[tuple[Path, str]]) -> list[Path]:
     dirs, files = _visible(folder)
     _loose_files(files, where, skipped)
@@ -250,54 +232,6 @@ def list_dataset(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXEL
                         tuple(sorted(skipped, key=lambda t: t[0].as_posix())), presplit, tuple(dirs))
 
 
-def _presplit_sides(ds: DatasetFiles, groups: list[list[Path]] | None) -> tuple[list[frozenset[Path]], dict[str, int]]:
-    """The given validation files per class; the groups the given folders cut are only counted."""
-    for name, d, files in zip(ds.classes, ds.class_dirs, ds.files, strict=True):
-        if not any(p not in ds.given_val for p in files):
-            raise DatasetError(
-                f"class '{name}' has 0 usable training images in {d}; each class needs at least 1 training "
-                f"image with one of the extensions {_ACCEPTED_EXT}"
-            )
-    if not ds.given_val:
-        raise DatasetError(f"{ds.root} has no usable validation images; put images in val/<class>/<image>")
-    val_sets = [frozenset(p for p in files if p in ds.given_val) for files in ds.files]
-    if groups is None:
-        return val_sets, {}
-    cut = sum(len({p in ds.given_val for p in g}) == 2 for g in groups)
-    return val_sets, {"near_duplicate_groups": len(groups), "groups_left_split": cut}
-
-
-def split_files(ds: DatasetFiles, *, val_fraction: float = 0.2, seed: int = 0, keep_groups: bool = True,
-                groups: list[list[Path]] | None = None) -> DatasetSplit:
-    """Split listed files (see scan_dataset); `groups`: near-duplicate groups already found, else found here."""
-    if not 0.0 < val_fraction < 1.0:
-        raise DatasetError(f"val_fraction must be strictly between 0 and 1, got {val_fraction}")
-    if keep_groups and groups is None:
-        groups = _groups([p for files in ds.files for p in files])
-    groups = groups if keep_groups else None
-    counts: dict[str, int] = {}
-    if ds.presplit:
-        orders = ds.files
-        val_sets, counts = _presplit_sides(ds, groups)
-    else:
-        orders, n_val = zip(*(_order_class(list(f), name, val_fraction, seed) for f, name in zip(ds.files, ds.classes,
-                                                                                                  strict=True)), strict=True)
-        val_sets = [frozenset(order[:n]) for order, n in zip(orders, n_val, strict=True)]
-        if groups is not None:
-            from flowerdemo.data.leakage import keep_together
-
-            grouped = keep_together(orders, n_val, groups)
-            val_sets = list(grouped.val)
-            counts = {"near_duplicate_groups": grouped.groups, "groups_kept_together": grouped.kept_together,
-                      "groups_left_split": grouped.left_split}
-    train, val = [], []
-    for label, (order, in_val) in enumerate(zip(orders, val_sets, strict=True)):
-        train += [Sample(p, label) for p in order if p not in in_val]
-        val += [Sample(p, label) for p in order if p in in_val]
-    return DatasetSplit(ds.root, ds.classes, tuple(sorted(train, key=_sample_key)), tuple(sorted(val, key=_sample_key)),
-                        ds.skipped, ds.presplit, **counts)
-
-
 def scan_dataset(
     path: str | os.PathLike,
     *,
@@ -308,11 +242,13 @@ def scan_dataset(
 ) -> DatasetSplit:
     """Scan an ImageFolder dataset (optionally pre-split into train/ and val/) and split it.
 
-    `keep_groups`: identical and near-identical photos (data/similar.py) stay on one side of the split,
+    `keep_groups`: identical and near-identical photos (data/similar.py, data/split.py) stay on one side of the split,
     so that the validation accuracy is not inflated by copies of training photos; False gives the plain
     stratified split (for comparison). Given train/ and val/ folders are never changed."""
     if not 0.0 < val_fraction < 1.0:
         raise DatasetError(f"val_fraction must be strictly between 0 and 1, got {val_fraction}")
+    from flowerdemo.data.split import split_files  # the split builds on this module's types
+
     result = split_files(list_dataset(path, max_pixels=max_pixels), val_fraction=val_fraction, seed=seed,
                          keep_groups=keep_groups)
     if result.skipped:
@@ -320,13 +256,6 @@ def scan_dataset(
         logger.warning("Skipped %d file(s) in %s, e.g. %s", len(result.skipped), result.root, examples)
     logger.info("%s", result.summary())
     return result
-
-
-def _groups(paths: list[Path]) -> list[list[Path]]:
-    """Groups of identical or near-identical files among `paths` (fingerprints cached across runs)."""
-    from flowerdemo.data.similar import fingerprints, similar_groups  # numpy/scipy: only when grouping
-
-    return [[paths[i] for i in g] for g in similar_groups(fingerprints(paths))]
 
 
 def resolve_data(path: Path, workdir: str | None = None) -> Path:

@@ -1,10 +1,13 @@
-"""Fingerprints of image files (content hash, perceptual hash, size) and near-duplicate groups.
+"""Fingerprints of image files (content hash, perceptual hashes, size) and near-duplicate groups.
 
 A fingerprint is cheap: JPEGs decode at a reduced DCT scale (`Image.draft`) straight to greyscale,
 and fingerprints are cached per file (key: path, size, mtime) under <cache root>/hashes, so a
 training start on an unchanged folder only stats its files. Near-duplicates are photos whose 64-bit
-pHash differ in at most NEAR_BITS bits: the method and threshold were chosen by measurement
-(benchmarks/dataset_check.py --compare; docs/benchmarks.md, "Dataset check").
+pHashes differ in at most NEAR_BITS bits, comparing the whole photo and its centre crops (CROPS) both
+ways, so that a cropped copy meets its original's matching crop. Method and threshold were chosen by
+measurement (benchmarks/dataset_check.py --compare; docs/benchmarks.md, "Dataset check"): a plain
+pHash misses most 80-90 % crops, the bundled backbone's embeddings miss half-size copies and take
+~40x longer per photo.
 """
 
 from __future__ import annotations
@@ -26,22 +29,24 @@ from flowerdemo.data.images import PIL_FORMATS
 
 logger = logging.getLogger(__name__)
 
-# At most this many of 64 pHash bits differ between a photo and its re-encoded, resized or lightly
-# cropped copy; distinct photos rarely come this close (measured: docs/benchmarks.md, "Dataset check")
-NEAR_BITS = 10
+# At most this many of 64 pHash bits differ between a photo and its re-encoded, resized or centre-cropped
+# copy (all such copies matched at 6); at 8, distinct flowers of two classes begin to match
+# (measured on flowers5-dev: docs/benchmarks.md, "Dataset check")
+NEAR_BITS = 6
+CROPS = (1.0, 0.9, 0.8)  # centre crops hashed (share of each side): a copy cropped to 80-90 % meets one
 HASH_SIDE = 32  # pHash: DCT of a 32x32 greyscale thumbnail, its 8x8 lowest frequencies
-CACHE_VERSION = 1  # bump when a fingerprint of the same file changes
+CACHE_VERSION = 2  # bump when a fingerprint of the same file changes
 
 Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
 class Fingerprint:
-    """One file: `sha` of its bytes, `phash` (64 bits), its `width` x `height` as oriented; `error`
-    says why it could not be decoded (then the other fields are empty)."""
+    """One file: `sha` of its bytes, `phashes` (64 bits each, of the CROPS), its `width` x `height` as
+    oriented; `error` says why it could not be decoded (then the other fields are empty)."""
 
     sha: str
-    phash: int
+    phashes: tuple[int, ...]
     width: int
     height: int
     error: str = ""
@@ -61,10 +66,13 @@ def fingerprint_bytes(data: bytes) -> Fingerprint:
             orientation = img.getexif().get(0x0112, 1)
             grey = ImageOps.exif_transpose(img).convert("L")
     except Exception as exc:  # PIL raises many types for bad data; the reason is reported, not raised
-        return Fingerprint(sha, 0, 0, 0, error=f"cannot be decoded ({type(exc).__name__}: {exc})")
+        return Fingerprint(sha, (), 0, 0, error=f"cannot be decoded ({type(exc).__name__}: {exc})")
     if orientation in (5, 6, 7, 8):  # rotated a quarter turn by its EXIF tag
         size = size[::-1]
-    return Fingerprint(sha, phash(grey), int(size[0]), int(size[1]))
+    w, h = grey.size
+    crops = [grey.crop((round(w * (1 - c) / 2), round(h * (1 - c) / 2), round(w * (1 + c) / 2), round(h * (1 + c) / 2)))
+             for c in CROPS]
+    return Fingerprint(sha, tuple(phash(c) for c in crops), int(size[0]), int(size[1]))
 
 
 def phash(grey: Image.Image) -> int:
@@ -127,16 +135,16 @@ def fingerprints(paths: Sequence[Path], cache_dir: Path | None = None, progress:
         try:
             key = _stat_key(path)
         except OSError as exc:
-            out.append(Fingerprint("", 0, 0, 0, error=f"cannot be read ({exc.strerror or exc})"))
+            out.append(Fingerprint("", (), 0, 0, error=f"cannot be read ({exc.strerror or exc})"))
             continue
         entry = cached.get(name)
         if entry is not None and entry[0] == key:
-            fp = Fingerprint(*entry[1:])
+            fp = Fingerprint(entry[1], tuple(entry[2]), *entry[3:])
         else:
             try:
                 fp = fingerprint_bytes(path.read_bytes())
             except OSError as exc:
-                fp = Fingerprint("", 0, 0, 0, error=f"cannot be read ({exc.strerror or exc})")
+                fp = Fingerprint("", (), 0, 0, error=f"cannot be read ({exc.strerror or exc})")
             computed += 1
         fresh[name] = [key, *asdict(fp).values()]
         out.append(fp)
@@ -148,13 +156,17 @@ def fingerprints(paths: Sequence[Path], cache_dir: Path | None = None, progress:
     return out
 
 
-def near_pairs(hashes: Sequence[int], max_bits: int = NEAR_BITS) -> list[tuple[int, int]]:
-    """Index pairs (i < j) whose hashes differ in at most `max_bits` bits (all pairs, in row blocks)."""
-    h = np.array(hashes, dtype=np.uint64)
+def near_pairs(hashes: Sequence[Sequence[int]], max_bits: int = NEAR_BITS) -> list[tuple[int, int]]:
+    """Index pairs (i < j) of which some hash of i and some hash of j differ in at most `max_bits` bits
+    (every pair and every combination of their hashes, in row blocks)."""
+    h = np.array(hashes, dtype=np.uint64).reshape(len(hashes), -1)  # (N, crops)
     pairs: list[tuple[int, int]] = []
-    for start in range(0, len(h), 512):
-        block = h[start:start + 512]
-        dist = np.bitwise_count(block[:, None] ^ h[None, :])
+    for start in range(0, len(h), 256):
+        block = h[start:start + 256]
+        dist = np.full((len(block), len(h)), 64, dtype=np.uint8)
+        for a in range(h.shape[1]):
+            for b in range(h.shape[1]):
+                np.minimum(dist, np.bitwise_count(block[:, a, None] ^ h[None, :, b]), out=dist)
         rows, cols = np.nonzero(dist <= max_bits)
         keep = cols > rows + start
         pairs += zip((rows[keep] + start).tolist(), cols[keep].tolist(), strict=True)
@@ -198,5 +210,5 @@ def exact_pairs(shas: Sequence[str]) -> list[tuple[int, int]]:
 def similar_groups(fps: Sequence[Fingerprint], max_bits: int = NEAR_BITS) -> list[list[int]]:
     """Groups of indices of identical or near-identical files (undecodable ones never join a group)."""
     ok = [i for i, fp in enumerate(fps) if not fp.error]
-    pairs = exact_pairs([fps[i].sha for i in ok]) + near_pairs([fps[i].phash for i in ok], max_bits)
+    pairs = exact_pairs([fps[i].sha for i in ok]) + near_pairs([fps[i].phashes for i in ok], max_bits)
     return [[ok[i] for i in g] for g in union_groups(len(ok), pairs)]
