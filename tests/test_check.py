@@ -172,6 +172,16 @@ def test_fingerprints_are_cached_by_size_and_mtime(tmp_path, monkeypatch):
     assert len(calls) == 1 and again[0] != first[0] and again[1:] == first[1:]
 
 
+def test_fingerprint_cache_remembers_a_bounded_number_of_folders(tmp_path, monkeypatch):
+    monkeypatch.setattr(similar, "CACHE_FILES", 2)
+    cache = tmp_path / "cache"
+    for i in range(3):  # e.g. three uploads, each extracted to a new folder
+        root = clean_folder(tmp_path / f"upload{i}", {"a": 1}, seed=10 * i)
+        similar.fingerprints(sorted((root / "a").iterdir()), cache_dir=cache)
+    assert len(list(cache.glob("*.json"))) == 2
+    assert similar._cache_file(cache, sorted((root / "a").iterdir())).exists()  # the newest is kept
+
+
 def test_fingerprint_survives_bad_data_and_matches_imagehash():
     import imagehash
 

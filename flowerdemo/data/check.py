@@ -140,7 +140,7 @@ def _group_findings(ds: DatasetFiles, groups: list[list[Path]], fps: dict[Path, 
         classes = tuple(sorted({label[p] for p in g}))
         names = _names(g, ds.root)
         identical = len({fps[p].sha for p in g}) == 1
-        what = "identical files" if identical else "the same photo (re-encoded, resized or cropped)"
+        what = "identical files" if identical else "near-identical (the same photo re-encoded, resized, cropped or recoloured)"
         cut = ""
         if ds.presplit and len({p in ds.given_val for p in g}) == 2:
             cut = (" Some are in the training folder and some in the validation folder, so the validation accuracy "

@@ -12,6 +12,7 @@ pHash misses most 80-90 % crops, the bundled backbone's embeddings miss half-siz
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -36,6 +37,7 @@ NEAR_BITS = 6
 CROPS = (1.0, 0.9, 0.8)  # centre crops hashed (share of each side): a copy cropped to 80-90 % meets one
 HASH_SIDE = 32  # pHash: DCT of a 32x32 greyscale thumbnail, its 8x8 lowest frequencies
 CACHE_VERSION = 2  # bump when a fingerprint of the same file changes
+CACHE_FILES = 64  # folders remembered, least recently used dropped: every extracted upload is a new folder
 
 Progress = Callable[[int, int], None]
 
@@ -101,6 +103,13 @@ def _stat_key(path: Path) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # removed meanwhile by another process
+        return 0.0
+
+
 def _load(file: Path) -> dict[str, list]:
     try:
         raw = json.loads(file.read_text())
@@ -115,6 +124,8 @@ def _save(file: Path, entries: dict[str, list]) -> None:
         file.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps({"version": CACHE_VERSION, "files": entries}))
         os.replace(tmp, file)
+        for old in sorted(file.parent.glob("*.json"), key=_mtime, reverse=True)[CACHE_FILES:]:
+            old.unlink(missing_ok=True)
     except OSError as exc:  # a read-only home or a full disk must not stop a check or a training
         logger.warning("could not write the fingerprint cache %s: %s", file, exc)
     finally:
@@ -152,6 +163,9 @@ def fingerprints(paths: Sequence[Path], cache_dir: Path | None = None, progress:
             progress(i + 1, len(paths))
     if computed or set(fresh) != set(cached):
         _save(file, {**cached, **fresh} if len(cached) < 4 * len(fresh) + 1000 else fresh)
+    else:
+        with contextlib.suppress(OSError):  # recently used: the last to be dropped (a read-only cache: never mind)
+            os.utime(file)
     logger.debug("fingerprints: %d computed, %d from the cache %s", computed, len(paths) - computed, file)
     return out
 
