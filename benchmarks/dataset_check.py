@@ -159,7 +159,8 @@ def timing(data: Path) -> dict:
         t_warm = time.perf_counter() - t0
     d = cold.to_dict()
     return {"seconds_cold": round(t_cold, 2), "seconds_cached": round(t_warm, 2), "counts": d["counts"],
-            "groups": len(cold.groups), "findings": [{k: f[k] for k in ("kind", "severity", "message")} for f in d["findings"]]}
+            "groups": len(cold.groups), "groups_kept_together": cold.groups_kept_together,
+            "findings": [{k: f[k] for k in ("kind", "severity", "message")} for f in d["findings"]]}
 
 
 def ab(data: Path, out_dir: Path, seed: int) -> dict:
