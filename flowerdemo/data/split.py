@@ -59,7 +59,9 @@ def keep_together(orders: Sequence[Sequence[Path]], n_val: Sequence[int], groups
             for p in [p for p in reversed(free) if p in val[c]][: len(val[c]) - target]:
                 val[c].discard(p)
         if not val[c] or len(val[c]) == len(order):  # a class that is (nearly) one group: plain split
-            logger.warning("class %d: too few photos outside near-duplicate groups to keep them on one side", c)
+            logger.warning("class folder '%s' has too few photos outside near-duplicate groups to keep each group on "
+                           "one side of the split; its validation accuracy is optimistic (add photos that are not "
+                           "copies)", order[0].parent.name)
             val[c] = set(order[:target])
     after = [i for i, g in enumerate(groups) if is_cut(g)]
     return GroupedSplit(tuple(frozenset(v) for v in val), len(groups), len(cut_before - set(after)), len(after))
