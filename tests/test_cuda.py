@@ -83,13 +83,13 @@ def test_fast_mode_on_the_gpu_learns(data, tmp_path):
 
 
 def test_predictions_on_the_gpu_match_the_cpu(trained_run):
-    from flowerdemo.infer.predict import predict
+    from flowerdemo.infer.predict import classify
 
     photos = sorted(trained_run.data.rglob("*.png"))[::7]
     on_cpu, on_gpu = load_checkpoint(trained_run.run_dir), load_checkpoint(trained_run.run_dir, device="cuda")
     assert next(on_gpu.model.parameters()).device.type == "cuda"
     for photo in photos:
-        a, b = predict(on_cpu, photo), predict(on_gpu, photo)
+        a, b = classify(on_cpu, photo), classify(on_gpu, photo)  # probabilities + the unknown-photo decision
         assert a.top[0] == b.top[0], photo.name
         for name, p in a.probabilities.items():
             assert b.probabilities[name] == pytest.approx(p, abs=5e-3), (photo.name, name)
