@@ -30,12 +30,12 @@ def value(out):
     return out.get("value") if isinstance(out, dict) and out.get("__type__") == "update" else out
 
 
-def shapes(folder: Path, kind: str, n: int, seed: int) -> list[Path]:
+def shapes(folder: Path, kind: str, n: int, seed: int, size: int = 48) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        draw_sample(kind, 48, rng).save(folder / f"{kind}-{i}.png")
+        draw_sample(kind, size, rng).save(folder / f"{kind}-{i}.png")
         out.append(folder / f"{kind}-{i}.png")
     return out
 
@@ -107,3 +107,24 @@ def test_rename_delete_download_and_load_back(served, tmp_path):
     assert "Loaded 5 photos in 2 classes" in text and value(classes) == "round"
     assert {c: len(p) for c, p in other.predict(api_name="/builder_list")["classes"].items()} == {"round": 2,
                                                                                                    "square": 3}
+
+
+def test_the_check_names_a_photo_in_two_classes_and_one_click_fixes_it(served, tmp_path):
+    url, _ = served
+    me = new_client(url, tmp_path / "d1")
+    circles, squares = shapes(tmp_path / "c", "circle", 3, 5, 96), shapes(tmp_path / "s", "square", 3, 6, 96)
+    for kind, files in (("circle", circles), ("square", [*squares, circles[0]])):  # a circle filed as a square too
+        me.predict(kind, api_name="/builder_add_class")
+        me.predict(kind, [handle_file(str(p)) for p in files], api_name="/builder_add_photos")
+    text, pics, _, move_to = me.predict("builder", api_name="/builder_check")
+    assert "**Fix:**" in text and "filed under different classes (circle, square)" in text
+    named = sorted(p["caption"] for p in pics)
+    assert [n.split("/")[0] for n in named] == ["circle", "square"] and value(move_to) is None
+    out = me.predict(named[1], "circle", api_name="/builder_move_checked")  # the square copy back to circle
+    text = out[4]  # after the builder's own outputs: the check's report and photos
+    assert "filed under different classes" not in text and "identical files in class 'circle'" in text
+    copy = next(p["caption"] for p in out[5] if p["caption"].startswith("circle/"))
+    out = me.predict(copy, api_name="/builder_remove_checked")
+    assert "identical" not in out[4]
+    assert {c: len(p) for c, p in me.predict(api_name="/builder_list")["classes"].items()} == {"circle": 3,
+                                                                                               "square": 3}

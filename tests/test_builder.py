@@ -175,3 +175,14 @@ def _rotated_exif() -> Image.Exif:
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90° clockwise to view
     return exif
+
+
+def test_move_a_photo_to_another_class(draft, tmp_path):
+    draft.add_class("a")
+    draft.add_class("b")
+    (name,) = draft.add_photos("a", photos(tmp_path / "p", "circle", 1)).added
+    draft.move_photo("a", name, "b")
+    assert [(c.name, c.count) for c in draft.classes()] == [("a", 0), ("b", 1)]
+    assert draft.classes()[1].photos[0].name.startswith("circle0-")
+    with pytest.raises(BuilderError, match="no class 'c'"):
+        draft.move_photo("b", draft.classes()[1].photos[0].name, "c")

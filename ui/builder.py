@@ -8,6 +8,8 @@ identity (never shared, never in the page): `ctx.settings.folder("datasets")/<ow
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -27,6 +29,16 @@ ALL_MB = 4096  # every visitor's dataset together (a module constant: flowerdemo
 SHOWN = 48  # thumbnails per class, newest first: a phone scrolls through more, a server draws more
 THUMB = 160
 REFUSED_SHOWN = 5
+SUSPECTS = 24  # photos named by the dataset check, shown as thumbnails to act on
+SEVERITY = {"error": "**Fix:**", "warning": "**Check:**", "info": "Note:"}
+
+
+@dataclass(frozen=True)
+class BuilderRefs:
+    """The builder's panel, and `wire_check(button)`: that button also checks the builder's photos."""
+
+    panel: gr.Column
+    wire_check: Callable[[gr.Button, gr.Radio], None]
 
 
 def draft_for(ctx: AppContext, request: gr.Request | None) -> DatasetDraft:
@@ -74,7 +86,35 @@ def added_note(done: Added, cls: str) -> str:
     return text.strip()
 
 
-def build(ctx: AppContext, tab: gr.Tab, visible: bool = True) -> gr.Column:
+def findings(draft: DatasetDraft) -> tuple[str, list[tuple], list[str]]:
+    """The dataset check (flowerdemo.data.check) of the builder's photos: a short report, thumbnails of the
+    photos its findings name (caption: class/photo), and the class names to move a photo to."""
+    from flowerdemo.data.check import check_dataset
+
+    classes = [c.name for c in draft.classes()]
+    if len(classes) < 1 or not any(c.count for c in draft.classes()):
+        return "Nothing to check yet: add classes and their photos.", [], classes
+    result = check_dataset(draft.root)
+    lines = [f"- {SEVERITY.get(f.severity, '')} {md(f.message)}" for f in result.findings]
+    text = "\n".join(lines) if lines else "**No problems found** in your photos."
+    pics, seen = [], set()
+    for f in result.findings:
+        for p in f.paths:
+            if p in seen or len(pics) >= SUSPECTS or not p.is_file():
+                continue
+            seen.add(p)
+            try:
+                img = load_image(p, draft=(THUMB, THUMB))
+            except ValueError:
+                continue
+            img.thumbnail((THUMB, THUMB))
+            pics.append((img, p.relative_to(draft.root).as_posix()))
+    if pics:
+        text += "\n\nClick a photo below, then remove it or move it to its right class."
+    return text, pics, classes
+
+
+def build(ctx: AppContext, tab: gr.Tab, visible: bool = True) -> BuilderRefs:
     """Lay out the builder (inside the Train tab's dataset column) and wire its events; returns its panel."""
     with gr.Column(visible=visible, elem_id="builder") as panel:
         gr.Markdown("Name a class, add its photos, then the next class. Photos from a phone: the file picker "
@@ -112,6 +152,15 @@ def build(ctx: AppContext, tab: gr.Tab, visible: bool = True) -> gr.Column:
                                type="filepath", height=90)
             load_folder = gr.Textbox(label="…or a folder on this server (replaces the photos here)", max_lines=1,
                                      visible=bool(ctx.settings.data_dirs))
+        with gr.Column(visible=False) as check_box:  # filled by "Check the dataset" (wire_check)
+            found_md = gr.Markdown(elem_id="builder-findings")
+            suspects = gr.Gallery(label="Photos the check names", columns=6, height=180, object_fit="cover",
+                                  fit_columns=False, interactive=False, allow_preview=False, elem_id="builder-suspects")
+            suspect = gr.Textbox(visible=False)  # class/photo of the selected thumbnail
+            with gr.Row(equal_height=True):
+                drop_btn = gr.Button("Remove this photo", size="sm", elem_id="builder-drop")
+                move_to = gr.Dropdown([], label="Move it to", scale=2, min_width=120)
+                move_btn = gr.Button("Move", size="sm", elem_id="builder-move")
 
     outs = [classes, gallery, report_md, shown, chosen]
 
@@ -185,6 +234,44 @@ def build(ctx: AppContext, tab: gr.Tab, visible: bool = True) -> gr.Column:
             return (*render(d, None, f"{note} {refused}".strip()), None)
         return act("Loading photos", go, request=request)
 
+    check_outs = [check_box, found_md, suspects, suspect, move_to]
+
+    def report_check(d: DatasetDraft) -> tuple:
+        text, pics, names = findings(d)
+        return gr.update(visible=True), text, pics, "", gr.update(choices=names, value=None)
+
+    def check(source: str = "builder", request: gr.Request = None):
+        if source != "builder":
+            return gr.update(visible=False), "", [], "", gr.update()
+        return act("Checking the photos", report_check, request=request)
+
+    def fix(which: str, to: str | None = None, cls: str | None = None, request: gr.Request = None):
+        def go(d):
+            if "/" not in (which or ""):
+                raise ValueError("click one of the photos the check names first")
+            where, photo = which.split("/", 1)
+            if to:
+                d.move_photo(where, photo, to)
+                note = f"Moved a photo from *{md(where)}* to *{md(to)}*."
+            else:
+                d.remove_photo(where, photo)
+                note = f"Removed a photo from *{md(where)}*."
+            return (*render(d, cls, note), *report_check(d))
+        return act("Fixing the dataset", go, request=request)
+
+    def pick_suspect(evt: gr.SelectData):
+        return (evt.value or {}).get("caption") or ""
+
+    suspects.select(pick_suspect, None, suspect, show_progress="hidden")
+    def drop(which: str, cls: str | None = None, request: gr.Request = None):
+        return fix(which, None, cls, request)
+
+    drop_btn.click(drop, [suspect, classes], [*outs, *check_outs], api_name="builder_remove_checked")
+    move_btn.click(fix, [suspect, move_to, classes], [*outs, *check_outs], api_name="builder_move_checked")
+
+    def wire_check(button: gr.Button, source: gr.Radio) -> None:
+        button.click(check, source, check_outs, api_name="builder_check")
+
     def listing(request: gr.Request = None) -> dict:
         """This visitor's classes with their photos' names (newest first), and what is missing before training."""
         draft = draft_for(ctx, request)
@@ -206,4 +293,4 @@ def build(ctx: AppContext, tab: gr.Tab, visible: bool = True) -> gr.Column:
     download_btn.click(download, None, zipped, api_name="builder_download")
     gr.on([load_zip.upload, load_folder.submit], load, [load_zip, load_folder], [*outs, load_zip],
           api_name="builder_load")
-    return panel
+    return BuilderRefs(panel, wire_check)

@@ -67,7 +67,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
                 gr.Markdown("### 1 · Your photos\nA few photos of each kind of thing the model should tell apart: "
                             "one *class* per kind.")
                 source = gr.Radio(sources, value=sources[0][1], label="Images from", show_label=False)
-                panel = builder.build(ctx, tab, visible=sources[0][1] == "builder")
+                made_here = builder.build(ctx, tab, visible=sources[0][1] == "builder")
                 zip_file = gr.File(label="Zip of class folders (one sub-folder per class, or train/ and val/ folders "
                                    "of classes)", file_types=[".zip"], type="filepath", height=110, visible=False)
                 folder = gr.Textbox(label="Folder on this server", visible=False, placeholder="/data/my_flowers",
@@ -156,7 +156,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
     def choose_source(src: str):
         return gr.update(visible=src == "zip"), gr.update(visible=src == "folder"), gr.update(visible=src == "builder")
 
-    source.change(choose_source, source, [zip_file, folder, panel], api_name="choose_source")
+    source.change(choose_source, source, [zip_file, folder, made_here.panel], api_name="choose_source")
 
     def check(source: str, zip_file: str | None = None, folder: str = "", held: dict | None = None,
               request: gr.Request = None, progress=gr.Progress()):
@@ -170,6 +170,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
 
     gr.on([scan_btn.click, zip_file.upload, folder.submit], check, [source, zip_file, folder, held],
           [found, found_box, thumbs, counts, skipped, held], api_name="scan_dataset")
+    made_here.wire_check(scan_btn, source)  # the builder's photos: the dataset check's findings, to act on
 
     outputs = {"status": status, "progress": progress, "loss": loss_plot, "acc": acc_plot, "lr": lr_plot,
                "results": results, "summary": summary, "per_class": per_class, "confusion": confusion,

@@ -225,6 +225,15 @@ class DatasetDraft:
         path.unlink()
         self._touch()
 
+    def move_photo(self, cls: str, photo: str, to: str) -> None:
+        """Move a photo filed under the wrong class (a conflicting label) to class `to`."""
+        src, dest = self._class_dir(cls), self._class_dir(to)
+        path = src / photo
+        if Path(photo).name != photo or _hidden(photo) or not path.is_file():
+            raise BuilderError(f"class '{src.name}' has no photo {photo!r}")
+        os.replace(path, _unique(dest, _stem(photo).rsplit("-", 1)[0] or "photo"))
+        self._touch()
+
     # --- whole dataset ---------------------------------------------------------------------------
 
     def clear(self) -> None:
