@@ -174,3 +174,21 @@ def test_empty_class_folder(tmp_path):
     (root / "tulip").mkdir()
     with pytest.raises(DatasetError, match=r"class 'tulip' has 0 usable"):
         scan_dataset(root)
+
+
+def test_list_dataset_lists_without_splitting(tmp_path):
+    """What `flowerdemo check` reads: a class too small to split is listed (the check reports it), and a given
+    val/ folder's files are marked."""
+    from flowerdemo.data.dataset import list_dataset
+
+    flat = make_dataset(tmp_path / "flat", per_class=3, size=16, classes=("circle", "square"))
+    for p in list((flat / "square").iterdir())[1:]:
+        p.unlink()
+    listed = list_dataset(flat)
+    assert listed.classes == ("circle", "square") and [len(f) for f in listed.files] == [3, 1] and not listed.presplit
+    with pytest.raises(DatasetError, match="'square' has 1 usable"):
+        scan_dataset(flat)
+    pre = list_dataset(make_dataset(tmp_path / "pre", per_class=10, size=16, layout="split"))
+    split = scan_dataset(tmp_path / "pre")
+    assert pre.presplit and pre.given_val == {s.path for s in split.val}
+    assert {p for f in pre.files for p in f} == {s.path for s in split.train + split.val}
