@@ -159,7 +159,7 @@ def _draw(task: tuple[str, int, int, int, str]) -> None:
     colour, shape = SHAPES[kind]
     rng = random.Random(f"{kind}-{count}-{width}x{height}")
     for i in range(count):
-        img = Image.effect_noise((width, height), 40).convert("RGB")
+        img = Image.effect_noise((width, height), 20).convert("RGB")  # grain: files near flowers5-dev size
         tint = Image.new("RGB", (width, height), tuple(rng.randint(40, 160) for _ in range(3)))
         img = Image.blend(img, tint, 0.6)
         draw = ImageDraw.Draw(img)
