@@ -63,8 +63,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="results folder (default: $OUT if set, else gpu-check-results/)")
     p.add_argument("--data", type=Path, default=None, help="dataset folder (class folders of images); default: "
                    "flowers5-dev beside the repository or carried in .gpu-carry/, else synthetic data of its size")
-    p.add_argument("--dry-run", action="store_true", help="tiny settings (30 synthetic images, 1 epoch, ResNet-18 at "
-                   "64 px, 1 timed call) on the CPU: checks that every step runs, measures nothing")
+    p.add_argument("--dry-run", action="store_true", help="tiny settings (17 synthetic images, 1 epoch, ResNet-18 / Lite0 "
+                   "at 32 px, 1 timed call) on the CPU: checks that every step runs, measures nothing")
     p.add_argument("--budget", type=float, default=470, help="seconds for all steps together (default 470: 8 minutes "
                    "with the driver's own time)")
     p.add_argument("--steps", default=",".join(STEP_NAMES), help=f"comma-separated subset of {', '.join(STEP_NAMES)}")
