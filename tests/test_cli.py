@@ -186,3 +186,10 @@ def test_check_subcommand_reports_a_photo_filed_under_two_classes(tmp_path, caps
     assert main(["check", "--data", str(data), "--cache-dir", str(tmp_path / "cache")]) == 1
     out = capsys.readouterr().out
     assert "copy_of_circle.png" in out and "circle_000.png" in out
+
+
+def test_export_subcommand_is_wired_and_refuses_int8_torchscript_before_loading(tmp_path, caplog, capsys):
+    assert "--format" in _help(capsys, "export") and "--int8" in _help(capsys, "export")
+    missing = tmp_path / "no-such-run"  # never read: the option check comes first
+    assert main(["export", "--checkpoint", str(missing), "--format", "torchscript", "--int8"]) == 2
+    assert "int8" in caplog.text and "onnx" in caplog.text.lower()

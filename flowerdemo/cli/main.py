@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from flowerdemo.cli import check
+from flowerdemo.cli import check, export
 from flowerdemo.cli.commands import run_evaluate, run_experiment, run_predict, run_train
 from flowerdemo.cli.parser import build_parser, config_from_args
 from flowerdemo.device import configure_process
@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_evaluate(args)
         if args.command == "check":
             return check.run(args)
+        if args.command == "export":
+            return export.run(args)
         return run_predict(args)
     except KeyboardInterrupt:
         log.error("interrupted")

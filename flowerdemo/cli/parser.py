@@ -8,6 +8,7 @@ from pathlib import Path
 
 from flowerdemo import config as config_module
 from flowerdemo.cli.check import add_parser as add_check_parser
+from flowerdemo.cli.export import add_parser as add_export_parser
 from flowerdemo.config import AugmentConfig, TrainConfig
 from flowerdemo.settings import add_arguments
 
@@ -109,4 +110,5 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true",
                     help="print one JSON object per image (file, probabilities, label, known, score, threshold)")
     add_check_parser(sub)
+    add_export_parser(sub)
     return parser
