@@ -226,8 +226,8 @@ def test_app_download_is_made_once_per_checkpoint_file(tiny, tmp_path, monkeypat
 
     monkeypatch.setattr(export_module, "export", fake_export)
     ctx = SimpleNamespace(settings=SimpleNamespace(folder=lambda name: tmp_path / name))
-    first = models_tab.export_onnx(ctx, tiny.clf, int8=False)
-    assert models_tab.export_onnx(ctx, tiny.clf, int8=False) == first and len(calls) == 1  # cached
-    quantised = models_tab.export_onnx(ctx, tiny.clf, int8=True)
+    first = models_tab.onnx_download(ctx, tiny.clf, int8=False)
+    assert models_tab.onnx_download(ctx, tiny.clf, int8=False) == first and len(calls) == 1  # cached
+    quantised = models_tab.onnx_download(ctx, tiny.clf, int8=True)
     assert quantised.name == "tiny-run.int8.onnx" and len(calls) == 2
     assert calls[1][2] and all(Path(p).is_file() for p in calls[1][2])  # calibrated on pictures that exist

@@ -73,6 +73,27 @@ def my_choices(ctx: AppContext, identity: str) -> list[tuple[str, str]]:
             if (r / WEIGHTS).is_file()]
 
 
+def calibration_photos() -> list[Path]:
+    """The pictures the int8 ONNX download is calibrated on (activation ranges): the app's example pictures
+    and the photos installed packages ship; a visitor's training photos are not kept after training."""
+    from .predict_tab import EXAMPLES_DIR, package_photos
+
+    return sorted(EXAMPLES_DIR.glob("*.jpg")) + [path for path, _ in package_photos()]
+
+
+def onnx_download(ctx: AppContext, clf, int8: bool) -> Path:
+    """The active model as ONNX in the downloads folder, made once per checkpoint file and variant (an
+    export takes a minute or two on a small CPU)."""
+    from flowerdemo.export import SUFFIXES, export
+    from flowerdemo.models.checkpoints import WEIGHTS, safe_name
+
+    folder = ctx.settings.folder("downloads") / f"onnx-{safe_name(clf.name)}-{int(clf.path.joinpath(WEIGHTS).stat().st_mtime)}"
+    done = folder / (safe_name(clf.name) + SUFFIXES["onnx", int8])
+    if not done.is_file():
+        export(clf, "onnx", folder, int8=int8, calibration=calibration_photos() if int8 else None)
+    return done
+
+
 def details(ctx: AppContext, active: str | None) -> str:
     clf, _ = ctx.models.resolve(active)
     if clf is None:
@@ -119,6 +140,9 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> None:
                 gr.Markdown("### Active model")
                 info = gr.Markdown("No model is loaded yet.")
                 download_btn = gr.Button("Download the active model (.zip)")
+                with gr.Row():
+                    onnx_btn = gr.Button("Download as ONNX", size="sm")
+                    onnx_int8_btn = gr.Button("Download as ONNX int8", size="sm")
                 download = gr.File(label="Checkpoint", interactive=False, height=90)
                 upload = gr.File(label="Load a checkpoint file (.zip of a run folder, or model.safetensors)",
                                  file_types=[".zip", ".safetensors"], type="filepath", height=140)
@@ -172,6 +196,21 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> None:
 
         ctx.housekeeping()
         return str(zip_run(_owned(ctx, active, request, "download").path, ctx.settings.folder("downloads")))
+
+    def onnx_file(active: str | None, request, int8: bool) -> str:
+        """ONNX file for onnxruntime (no flowerdemo needed: examples/onnx_predict.py); the owner's, like the zip."""
+        clf = _owned(ctx, active, request, "download")
+        ctx.housekeeping()
+        try:
+            return str(onnx_download(ctx, clf, int8))
+        except Exception as exc:
+            raise ui_error(exc, "Exporting the active model to ONNX", title="ONNX export") from None
+
+    def download_onnx(active: str | None = None, request: gr.Request = None) -> str:
+        return onnx_file(active, request, int8=False)
+
+    def download_onnx_int8(active: str | None = None, request: gr.Request = None) -> str:
+        return onnx_file(active, request, int8=True)
 
     def adopt(run: Path, request) -> str:
         """Make a newly arrived run this visitor's and active, or delete it with a clear message if it does
@@ -270,6 +309,8 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> None:
 
     active.change(show, active, [info, runs, mine], api_name="model_details")
     download_btn.click(download_checkpoint, active, download, api_name="download_checkpoint")
+    onnx_btn.click(download_onnx, active, download, api_name="download_onnx")
+    onnx_int8_btn.click(download_onnx_int8, active, download, api_name="download_onnx_int8")
     rename_btn.click(rename_run, [mine, new_name], [mine, runs, mine_status], api_name="rename_run").success(
         predict.refresh, active, predict.refresh_outputs, api_name="refresh_after_rename")
     delete_btn.click(delete_run, [mine, active], [mine, runs, mine_status, active], api_name="delete_run").success(
