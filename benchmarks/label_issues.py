@@ -10,6 +10,7 @@ which are truly mislabelled.
 
     python benchmarks/label_issues.py                          # ../shared/datasets/flowers5-dev, ~3 min on 2 cores
     python benchmarks/label_issues.py --limit-per-class 30 --epochs 2 --image-size 96    # smoke
+    python benchmarks/label_issues.py --cost 3 --feature-cache ~/.cache/flowerdemo      # the steps' seconds only
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--feature-cache", type=Path, default=None,
                    help="reuse fast mode's feature cache in this folder (default: a cold one, as benchmarks/accuracy.py); "
                         "the label-issue figures do not depend on it, the run's length does")
+    p.add_argument("--cost", type=int, default=0, metavar="N",
+                   help="instead of training: prepare fast mode (features from --feature-cache when there) and time "
+                        "the label-issue steps on the training photos N times (the first includes the imports)")
     p.add_argument("--sheet", type=Path, default=Path(tempfile.gettempdir()) / "flowerdemo-label-issues-top20.png",
                    help="contact sheet of the top 20 (kept out of the repository: it shows dataset photos)")
     return p.parse_args(argv)
@@ -81,6 +85,41 @@ def import_seconds() -> float:
     return round(float(out.stdout.strip()), 2)
 
 
+def cost(cfg, split, repeats: int) -> list[dict[str, float]]:
+    """Seconds of each label-issue step on the training photos (features, cross-fitting, cleanlab), `repeats` times."""
+
+    from flowerdemo.train import label_issues as li
+    from flowerdemo.train.engine import Run, prepare
+
+    with tempfile.TemporaryDirectory(prefix="flowerdemo-label-issues-") as tmp:
+        run = Run(cfg, None, Path(tmp))
+        for _ in prepare(run, split):
+            pass
+        setup, rows = run.trainer.setup, []
+        labels, paths = setup.train.labels.numpy(), [str(p) for p in setup.train.paths]
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            features = li.starting_features(run.trainer)
+            t1 = time.perf_counter()
+            probs = li.cross_fitted_probs(features, labels, len(split.classes), seed=cfg.seed)
+            t2 = time.perf_counter()
+            found = li.find_label_issues(labels, probs, split.classes, paths, ["train"] * len(paths))
+            t3 = time.perf_counter()
+            rows.append({"features_s": round(t1 - t0, 2), "cross_fit_s": round(t2 - t1, 2), "cleanlab_s": round(t3 - t2, 2),
+                         "total_s": round(t3 - t0, 2), "issues": len(found),
+                         "cross_fit_acc": round(float((probs.argmax(1) == labels).mean()), 4)})
+            print(rows[-1], file=sys.stderr, flush=True)
+        run.discard_if_unsaved()
+    return rows
+
+
+def command(argv: list[str]) -> str:
+    """The command line, with the values of the folder/file options that name this machine's paths left out."""
+    masked = [("<" + prev.lstrip("-").upper() + ">" if prev in ("--feature-cache", "--sheet", "--out") else a)
+              for prev, a in zip(["", *argv], argv, strict=False)]
+    return "python benchmarks/label_issues.py " + " ".join(masked)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -90,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     from flowerdemo.config import TrainConfig
     from flowerdemo.data.dataset import scan_dataset
     from flowerdemo.train.engine import train
-    from flowerdemo.train.events import EpochEnd, Finished
+    from flowerdemo.train.events import EpochEnd, Finished, Progress
 
     overrides: dict[str, Any] = {"mode": "fast", "seed": args.seed, "device": common.resolve_device(args.device)}
     for key in ("epochs", "image_size"):
@@ -102,12 +141,24 @@ def main(argv: list[str] | None = None) -> int:
     info = common.machine_info()
     print(f"label issues: {cfg.model} fast, {len(split.train)} train / {len(split.val)} val, {cfg.epochs} epochs\n"
           f"machine: {common.machine_line(info)}", file=sys.stderr, flush=True)
+    if args.cost:
+        if args.feature_cache:
+            os.environ["FLOWERDEMO_CACHE"] = str(args.feature_cache)
+        rows = cost(cfg, split, args.cost)
+        path = common.write_json(args.out, NAME + "-cost", {
+            "benchmark": NAME + "-cost", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": info,
+            "load_average": os.getloadavg(), "command": command(argv),
+            "settings": {"config": cfg.to_dict(), "data": str(args.data), "counts": split.counts()}, "runs": rows})
+        print(f"written: {path}", file=sys.stderr)
+        return 0
     with tempfile.TemporaryDirectory(prefix="flowerdemo-label-issues-") as tmp:
         os.environ["FLOWERDEMO_CACHE"] = str(args.feature_cache or Path(tmp) / "cache")  # default cold
         t0 = time.perf_counter()
-        done = None
+        done, extracted = None, False
         for ev in train(cfg, split, out_dir=Path(tmp) / "runs"):
-            if isinstance(ev, EpochEnd):
+            if isinstance(ev, Progress) and ev.stage == "features":
+                extracted = True
+            elif isinstance(ev, EpochEnd):
                 print(f"  epoch {ev.epoch}/{ev.epochs}: val acc {ev.val_acc:.4f}, {ev.elapsed:.0f} s", file=sys.stderr)
             elif isinstance(ev, Finished):
                 done = ev
@@ -133,9 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{k:2d}. {issue['path']}: {issue['given']} -> {issue['suggested']} ({issue['confidence']:.2f}, "
               f"quality {issue['quality']:.3f}, {issue['split']})")
     payload = {"benchmark": NAME, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": info,
-               "command": "python benchmarks/label_issues.py " + " ".join(argv),
+               "command": command(argv),
                "settings": {"config": cfg.to_dict(), "data": str(args.data), "counts": split.counts(),
-                            "feature_cache": "reused" if args.feature_cache else "cold",
+                            "features": "extracted in this run" if extracted else "read from the feature cache",
                             "limit_per_class": args.limit_per_class, "method": found["method"],
                             "train_probs": found["train_probs"], "val_probs": found["val_probs"]},
                "summary": summary, "issues": list(done.label_issues), "table": {"header": header, "rows": [row]}}

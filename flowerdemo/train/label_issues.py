@@ -177,10 +177,12 @@ def run_label_issues(trainer: Any, val_probs: torch.Tensor, classes: Sequence[st
     paths = [relative_path(p, root) for p in setup.val.paths]
     splits = ["val"] * len(setup.val)
     features = starting_features(trainer)
+    t_features = time.perf_counter()
     train_probs = None
     if features is not None:
         train_labels = setup.train.labels.cpu().numpy()
         train_probs = cross_fitted_probs(features, train_labels, len(classes), seed=seed)
+    t_fit = time.perf_counter()
     if train_probs is not None:
         labels.append(train_labels)
         probs.append(train_probs)
@@ -193,6 +195,8 @@ def run_label_issues(trainer: Any, val_probs: torch.Tensor, classes: Sequence[st
             "val_probs": "the model's, temperature-scaled",
             "train_probs": (f"{FOLDS}-fold cross-fitted logistic regression on the starting backbone's pooled features"
                             if train_probs is not None else "not checked (no feature cache: full mode)"),
-            "seconds": round(time.perf_counter() - t0, 2)}
+            "seconds": round(time.perf_counter() - t0, 2),  # the first run in a process also imports scikit-learn
+            "step_seconds": {"features": round(t_features - t0, 2), "cross_fit": round(t_fit - t_features, 2),
+                             "cleanlab": round(time.perf_counter() - t_fit, 2)}}
     log.info("label issues: %d of %d photos flagged in %.1f s", len(issues), len(splits), info["seconds"])
     return issues, info
