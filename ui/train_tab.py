@@ -188,7 +188,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
                               frozen_stages, image_size, augmentations, seed)
             # the slot first: a request refused as busy has written nothing; one failing after the upload
             # was extracted deletes it on the way out (`opened`), then frees the slot
-            with ctx.job.claim(cfg, owner=getattr(request, "session_hash", None)) as slot, \
+            with ctx.job.claim(cfg, owner=ctx.visitors.identity(request)) as slot, \
                     train_data.opened(ctx, source, zip_file, folder, held, cfg.val_fraction, cfg.seed,
                                       draft=builder.draft_for(ctx, request)) as (split, held):
                 run = slot.start(split, ctx.settings.checkpoint_dir)
@@ -233,7 +233,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
                                                  api_name="refresh_after_train")
 
     def stop_training(request: gr.Request = None) -> str:
-        if ctx.job.stop(owner=getattr(request, "session_hash", None)):
+        if ctx.job.stop(owner=ctx.visitors.identity(request)):  # the browser's: a reloaded page still owns it
             return "**Stopping** after the current batch; the best checkpoint so far is kept."
         if ctx.job.state.running:
             raise gr.Error("The training that is running was started by another visitor; only they can stop it.")
