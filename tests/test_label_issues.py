@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from flowerdemo.models.checkpoints import META
+from flowerdemo.train import label_issues
 from flowerdemo.train.engine import train
 from flowerdemo.train.events import Finished, RunStarted
 from flowerdemo.train.label_issues import (
@@ -149,6 +150,19 @@ def test_deliberately_misfiled_training_photos_rank_at_the_top(tmp_path):
     top = {issue["path"] for issue in done.label_issues[:len(moved)]}
     assert top == {relative_path(p, done.data_root) for p in moved}, done.label_issues[:5]
     assert {issue["suggested"] for issue in done.label_issues[:3]} == {"circle", "square", "triangle"}
+
+
+def test_a_failure_finding_label_issues_is_reported_and_the_run_still_finishes(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no solver")
+
+    monkeypatch.setattr(label_issues, "cross_fitted_probs", broken)
+    data = make_dataset(tmp_path / "data", per_class=6, size=40)
+    done = list(train(dataclasses.replace(TRAINED_CONFIG, image_size=32, epochs=1), data, out_dir=tmp_path / "runs"))[-1]
+    assert isinstance(done, Finished) and not done.stopped and done.label_issues == ()
+    assert done.report["label_issues"]["error"] == "RuntimeError: no solver" and done.report["label_issues"]["total"] == 0
+    meta = json.loads((done.run_dir / META).read_text())
+    assert meta["label_issues"]["error"] and len(meta["val_predictions"]) == len(done.val_predictions) > 0
 
 
 def test_a_stopped_run_has_val_predictions_but_no_label_issues(tmp_path):

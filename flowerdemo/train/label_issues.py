@@ -169,7 +169,17 @@ def cell(predictions: Sequence[dict[str, Any]], true: str, pred: str) -> list[di
 def run_label_issues(trainer: Any, val_probs: torch.Tensor, classes: Sequence[str], root: str | Path | None,
                      seed: int = 0) -> tuple[tuple[LabelIssue, ...], dict[str, Any]]:
     """A finished run's label issues (validation photos, plus training photos in fast mode) and what they
-    were computed from, for the checkpoint's meta."""
+    were computed from, for the checkpoint's meta. A failure here is logged and reported in the result
+    (`{"total": 0, "error": ...}`): the trained model is saved either way."""
+    try:
+        return _run_label_issues(trainer, val_probs, classes, root, seed)
+    except Exception as exc:  # an extra after training: never the reason a finished run loses its results
+        log.exception("label issues could not be computed; the run is saved without them")
+        return (), {"total": 0, "by_split": {"train": 0, "val": 0}, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def _run_label_issues(trainer: Any, val_probs: torch.Tensor, classes: Sequence[str], root: str | Path | None,
+                      seed: int) -> tuple[tuple[LabelIssue, ...], dict[str, Any]]:
     t0 = time.perf_counter()
     setup = trainer.setup
     labels = [setup.val.labels.cpu().numpy()]
