@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     if done is None or done.stopped:
         sys.exit("error: the run did not finish")
     found = done.report["label_issues"]
+    if "error" in found:
+        sys.exit(f"error: label issues failed in the run: {found['error']}")
     top = [dict(issue) for issue in done.label_issues[:SHEET_N]]
     contact_sheet(top, done.data_root, args.sheet)
     summary = {"val_acc": round(done.best_val_acc, 4), "issues_total": found["total"], "issues_by_split": found["by_split"],
