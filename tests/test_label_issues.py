@@ -24,6 +24,7 @@ from flowerdemo.train.label_issues import (
     find_label_issues,
     photo_path,
     relative_path,
+    starting_features,
     val_predictions,
 )
 from tests.conftest import TRAINED_CONFIG
@@ -105,6 +106,28 @@ def test_splits_are_ranked_separately_then_merged_by_quality():
     assert [i.quality for i in mixed] == sorted(i.quality for i in mixed)
     with pytest.raises(ValueError, match="pred_probs must be"):
         find_label_issues(noisy, probs[:, :2], CLASSES, ["x"] * len(y), ["val"] * len(y))
+
+
+def test_training_photos_are_described_by_the_backbone_before_the_run():
+    """The fine-tuned last stage has fitted the given labels (wrong ones too): features come from its starting
+    weights, on the clean view (view 0); pooled caches are used as they are."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    tail = torch.nn.Sequential(torch.nn.Conv2d(4, 6, 1), torch.nn.BatchNorm2d(6), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten()).eval()
+    start = {k: v.clone() for k, v in tail.state_dict().items()}
+    maps = torch.randn(2, 10, 4, 3, 3).half()  # (views, photos, C, H, W)
+    with torch.no_grad():
+        expected = tail(maps[0].float()).numpy()
+        tail[0].weight.add_(1.0)  # "training" moves the live tail
+    trainer = SimpleNamespace(train_feats=maps, cached="trunk", tail=tail, tail_start=start, autocast=nullcontext,
+                              setup=SimpleNamespace(cfg=SimpleNamespace(channels_last=True)))
+    assert np.allclose(starting_features(trainer), expected, atol=1e-5)
+    pooled = SimpleNamespace(train_feats=torch.randn(3, 10, 6).half(), cached="pooled")
+    assert np.array_equal(starting_features(pooled), pooled.train_feats[0].float().numpy())
+    assert starting_features(SimpleNamespace()) is None  # full mode: no cache
 
 
 def test_val_predictions_and_confusion_matrix_cells(tmp_path):
