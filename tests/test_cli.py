@@ -193,3 +193,15 @@ def test_export_subcommand_is_wired_and_refuses_int8_torchscript_before_loading(
     missing = tmp_path / "no-such-run"  # never read: the option check comes first
     assert main(["export", "--checkpoint", str(missing), "--format", "torchscript", "--int8"]) == 2
     assert "int8" in caplog.text and "onnx" in caplog.text.lower()
+
+
+def test_train_prints_the_photos_that_may_be_labelled_wrong():
+    from flowerdemo.cli.commands import _label_issues_text
+    from flowerdemo.train.events import Finished
+
+    issue = {"path": "rose/x.jpg", "given": "rose", "suggested": "tulip", "confidence": 0.83, "quality": 0.1,
+             "split": "train"}
+    ev = Finished(None, 0.9, 3, 3, 1.0, False, {"label_issues": {"total": 7, "by_split": {"train": 6, "val": 1}}},
+                  label_issues=(issue,))
+    text = _label_issues_text(ev)
+    assert "7 (6 training / 1 validation)" in text and "rose/x.jpg filed as rose, looks like tulip (83%)" in text

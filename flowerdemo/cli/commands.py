@@ -65,12 +65,26 @@ def run_train(args: argparse.Namespace, cfg: TrainConfig) -> int:
                 elif isinstance(ev, Finished):
                     log.info("best val acc %.2f%% at epoch %d, %.1f s; checkpoint: %s\n%s", 100 * ev.best_val_acc,
                              ev.best_epoch, ev.seconds, ev.run_dir, format_report(ev.report))
+                    if ev.label_issues:
+                        log.info("%s", _label_issues_text(ev))
         except KeyboardInterrupt:
             stop.set()  # finish the current batch, keep the best checkpoint
             log.warning("interrupted: the best checkpoint so far is kept")
             events.close()
             return 130
     return 0
+
+
+def _label_issues_text(ev: Finished, show: int = 5) -> str:
+    """'photos that may be labelled wrong: 91 (87 training / 4 validation), e.g. rose/x.jpg filed as rose, looks
+    like tulip (83%)' (from the finished run's out-of-sample predictions, train/label_issues.py)."""
+    summary = ev.report.get("label_issues", {})
+    by_split = summary.get("by_split", {})
+    split = f" ({by_split.get('train', 0)} training / {by_split.get('val', 0)} validation)" if by_split else ""
+    examples = "; ".join(f"{i['path']} filed as {i['given']}, looks like {i['suggested']} ({i['confidence']:.0%})"
+                         for i in ev.label_issues[:show])
+    return (f"photos that may be labelled wrong: {summary.get('total', len(ev.label_issues))}{split}, most suspect "
+            f"first: {examples}")
 
 
 def _checkpoint(path: Path | None):
