@@ -191,15 +191,21 @@ def test_fast_mode_lite0_shortcut_gives_the_reference_features(tmp_path):
     val, _ = decode_samples(split.val, prep.resize_size)
     trainer = FastTrainer(TrainSetup(cfg, model, train, val, prep, torch.device("cpu")))
     list(trainer.prepare())
-    shortcut = fit._cached_reference(trainer)
+    shortcut = fit.cached_reference_features(trainer)
     assert shortcut is not None
     full = torch.cat([fit._features(train, i, prep, torch.device("cpu")) for i in range(0, len(train), fit.BATCH)])
     cos = torch.nn.functional.cosine_similarity(shortcut[0], full, dim=1)
     assert float(cos.min()) > 0.999  # fp16 cache vs fp32 pass: the same features
+    # engine.finish hands the training part to the label-issue check as its starting features: they must
+    # be what that check computes itself (the last stage with its starting weights over the clean maps)
+    from flowerdemo.train.label_issues import starting_features
+
+    own = torch.as_tensor(starting_features(trainer))
+    assert float(torch.nn.functional.cosine_similarity(shortcut[0].float(), own, dim=1).min()) > 0.999
     other = FastTrainer(TrainSetup(dataclasses.replace(cfg, image_size=192), model, train, val,
                                    prep.with_size(192), torch.device("cpu")))
     other.train_feats, other.val_feats = trainer.train_feats, trainer.val_feats
-    assert fit._cached_reference(other) is None  # another input size: the generic pass
+    assert fit.cached_reference_features(other) is None  # another input size: the generic pass
 
 
 def test_saving_without_a_detector_drops_stale_detector_metadata(trained_run, tmp_path):

@@ -50,7 +50,7 @@ from flowerdemo.train.optim import head_lr
 from flowerdemo.train.seeding import init_, seed_randomness_
 from flowerdemo.train.step import StopSignal, stop_requested
 from flowerdemo.train.trainer import Trainer, TrainSetup
-from flowerdemo.train.unknown import fit_unknown_detector
+from flowerdemo.train.unknown import cached_reference_features, fit_unknown_detector
 
 log = logging.getLogger(__name__)
 DECODE_CHUNK = 256  # images decoded between two progress events (and stop checks)
@@ -236,9 +236,15 @@ def finish(run: Run) -> Iterator[Event]:
     probs = (logits / temperature).softmax(1)
     predictions = val_predictions(probs, labels, run.classes, setup.val.paths, root)  # the confusion matrix's photos
     issues: tuple[LabelIssue, ...] = ()
+    # fast mode with the reference model (the default): one pass of its last stage over the cached maps
+    # gives both the detector's features and the label check's starting features
+    reference = cached_reference_features(run.trainer) if run.run_dir is not None and not stopped else None
     if not stopped and run.run_dir is not None:  # like the detector: a stopped run ends with what it has
-        issues, report["label_issues"] = run_label_issues(run.trainer, probs, run.classes, root, run.cfg.seed)
-    detector = (yield from fit_unknown_detector(run.trainer, run.cfg.seed)) if run.run_dir is not None else None
+        issues, report["label_issues"] = run_label_issues(
+            run.trainer, probs, run.classes, root, run.cfg.seed,
+            features=None if reference is None else reference[0].float().cpu().numpy())
+    detector = ((yield from fit_unknown_detector(run.trainer, run.cfg.seed, cached=reference))
+                if run.run_dir is not None else None)
     if detector is not None:
         report["unknown"] = detector.to_meta()
     seconds = run.seconds

@@ -167,26 +167,28 @@ def cell(predictions: Sequence[dict[str, Any]], true: str, pred: str) -> list[di
 
 
 def run_label_issues(trainer: Any, val_probs: torch.Tensor, classes: Sequence[str], root: str | Path | None,
-                     seed: int = 0) -> tuple[tuple[LabelIssue, ...], dict[str, Any]]:
+                     seed: int = 0, features: np.ndarray | None = None) -> tuple[tuple[LabelIssue, ...], dict[str, Any]]:
     """A finished run's label issues (validation photos, plus training photos in fast mode) and what they
     were computed from, for the checkpoint's meta. A failure here is logged and reported in the result
-    (`{"total": 0, "error": ...}`): the trained model is saved either way."""
+    (`{"total": 0, "error": ...}`): the trained model is saved either way. `features`: the training photos'
+    starting features when the caller has them (the unknown-photo detector's pass, for the reference model)."""
     try:
-        return _run_label_issues(trainer, val_probs, classes, root, seed)
+        return _run_label_issues(trainer, val_probs, classes, root, seed, features)
     except Exception as exc:  # an extra after training: never the reason a finished run loses its results
         log.exception("label issues could not be computed; the run is saved without them")
         return (), {"total": 0, "by_split": {"train": 0, "val": 0}, "error": f"{type(exc).__name__}: {exc}"}
 
 
 def _run_label_issues(trainer: Any, val_probs: torch.Tensor, classes: Sequence[str], root: str | Path | None,
-                      seed: int) -> tuple[tuple[LabelIssue, ...], dict[str, Any]]:
+                      seed: int, features: np.ndarray | None) -> tuple[tuple[LabelIssue, ...], dict[str, Any]]:
     t0 = time.perf_counter()
     setup = trainer.setup
     labels = [setup.val.labels.cpu().numpy()]
     probs = [val_probs.double().cpu().numpy()]
     paths = [relative_path(p, root) for p in setup.val.paths]
     splits = ["val"] * len(setup.val)
-    features = starting_features(trainer)
+    if features is None:
+        features = starting_features(trainer)
     t_features = time.perf_counter()
     train_probs = None
     if features is not None:

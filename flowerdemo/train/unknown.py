@@ -32,14 +32,16 @@ log = logging.getLogger(__name__)
 BATCH = 64
 
 
-def fit_unknown_detector(trainer: Trainer, seed: int) -> Iterator[Progress]:
+def fit_unknown_detector(trainer: Trainer, seed: int,
+                         cached: tuple[torch.Tensor, torch.Tensor] | None = None) -> Iterator[Progress]:
     """Returns the fitted detector of a run, or None when stopped (or when a split is empty). A run that was
     stopped skips it: stopping means "end now with what you have"; its model then says that it cannot
-    tell unknown photos (train to the end to get the detector)."""
+    tell unknown photos (train to the end to get the detector). `cached`: what `cached_reference_features`
+    returned, when the caller already has it."""
     setup = trainer.setup
     if len(setup.train) == 0 or len(setup.val) == 0 or stop_requested(setup.stop):
         return None
-    shortcut = _cached_reference(trainer)
+    shortcut = cached if cached is not None else cached_reference_features(trainer)
     if shortcut is None:
         return (yield from fit_from_images(setup.train, setup.val, setup.prep, setup.device, seed, setup.stop))
     yield Progress("unknown", 1, 1)
@@ -73,9 +75,11 @@ def _features(part: ImageTensors, start: int, prep, device: torch.device) -> tor
 
 
 @torch.inference_mode()
-def _cached_reference(trainer: Trainer) -> tuple[torch.Tensor, torch.Tensor] | None:
+def cached_reference_features(trainer: Trainer) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(train, val) reference features from fast mode's cached trunk activations, when those are the
-    reference encoder's own (same architecture, pretrained, same size and normalisation)."""
+    reference encoder's own (same architecture, pretrained, same size and normalisation); else None.
+    The training photos' part is also the label-issue check's starting features (engine.finish runs
+    this pass once for both)."""
     setup = trainer.setup
     cfg, prep = setup.cfg, setup.prep
     train_maps = getattr(trainer, "train_feats", None)
