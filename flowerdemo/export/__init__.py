@@ -76,6 +76,10 @@ def export(clf: Classifier, fmt: str, out_dir: str | Path, *, int8: bool = False
         method = None
         if int8:
             method = "static" if calibration is not None else "dynamic"
+            if method == "dynamic":
+                log.warning("int8 without calibration photos: dynamic quantisation, which loses accuracy on this kind "
+                            "of CNN and runs slower than float32 on a CPU (docs/benchmarks.md); pass calibration photos "
+                            "for static quantisation")
             quantized = Path(work) / "model.int8.onnx"
             batches = list(calibration_batches(clf, calibration)) if calibration is not None else None
             quantize_int8(tmp, quantized, method, batches)
