@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from functools import lru_cache
 
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
@@ -38,6 +39,7 @@ def per_class_table(report: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["class", "precision", "recall", "f1", "support"])
 
 
+@lru_cache(maxsize=8)  # loading the font is the slow part of measuring a label
 def _font(size: int) -> ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)
@@ -51,10 +53,8 @@ def confusion_image(report: dict, cell: int = 64) -> Image.Image | None:
     if not classes or not matrix:
         return None
     n = len(classes)
-    cell = max(28, min(cell, 640 // n))
+    cell, margin, names = _confusion_grid(classes, cell)
     font, small = _font(max(10, cell // 4)), _font(13)
-    names = [c if len(c) <= 14 else c[:13] + "…" for c in classes]
-    margin = 24 + max(int(small.getlength(c)) for c in names)
     top = margin
     tiles = []  # column names, rotated 45 degrees, read upwards from their column's centre
     for name in names:
@@ -86,6 +86,25 @@ def confusion_image(report: dict, cell: int = 64) -> Image.Image | None:
     d.line([(x, top - 26), (x, top - 12)], fill="#555", width=2)
     d.polygon([(x - 4, top - 15), (x + 4, top - 15), (x, top - 9)], fill="#555")
     return img
+
+
+def _confusion_grid(classes: list[str], cell: int) -> tuple[int, int, list[str]]:
+    """(cell size, left and top margin, shown names) of the confusion picture: one place for its geometry."""
+    cell = max(28, min(cell, 640 // len(classes)))
+    names = [c if len(c) <= 14 else c[:13] + "…" for c in classes]
+    return cell, 24 + max(int(_font(13).getlength(c)) for c in names), names
+
+
+def confusion_cell_at(report: dict, x: float, y: float, cell: int = 64) -> tuple[int, int] | None:
+    """(true, predicted) class indices of the square of `confusion_image(report)` at pixel (x, y), or None
+    outside the grid."""
+    classes = report.get("classes")
+    if not classes or not report.get("confusion_matrix"):
+        return None
+    size, margin, _ = _confusion_grid(classes, cell)
+    i, j = (y - margin) // size, (x - margin) // size
+    n = len(classes)
+    return (int(i), int(j)) if 0 <= i < n and 0 <= j < n else None
 
 
 def progress_html(fraction: float, label: str) -> str:

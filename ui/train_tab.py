@@ -9,9 +9,9 @@ import gradio as gr
 from flowerdemo.config import SCHEDULES, TrainConfig
 from flowerdemo.serve.jobs import Busy, on_zero_gpu
 from flowerdemo.serve.owners import claim
-from flowerdemo.train.events import RunStarted
+from flowerdemo.train.events import Finished, RunStarted
 
-from . import builder, plots, train_data
+from . import builder, plots, train_data, train_review
 from .errors import ui_error
 from .predict_tab import PredictRefs
 from .state import AppContext
@@ -152,6 +152,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
                                        height=340, elem_id="train-reliability")
             mistakes = gr.Gallery(label="Validation images the model got most wrong (true → predicted)",
                                   columns=6, height=240, object_fit="contain", interactive=False, fit_columns=False)
+            review = train_review.build(ctx, confusion, builder.draft_for)
 
     def choose_source(src: str):
         return gr.update(visible=src == "zip"), gr.update(visible=src == "folder"), gr.update(visible=src == "builder")
@@ -199,7 +200,8 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
         view = TrainView(cfg.epochs)
         first = {"status": "Starting…", "results": gr.update(visible=False), "held": held,
                  "loss": plots.EMPTY_PLOT, "acc": plots.EMPTY_PLOT, "lr": plots.EMPTY_PLOT}
-        yield {outputs[k]: v for k, v in first.items()}
+        yield {**{outputs[k]: v for k, v in first.items()}, review.state: None}  # the last run's review goes
+        kept = False  # the run's extracted .zip, kept for its review (train_data.keep)
         try:
             for ev in run:
                 view.stopping = ctx.job.state.stopping
@@ -217,18 +219,32 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
                     ctx.models.get(ev.run_dir)  # load now: the Predict tab answers at once
                     update["active"] = str(ev.run_dir)  # this session's model; other visitors keep theirs
                     ctx.adopt(ev.run_dir, ctx.visitors.identity(request), "trained")  # + per-visitor limit
+                    update["held"], kept, values = finished_review(ev, source, held, request)
+                    held = update["held"]
+                    yield {**{outputs[k]: v for k, v in update.items()}, **dict(zip(review.outputs, values, strict=True))}
+                    continue
                 yield {outputs[k]: v for k, v in update.items()}
         except Exception as exc:
             raise ui_error(exc, "Training", title="Training failed", message=f"Training failed: {exc}") from None
         finally:  # also when the visitor leaves mid-run: free the slot, delete the extracted upload
             run.close()
-            train_data.release(ctx, held)
-        if held:
+            if not kept:
+                train_data.release(ctx, held)
+        if held and not kept:
             yield {outputs["held"]: None}
+
+    def finished_review(ev: Finished, source: str, held: dict | None, request: gr.Request | None) -> tuple:
+        """(what the session holds now, whether that is kept, the review's values) after a finished run: an
+        upload's photos are kept for the review; a builder run's review reads the builder's own photos."""
+        held, root = train_data.keep(ctx, held, ev.data_root)
+        if source == "builder":
+            root = str(builder.draft_for(ctx, request).root)
+        state = train_review.review_state(ev, source, root)
+        return held, source != "builder" and held is not None, review.finished(state, ev.report)
 
     train_inputs = [source, zip_file, folder, backbone, mode, epochs, batch_size, lr, optimizer, schedule, warmup,
                     freeze, frozen_stages, image_size, augment, seed, held, active]
-    start_btn.click(start_training, train_inputs, list(outputs.values()), api_name="train",
+    start_btn.click(start_training, train_inputs, [*outputs.values(), *review.outputs], api_name="train",
                     concurrency_limit=None).then(predict.refresh, active, predict.refresh_outputs,
                                                  api_name="refresh_after_train")
 
