@@ -5,6 +5,7 @@ visitor cannot do (stop the run, act on the photos). One tiny builder training f
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +111,23 @@ def test_the_confusion_picture_maps_pixels_to_cells():
     hits = {confusion_cell_at(report, x, y) for x in range(0, img.width, 4) for y in range(0, img.height, 4)}
     assert hits - {None} == {(i, j) for i in range(3) for j in range(3)}
     assert confusion_cell_at(report, 2, 2) is None
+
+
+def test_an_uploads_photos_are_kept_for_the_review_until_released(tmp_path):
+    from types import SimpleNamespace
+
+    from ui import train_data
+    from ui.state import Settings
+
+    ctx = SimpleNamespace(settings=Settings(checkpoint_dir=tmp_path / "c", work_dir=tmp_path / "w", cache_dir=tmp_path))
+    workdir = ctx.settings.folder("uploads") / "abc"
+    shapes(workdir / "data" / "set" / "circle", "circle", 1, 0)
+    held = {"key": "x.zip", "path": str(workdir / "data" / "set"), "owned": str(workdir)}
+    kept, root = train_data.keep(ctx, held, str(workdir / "data" / "set"))
+    assert not workdir.exists() and (tmp_path / "w" / train_data.KEPT / "abc").is_dir()
+    assert (Path(root) / "circle" / "circle-0.png").is_file() and kept["path"] == root
+    assert train_data.keep(ctx, kept, root) == (kept, root)  # kept already: stays where it is
+    builder = {"key": "builder", "path": "p", "owned": "o"}
+    assert train_data.keep(ctx, builder, "r") == (builder, "r")  # a builder snapshot is not kept
+    train_data.release(ctx, kept)
+    assert not any((tmp_path / "w" / train_data.KEPT).iterdir())
