@@ -105,6 +105,6 @@ def run_recipe(cfg, split, tta: bool = True) -> dict[str, Any]:
         "train_s": round(sum(e["seconds"] for e in epochs), 1),  # training steps, validation scoring excluded
         "fit_s": round(t["last_epoch"] - train_start, 1),  # training + validation scoring
         "finish_s": round(t["finished"] - t["last_epoch"], 1),  # report, calibration, label issues, unknown detector
-        "tta_eval_s": round(t_tta, 1), "loadavg_start": [round(x, 2) for x in load],
+        "tta_eval_s": round(t_tta, 1), "torch_threads": torch.get_num_threads(), "loadavg_start": [round(x, 2) for x in load],
         "loadavg_end": [round(x, 2) for x in os.getloadavg()], "curve": [e["val_acc"] for e in epochs], "epochs": epochs,
     }

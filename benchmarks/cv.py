@@ -169,8 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"error: recipe {r!r} with --set {extra}: {exc}")
     out = args.out or args.resume or common.default_out(NAME)
     runs: list[dict[str, Any]] = []
+    commands = ["python benchmarks/cv.py " + " ".join(argv)]
     if args.resume:
-        runs = json.loads(args.resume.read_text())["runs"]
+        earlier = json.loads(args.resume.read_text())
+        runs, commands = earlier["runs"], [*earlier.get("commands", [earlier["command"]]), *commands]
     previous = [r for r in dict.fromkeys(run["recipe"] for run in runs) if r not in recipes]
     info = common.machine_info()
     print(f"cv benchmark: recipes {recipes} on split seeds {seeds} of {args.data}\nmachine: {common.machine_line(info)}",
@@ -189,19 +191,19 @@ def main(argv: list[str] | None = None) -> int:
             result = run_recipe(cfg, split, tta=not args.no_tta)
             runs.append({"recipe": r, "seed": seed, "overrides": {**RECIPES[r][1], **extra},
                          "counts": split.counts(), "groups_kept_together": split.groups_kept_together,
-                         "groups_left_split": split.groups_left_split, **result})
+                         "groups_left_split": split.groups_left_split, "git_commit": info["git_commit"], **result})
             print(f"    last {result['last_acc']:.4f}, best {result['best_acc']:.4f} (epoch {result['best_epoch']}), "
                   f"tta {common.fmt(result['tta_last_acc'], '.4f')}, wall {result['wall_s']:.0f} s"
                   f"{' (features cached)' if result['features_cached'] else ''}", file=sys.stderr, flush=True)
-            _write(out, args, argv, info, runs, previous + recipes, device, extra)
+            _write(out, args, commands, info, runs, previous + recipes, device, extra)
     summary = summarise(runs, previous + recipes)
     print(common.markdown_table(*table(summary, previous + recipes)))
-    path = _write(out, args, argv, info, runs, previous + recipes, device, extra)
+    path = _write(out, args, commands, info, runs, previous + recipes, device, extra)
     print(f"\nwritten: {path}", file=sys.stderr)
     return 0
 
 
-def _write(out: Path, args: argparse.Namespace, argv: list[str], info: dict[str, Any], runs: list[dict[str, Any]],
+def _write(out: Path, args: argparse.Namespace, commands: list[str], info: dict[str, Any], runs: list[dict[str, Any]],
            recipes: list[str], device: str, extra: dict[str, Any]) -> Path:
     """The whole file again after every run, so an interrupted sweep keeps what it measured (--resume)."""
     from flowerdemo.config import TrainConfig
@@ -209,7 +211,7 @@ def _write(out: Path, args: argparse.Namespace, argv: list[str], info: dict[str,
     summary = summarise(runs, recipes)
     header, rows = table(summary, recipes)
     payload = {"benchmark": NAME, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": info,
-               "command": "python benchmarks/cv.py " + " ".join(argv),
+               "command": commands[-1], "commands": commands,  # every invocation that added runs (--resume)
                "settings": {"data": str(args.data), "device": device, "recipes": {r: RECIPES[r] for r in recipes},
                             "set": extra, "base_config": TrainConfig().to_dict(), "split": "scan_dataset(keep_groups=True)",
                             "limit_per_class": args.limit_per_class or None, "threads": args.threads or "torch default",

@@ -62,3 +62,7 @@ def test_tiny_sweep_writes_consistent_runs(tmp_path):
     assert 0 <= run["tta_last_acc"] <= 1 and not run["features_cached"]
     assert payload["summary"]["default"]["last_acc"]["n"] == 1
     assert str(Path(__file__).resolve().parent.parent) not in out.read_text()  # repo-relative paths only
+    # resuming with the same recipe and seed trains nothing again and keeps the run and both commands
+    assert cv.main(["--data", str(data), "--splits", "1", "--resume", str(out), "--no-tta"]) == 0
+    again = json.loads(out.read_text())
+    assert again["runs"] == payload["runs"] and len(again["commands"]) == 2
