@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -27,6 +28,7 @@ def trained(tmp_path_factory):
     photos = root / "photos"
     with running_app(root, None) as (demo, url):
         me, other = new_client(url, root / "d1"), new_client(url, root / "d2")
+        token = demo.ctx.visitors.register(me.session_hash, None)  # what /init does for a browser's page
         circles = shapes(photos / "c", "circle", 10, 11, 64)
         squares = shapes(photos / "s", "square", 10, 12, 64)
         for kind, files in (("circle", circles[:8]), ("square", [*squares, *circles[8:]])):
@@ -40,7 +42,7 @@ def trained(tmp_path_factory):
                     other.predict(api_name="/stop")
         final = [out for out in job.outputs() if isinstance(out[0], str)][-1]  # the last visible change
         assert job.status().success and "Done" in final[0]
-        yield demo, root, me, other, final, refused
+        yield demo, root, me, other, final, refused, token
 
 
 def issue_table(outputs) -> dict:
@@ -48,14 +50,17 @@ def issue_table(outputs) -> dict:
 
 
 def test_stop_belongs_to_the_visitors_identity(trained):
-    demo, _, me, _, _, refused = trained
+    demo, _, me, _, _, refused, token = trained
     assert refused is not None and "started by another visitor" in str(refused.value)
     assert not demo.ctx.job.state.stopping  # the refused Stop did not stop it
-    assert demo.ctx.job.state.owner == f"session:{me.session_hash}"  # identity(), not the bare session hash
+    assert demo.ctx.job.state.owner == token  # the browser's identity, not the session hash
+    reloaded = SimpleNamespace(session_hash="a-reloaded-page")  # the same browser, a new session: same owner
+    demo.ctx.visitors.register(reloaded.session_hash, token)
+    assert demo.ctx.visitors.identity(reloaded) == demo.ctx.job.state.owner != f"session:{me.session_hash}"
 
 
 def test_a_cell_lists_exactly_its_validation_photos_and_explains_one(trained, tmp_path):
-    _, root, me, other, _, _ = trained
+    _, root, me, other, *_ = trained
     (run,) = [p for p in (root / "checkpoints").iterdir() if (p / META).is_file()]
     meta = json.loads((run / META).read_text())
     classes = meta["classes"]
@@ -78,7 +83,7 @@ def test_a_cell_lists_exactly_its_validation_photos_and_explains_one(trained, tm
 
 
 def test_issues_come_with_their_photos_and_one_click_moves_one_in_the_builder(trained):
-    _, _, me, other, final, _ = trained
+    _, _, me, other, final, *_ = trained
     table = issue_table(final)
     rows = [dict(zip(ISSUE_HEADERS, r, strict=True)) for r in table["data"]]
     assert "may be labelled wrong" in " ".join(str(o) for o in final if isinstance(o, str))
@@ -114,8 +119,6 @@ def test_the_confusion_picture_maps_pixels_to_cells():
 
 
 def test_an_uploads_photos_are_kept_for_the_review_until_released(tmp_path):
-    from types import SimpleNamespace
-
     from ui import train_data
     from ui.state import Settings
 
