@@ -1,7 +1,8 @@
 """Exported models against torch: parity, accuracy, size and single-photo latency.
 
 For a checkpoint (default: the shipped checkpoints/flowers5-lite2) and the validation split it was
-trained with (scan_dataset with its config's val_fraction and seed), prepared exactly as `predict` does:
+trained with (data.dataset.checkpoint_split: its config's val_fraction and seed, near-duplicate groups as
+its run kept them), prepared exactly as `predict` does:
 
   parity     max |Δprobability| and max |Δunknown score| of the float32 ONNX file vs flowerdemo's torch path
              (predict.probabilities / predict.familiarity), and how many verdicts ("none of these" at each
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     common.apply_threads(args.threads)
     import numpy as np
 
-    from flowerdemo.data.dataset import scan_dataset
+    from flowerdemo.data.dataset import checkpoint_split
     from flowerdemo.export import CALIBRATION_PHOTOS, export
     from flowerdemo.export.graph import pixels_from_tensor
     from flowerdemo.export.onnx import session
@@ -93,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
     info = common.machine_info()
     clf = load_checkpoint(args.checkpoint)
-    cfg = clf.meta.get("config", {})
-    split = scan_dataset(common.require_data(args.data), val_fraction=cfg.get("val_fraction", 0.2), seed=cfg.get("seed", 0))
+    split = checkpoint_split(common.require_data(args.data), clf.meta)
     val = list(split.val)[: args.limit or None]
     labels = np.array([clf.classes.index(split.classes[s.label]) for s in val])
     p = clf.preprocessing

@@ -38,7 +38,7 @@ except ImportError:  # run as a script
 
 from PIL import Image  # noqa: E402
 
-from flowerdemo.data.dataset import scan_dataset  # noqa: E402
+from flowerdemo.data.dataset import checkpoint_split  # noqa: E402
 from flowerdemo.infer.predict import familiarity, probabilities  # noqa: E402
 from flowerdemo.infer.preprocess import prepare_image  # noqa: E402
 from flowerdemo.models.checkpoints import load_checkpoint  # noqa: E402
@@ -221,8 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     if clf.detector is None:
         sys.exit(f"error: {args.checkpoint} has no unknown-photo detector (saved before they existed); "
                  "retrain it or re-run scripts/ship_model.py")
-    cfg = clf.meta.get("config", {})
-    split = scan_dataset(data, val_fraction=cfg.get("val_fraction", 0.2), seed=cfg.get("seed", 0))
+    split = checkpoint_split(data, clf.meta)
     photos, missing = package_photos()
     if missing:
         print(f"note: not installed, so their photos are left out: {', '.join(missing)} (pip install scikit-image)")

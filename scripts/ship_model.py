@@ -22,7 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flowerdemo.data.dataset import scan_dataset  # noqa: E402
+from flowerdemo.data.dataset import checkpoint_split  # noqa: E402
 from flowerdemo.data.tensorcache import decode_samples  # noqa: E402
 from flowerdemo.device import autocast_for  # noqa: E402
 from flowerdemo.models.checkpoints import load_checkpoint, read_meta, save_checkpoint  # noqa: E402
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     clf = load_checkpoint(args.run)
     cfg = clf.meta["config"]
-    split = scan_dataset(args.data, val_fraction=cfg["val_fraction"], seed=cfg["seed"])
+    split = checkpoint_split(args.data, clf.meta)
     if tuple(split.classes) != tuple(clf.classes):
         raise SystemExit(f"classes differ: data {split.classes} vs checkpoint {clf.classes}")
     val, bad = decode_samples(split.val, clf.preprocessing.resize_size)

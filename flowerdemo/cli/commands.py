@@ -104,7 +104,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     import torch
 
-    from flowerdemo.data.dataset import DatasetError, resolve_data, scan_dataset
+    from flowerdemo.data.dataset import DatasetError, checkpoint_split, resolve_data
     from flowerdemo.data.tensorcache import decode_samples
     from flowerdemo.device import autocast_for, resolve_device
     from flowerdemo.train.calibration import calibration_summary
@@ -112,9 +112,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from flowerdemo.train.metrics import classification_report, format_report
 
     clf = _checkpoint(args.checkpoint)
-    cfg = clf.meta.get("config", {})
     with tempfile.TemporaryDirectory(prefix="flowerdemo-") as work:
-        split = scan_dataset(resolve_data(args.data, work), val_fraction=cfg.get("val_fraction", 0.2), seed=cfg.get("seed", 0))
+        split = checkpoint_split(resolve_data(args.data, work), clf.meta)  # --split val: the run's own split
         unknown = [c for c in split.classes if c not in clf.classes]
         if unknown:
             raise DatasetError(f"classes {unknown} are not known to the checkpoint, which has: {', '.join(clf.classes)}")

@@ -258,6 +258,15 @@ def scan_dataset(
     return result
 
 
+def checkpoint_split(path: str | os.PathLike, meta: dict, max_pixels: int = DEFAULT_MAX_PIXELS) -> DatasetSplit:
+    """The split a checkpoint was trained with, made again from its metadata: its val_fraction and seed, and
+    near-duplicate groups kept together only if its run did (`meta["data"]["keep_groups"]`; checkpoints from
+    before the group-keeping split do not have it and get the plain split they were trained on)."""
+    cfg, data = meta.get("config", {}), meta.get("data", {})
+    return scan_dataset(path, val_fraction=cfg.get("val_fraction", 0.2), seed=cfg.get("seed", 0),
+                        max_pixels=max_pixels, keep_groups=bool(data.get("keep_groups", False)))
+
+
 def resolve_data(path: Path, workdir: str | None = None) -> Path:
     """A folder as is; a .zip extracted safely into a temporary folder."""
     from flowerdemo.data.archive import (

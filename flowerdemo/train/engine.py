@@ -169,7 +169,12 @@ def prepare(run: Run, data: str | Path | DatasetSplit) -> Iterator[Event]:
                 "head": {"kind": cfg.head, "hidden": cfg.head_hidden, "dropout": cfg.head_dropout},
                 "preprocessing": prep.to_dict(), "config": cfg.to_dict(), "mode": mode,
                 "device": describe_device(device),
+                # keep_groups: how evaluate/ship_model make this split again (data.dataset.checkpoint_split);
+                # a split with no near-duplicate groups is the same with or without keeping them together
                 "data": {"root": str(split.root), "counts": split.counts(), "presplit": split.presplit,
+                         "keep_groups": split.near_duplicate_groups > 0,
+                         "near_duplicate_groups": split.near_duplicate_groups,
+                         "groups_kept_together": split.groups_kept_together,
                          "skipped": len(split.skipped) + len(bad)},
                 "world_size": dist_info.world, "versions": library_versions()}
     return True
