@@ -134,3 +134,20 @@ def test_an_uploads_photos_are_kept_for_the_review_until_released(tmp_path):
     assert train_data.keep(ctx, builder, "r") == (builder, "r")  # a builder snapshot is not kept
     train_data.release(ctx, kept)
     assert not any((tmp_path / "w" / train_data.KEPT).iterdir())
+
+
+def test_an_uploads_issues_are_shown_without_the_fix_and_a_gone_photo_is_counted(tmp_path):
+    from flowerdemo.train.events import Finished
+    from ui.train_review import issues_view, largest_confusion, review_state
+
+    shapes(tmp_path / "circle", "circle", 2, 0)
+    issues = tuple({"path": f"circle/circle-{i}.png", "given": "circle", "suggested": "square", "confidence": 0.83,
+                    "quality": 0.1, "split": "train"} for i in range(3))  # circle-2.png is not there
+    report = {"classes": ["circle", "square"], "confusion_matrix": [[5, 1], [3, 4]], "label_issues": {"total": 7}}
+    ev = Finished(tmp_path / "run", 0.7, 1, 1, 1.0, False, report, label_issues=issues)
+    text, pics, shown, table = issues_view(review_state(ev, "zip", tmp_path))
+    assert "**7 photos may be labelled wrong** (the 3 most suspect shown)" in text and "fix them there" in text
+    assert "1 of them are no longer there" in text and shown == ["circle/circle-0.png", "circle/circle-1.png"]
+    assert [c for _, c in pics] == ["filed as circle · looks like square (83%)"] * 2 and len(table) == 3
+    assert largest_confusion(report) == ("square", "circle")
+    assert review_state(Finished(None, 0, 0, 0, 0.0, True), "zip", tmp_path) is None

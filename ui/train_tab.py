@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import gradio as gr
 
@@ -17,6 +18,7 @@ from .predict_tab import PredictRefs
 from .state import AppContext
 from .train_view import TrainView
 
+log = logging.getLogger(__name__)
 DEFAULTS = TrainConfig()
 AUGMENTS = [("random resized crop", "random_resized_crop"), ("horizontal flip", "hflip"),
             ("colour jitter", "color_jitter"), ("rotation ±30°", "rotation"), ("translation ±10%", "translate"),
@@ -237,10 +239,14 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
         """(what the session holds now, whether that is kept, the review's values) after a finished run: an
         upload's photos are kept for the review; a builder run's review reads the builder's own photos."""
         held, root = train_data.keep(ctx, held, ev.data_root)
-        if source == "builder":
-            root = str(builder.draft_for(ctx, request).root)
-        state = train_review.review_state(ev, source, root)
-        return held, source != "builder" and held is not None, review.finished(state, ev.report)
+        kept = source != "builder" and held is not None
+        try:
+            if source == "builder":
+                root = str(builder.draft_for(ctx, request).root)
+            return held, kept, review.finished(train_review.review_state(ev, source, root), ev.report)
+        except Exception:  # an extra after training: the run's results show without it
+            log.exception("could not show the review of %s", ev.run_dir)
+            return held, kept, review.finished(None, ev.report)
 
     train_inputs = [source, zip_file, folder, backbone, mode, epochs, batch_size, lr, optimizer, schedule, warmup,
                     freeze, frozen_stages, image_size, augment, seed, held, active]
