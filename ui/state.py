@@ -163,7 +163,10 @@ class AppContext:
         from flowerdemo.serve.runs import clean_leftovers, default_run
 
         settings = settings or Settings.from_env()
-        clean_leftovers(settings.checkpoint_dir, [settings.work_dir / "uploads", settings.work_dir / "downloads"])
+        # scratch a crashed process left: extracted uploads, downloads, an upload kept for a run's review (its
+        # session is gone); visitors' builder datasets stay (their browser token outlives a restart)
+        clean_leftovers(settings.checkpoint_dir, [settings.work_dir / "uploads", settings.work_dir / "downloads",
+                                                  settings.work_dir / "review"])
         default = default_run(settings.checkpoint_dir, settings.default_model)
         if default is None:
             log.info("no default model under %s: visitors train or load one", settings.checkpoint_dir)
@@ -186,6 +189,7 @@ class AppContext:
         prune_runs(self.settings.checkpoint_dir, self.settings.keep_runs, protect, self.settings.runs_disk_mb * MB)
         prune_files(self.settings.folder("downloads"), 3600)
         prune_files(self.settings.folder("uploads"), 6 * 3600)
+        prune_files(self.settings.folder("review"), 6 * 3600)
 
     def adopt(self, run: str | Path, identity: str, kind: str) -> None:
         """A visitor's new run (`kind`: trained or uploaded) is theirs: record it, then keep their newest
