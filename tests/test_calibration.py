@@ -214,7 +214,7 @@ def test_finish_fits_stores_and_reports_the_temperature(tmp_path, monkeypatch):
     tests (tests/test_unknown.py, on a real run): left out here."""
     from flowerdemo.train import engine
 
-    def no_detector(trainer, seed):
+    def no_detector(trainer, seed, cached=None):
         return None
         yield  # a generator, as the real one
 

@@ -237,7 +237,7 @@ def finish(run: Run) -> Iterator[Event]:
                                       note=unfit_reason(logits, labels))
     report = {**classification_report(labels, logits.argmax(1), run.classes), "calibration": calibration}
     mistakes = _mistakes(logits / temperature, setup.val, run.classes)  # confidences as the app will show them
-    root = run.meta["data"]["root"]
+    root = run.meta.get("data", {}).get("root")  # None: paths stay as they are
     probs = (logits / temperature).softmax(1)
     predictions = val_predictions(probs, labels, run.classes, setup.val.paths, root)  # the confusion matrix's photos
     issues: tuple[LabelIssue, ...] = ()

@@ -80,10 +80,12 @@ def cached_reference_features(trainer: Trainer) -> tuple[torch.Tensor, torch.Ten
     reference encoder's own (same architecture, pretrained, same size and normalisation); else None.
     The training photos' part is also the label-issue check's starting features (engine.finish runs
     this pass once for both)."""
+    train_maps = getattr(trainer, "train_feats", None)
+    if getattr(trainer, "cached", None) != "trunk" or train_maps is None:  # full mode, or pooled features
+        return None
     setup = trainer.setup
     cfg, prep = setup.cfg, setup.prep
-    train_maps = getattr(trainer, "train_feats", None)
-    if (getattr(trainer, "cached", None) != "trunk" or train_maps is None or cfg.model != REFERENCE_MODEL
+    if (cfg.model != REFERENCE_MODEL
             or not cfg.pretrained or prep.input_size != REFERENCE_SIZE or tuple(prep.mean) != REF_MEAN
             or tuple(prep.std) != REF_MEAN):
         return None
