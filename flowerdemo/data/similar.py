@@ -173,6 +173,8 @@ def fingerprints(paths: Sequence[Path], cache_dir: Path | None = None, progress:
 def near_pairs(hashes: Sequence[Sequence[int]], max_bits: int = NEAR_BITS) -> list[tuple[int, int]]:
     """Index pairs (i < j) of which some hash of i and some hash of j differ in at most `max_bits` bits
     (every pair and every combination of their hashes, in row blocks)."""
+    if len(hashes) == 0:  # nothing decodable: no pairs (the scan's caller says what is wrong)
+        return []
     h = np.array(hashes, dtype=np.uint64).reshape(len(hashes), -1)  # (N, crops)
     pairs: list[tuple[int, int]] = []
     for start in range(0, len(h), 256):
