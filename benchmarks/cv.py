@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"error: recipe {r!r} with --set {extra}: {exc}")
     out = args.out or args.resume or common.default_out(NAME)
     runs: list[dict[str, Any]] = []
-    commands = ["python benchmarks/cv.py " + " ".join(argv)]
+    shown = ["CACHE_DIR" if i and argv[i - 1] == "--cache" else a for i, a in enumerate(argv)]  # no machine path
+    commands = ["python benchmarks/cv.py " + " ".join(shown)]
     if args.resume:
         earlier = json.loads(args.resume.read_text())
         runs, commands = earlier["runs"], [*earlier.get("commands", [earlier["command"]]), *commands]
