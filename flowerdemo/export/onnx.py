@@ -74,12 +74,17 @@ def export_onnx(clf: Classifier, path: str | Path, with_unknown: bool = True) ->
     with torch.no_grad():
         expected = graph(example)[0].numpy()
     got = session(path).run(["probabilities"], {INPUT: example.numpy()})[0]
-    diff = float(np.abs(got - expected).max())
+    return require_parity(float(np.abs(got - expected).max()), path, f"the ONNX graph of {clf.name}", clf.name)
+
+
+def require_parity(diff: float, path: Path, what: str, name: str) -> float:
+    """`diff` (max |Δprobability| of the written file vs torch) when within PARITY_TOL; else the file is
+    deleted and ExportError says by how much it missed. One rule for every format."""
     if not diff <= PARITY_TOL:
         path.unlink(missing_ok=True)
-        raise ExportError(f"the ONNX graph of {clf.name} does not match torch: max |Δprobability| {diff:.2e} > "
-                          f"{PARITY_TOL:.0e}; nothing was written")
-    log.info("exported %s -> %s (max |Δprobability| vs torch %.1e)", clf.name, path, diff)
+        raise ExportError(f"{what} does not match torch: max |Δprobability| {diff:.2e} > {PARITY_TOL:.0e}; "
+                          "nothing was written")
+    log.info("exported %s -> %s (max |Δprobability| vs torch %.1e)", name, path, diff)
     return diff
 
 

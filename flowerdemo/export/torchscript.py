@@ -25,7 +25,7 @@ META_FILE = "meta.json"
 def export_torchscript(clf: Classifier, path: str | Path, with_unknown: bool = True) -> float:
     """Write a traced TorchScript file of `clf`; returns the max |Δprobability| of the saved file against
     the untraced graph on a check batch of another size than the tracing one (the batch axis stays free)."""
-    from flowerdemo.export.onnx import PARITY_TOL, ExportError
+    from flowerdemo.export.onnx import require_parity
 
     path = Path(path)
     graph = ExportGraph(clf, with_unknown).eval()
@@ -39,13 +39,7 @@ def export_torchscript(clf: Classifier, path: str | Path, with_unknown: bool = T
         check = example_pixels(clf.preprocessing.input_size, batch=3, seed=1)
         expected = graph(check)[0]
         got = torch.jit.load(str(path))(check)[0]
-    diff = float((got - expected).abs().max())
-    if not diff <= PARITY_TOL:
-        path.unlink(missing_ok=True)
-        raise ExportError(f"the TorchScript file of {clf.name} does not match the model: max |Δprobability| "
-                          f"{diff:.2e} > {PARITY_TOL:.0e}; nothing was written")
-    log.info("exported %s -> %s (max |Δprobability| vs torch %.1e)", clf.name, path, diff)
-    return diff
+    return require_parity(float((got - expected).abs().max()), path, f"the TorchScript file of {clf.name}", clf.name)
 
 
 def read_torchscript_metadata(path: str | Path) -> dict[str, Any]:
