@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.predict_latency import first_photo  # the same small photo as §3
 
-    data = common.require_data(args.data)
+    data = common.require_data(args.data).resolve()  # the app refuses folder paths with ".." in them
     if not (args.checkpoint / "model.safetensors").is_file():
         sys.exit(f"error: --checkpoint {args.checkpoint} is not a run folder (no model.safetensors)")
     info = common.machine_info()
