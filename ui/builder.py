@@ -7,6 +7,8 @@ identity (never shared, never in the page): `ctx.settings.folder("datasets")/<ow
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +28,20 @@ from .state import AppContext
 AREA = "datasets"
 KEEP_S = 6 * 3600  # as extracted uploads (AppContext.housekeeping): a dataset untouched this long is removed
 ALL_MB = 4096  # every visitor's dataset together (a module constant: flowerdemo.settings has no such setting yet)
+# pruning walks every visitor's photos (a stat per file): once a minute at most, not on every click
+PRUNE_EVERY_S = 60.0
+_pruned = {"at": float("-inf")}
+_prune_lock = threading.Lock()
+
+
+def prune_now(ctx: AppContext, keep: Path) -> None:
+    """Bound all visitors' datasets together (age, then size), at most every PRUNE_EVERY_S; `keep` is the
+    area of the visitor acting now."""
+    with _prune_lock:
+        if time.monotonic() - _pruned["at"] < PRUNE_EVERY_S:
+            return
+        _pruned["at"] = time.monotonic()
+    prune_areas(ctx.settings.folder(AREA), KEEP_S, ALL_MB * MB, keep=[keep])
 SHOWN = 48  # thumbnails per class, newest first: a phone scrolls through more, a server draws more
 THUMB = 160
 REFUSED_SHOWN = 5
@@ -166,7 +182,7 @@ def build(ctx: AppContext, tab: gr.Tab, visible: bool = True) -> BuilderRefs:
 
     def act(doing: str, fn, *args, request: gr.Request | None = None):
         draft = draft_for(ctx, request)
-        prune_areas(ctx.settings.folder(AREA), KEEP_S, ALL_MB * MB, keep=[draft.area])
+        prune_now(ctx, draft.area)
         try:
             return fn(draft, *args)
         except Exception as exc:

@@ -20,6 +20,8 @@ from flowerdemo.settings import Settings
 log = logging.getLogger(__name__)
 
 
+SCRATCH_KEEP_S = 6 * 3600  # extracted uploads and uploads kept for a run's review: a session open longer loses them
+
 class ModelStore:
     """Loaded checkpoints by path (a few kept in memory), and the operator's default model, which every
     visitor gets until they choose, train or upload another (never "the newest run on disk")."""
@@ -188,8 +190,8 @@ class AppContext:
             protect.append(self.job.state.run_dir)
         prune_runs(self.settings.checkpoint_dir, self.settings.keep_runs, protect, self.settings.runs_disk_mb * MB)
         prune_files(self.settings.folder("downloads"), 3600)
-        prune_files(self.settings.folder("uploads"), 6 * 3600)
-        prune_files(self.settings.folder("review"), 6 * 3600)
+        prune_files(self.settings.folder("uploads"), SCRATCH_KEEP_S)
+        prune_files(self.settings.folder("review"), SCRATCH_KEEP_S)
 
     def adopt(self, run: str | Path, identity: str, kind: str) -> None:
         """A visitor's new run (`kind`: trained or uploaded) is theirs: record it, then keep their newest

@@ -14,7 +14,7 @@ import pandas as pd
 from flowerdemo.data.builder import DatasetDraft
 from flowerdemo.data.dataset import DatasetSplit, scan_dataset
 from flowerdemo.data.images import load_image
-from flowerdemo.serve.runs import allowed_path, prune_files, remove_tree
+from flowerdemo.serve.runs import allowed_path, remove_tree
 from flowerdemo.settings import MB
 
 from .state import AppContext
@@ -24,7 +24,6 @@ SOURCES = [("Make it here: classes and photos", "builder"), ("Upload a .zip of c
            ("Built-in flowers: 5 classes, 3,670 photos (218 MB download)", "flowers")]
 MAX_SKIPPED_ROWS = 50
 KEPT = "review"  # a finished run's extracted .zip, kept while the visitor looks at its results (`keep`)
-KEEP_S = 6 * 3600  # as the uploads (AppContext.housekeeping): a session open longer than this loses its photos
 THUMBS = 12
 
 
@@ -107,12 +106,11 @@ def release(ctx: AppContext, held: dict | None) -> None:
 def keep(ctx: AppContext, held: dict | None, root: str) -> tuple[dict | None, str]:
     """After a finished run, keep its extracted .zip for the run's review (thumbnails, heatmaps): moved out of
     the uploads (same disk: no copy) into the kept area, where it stays until the visitor's next run or the end
-    of their session (`release`), or KEEP_S at most. Returns (what the session now holds, the run's data root
+    of their session (`release`), or state.SCRATCH_KEEP_S at most. Returns (what the session now holds, the run's data root
     there). A builder snapshot is not kept: the review reads the builder's own photos."""
     if not (held and held.get("owned")) or held.get("key") == "builder":
         return held, root
-    area = ctx.settings.folder(KEPT)
-    prune_files(area, KEEP_S)
+    area = ctx.settings.folder(KEPT)  # pruned by age in AppContext.housekeeping, which every finished run calls
     src = Path(held["owned"]).resolve()
     dest = area.resolve() / src.name
     data, run_root = Path(held["path"]).resolve().relative_to(src), Path(root).resolve().relative_to(src)
