@@ -97,6 +97,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _warm_up(clf) -> None:
+    from flowerdemo.infer.predict import warm_up
+
+    try:
+        warm_up(clf)
+    except Exception:  # the requests build what they need themselves; a warm-up never stops the server
+        log.exception("warming up the default model failed")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
@@ -107,10 +116,18 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"app.py: {exc}") from None
     export_cache_dir(settings.cache_dir)  # --cache-dir holds fast mode's feature cache too
     configure_process()  # backend flags: once per process, never per request or run
+    from flowerdemo.infer import runtime
+
+    try:
+        runtime.enable()  # the CPU forwards of requests on onnxruntime (infer/runtime.py)
+    except runtime.RuntimeChoiceError as exc:
+        raise SystemExit(f"app.py: {exc}") from None
     demo = globals()["demo"] = create_demo(ctx)  # the one demo: `app.demo` is this one from now on
     ctx.housekeeping()
     clf = ctx.models.default_model()  # load before the first visitor arrives
     log.info("default model: %s", clf.path if clf else f"none under {settings.checkpoint_dir} (train or load one)")
+    if clf is not None:  # its onnxruntime twins and one answer, while the server starts listening
+        threading.Thread(target=_warm_up, args=(clf,), daemon=True, name="flowerdemo-warm-up").start()
     # the heavy stages of /predict (CAMs, heatmap checks): one at a time per two cores, each with its share of
     # them, so that a burst's answers never queue behind dozens of CAMs (infer/batching.Stages)
     from flowerdemo.device import DEFAULT_THREADS

@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--big-clients", type=int, default=20, help="concurrent clients sending the 12 MP photo")
     p.add_argument("--train-requests", type=int, default=20, help="12 MP round trips during a training; 0 = skip")
     p.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for the app to listen")
+    p.add_argument("--client", choices=("gradio", "http"), default="gradio",
+                   help="the visitors' client for /predict: gradio_client (not spinning; it still reads each message "
+                        "up to 50 ms late) or plain HTTP + the event stream, as a browser does")
     p.add_argument("--out", type=Path, default=None, help="JSON results; default benchmarks/results/serving-<time>.json")
     return p.parse_args(argv)
 
@@ -133,7 +136,10 @@ def wait_listening(url: str, proc: subprocess.Popen, timeout: float, log: Path) 
     sys.exit(f"error: the app did not answer at {url} within {timeout:.0f} s; its log:\n{log.read_text()[-3000:]}")
 
 
-def new_client(url: str, downloads: Path):
+def new_client(url: str, downloads: Path, kind: str = "gradio"):
+    """A visitor of its own (own session): gradio_client, or plain HTTP (`HttpClient`)."""
+    if kind == "http":
+        return HttpClient(url)
     import httpx
     from gradio_client import Client
 
@@ -141,25 +147,96 @@ def new_client(url: str, downloads: Path):
                   httpx_kwargs={"timeout": httpx.Timeout(120.0, read=300.0)})
 
 
+class _Stamped(list):
+    """gradio_client's list of a job's outputs, remembering when each arrived (seconds after `t0`)."""
+
+    def __init__(self, items: list, t0: float) -> None:
+        super().__init__(items)
+        self.t0 = t0
+        self.times = [time.perf_counter() - t0 for _ in items]
+
+    def append(self, item: Any) -> None:
+        self.times.append(time.perf_counter() - self.t0)
+        super().append(item)
+
+
 def predict_once(client, photo: Path) -> dict[str, Any]:
     """One /predict: seconds to the first output (the label), to the first carrying the overlay (the heatmap),
-    and to the end of the stream (the heatmap's faithfulness check, streamed last)."""
+    and to the end of the stream (the heatmap's faithfulness check, streamed last).
+
+    Not by iterating the job: gradio_client's iterator spins on sleep(0.001), and 50 spinning clients took
+    most of the 2 cores the server was being measured on. The job's output list is stamped as gradio_client
+    appends to it (after downloading the output files), and the job is waited for without polling."""
     from gradio_client import handle_file
 
     t0 = time.perf_counter()
     label = heatmap = None
     try:
-        for out in client.submit(handle_file(str(photo)), "gradcam", "(predicted class)", 0.5, "normal",
-                                 api_name="/predict"):
-            now = time.perf_counter() - t0
-            label = now if label is None else label
+        job = client.submit(handle_file(str(photo)), "gradcam", "(predicted class)", 0.5, "normal",
+                            api_name="/predict")
+        helper = job.communicator
+        with helper.lock:
+            helper.job.outputs = stamped = _Stamped(helper.job.outputs, t0)
+        job.result(timeout=600)
+        done = time.perf_counter() - t0
+        for out, when in zip(list(stamped), stamped.times, strict=True):
+            label = when if label is None else label
             if heatmap is None and isinstance(out, tuple | list) and len(out) > 1 and out[1]:
-                heatmap = now
+                heatmap = when
         if heatmap is None:
             return {"label_s": label, "heatmap_s": None, "error": "no heatmap in the outputs"}
-        return {"label_s": label, "heatmap_s": heatmap, "done_s": time.perf_counter() - t0, "error": None}
+        return {"label_s": label, "heatmap_s": heatmap, "done_s": done, "error": None}
     except Exception as exc:  # counted as an error of the run, with its message
         return {"label_s": label, "heatmap_s": None, "error": f"{type(exc).__name__}: {exc}"}
+
+
+class HttpClient:
+    """A visitor through Gradio's plain HTTP API, as a browser talks to it: upload the photo, POST the call,
+    read its event stream (no polling), download the overlay when it arrives. The server's latency without
+    gradio_client's own (it reads each message from a queue it checks every 50 ms)."""
+
+    def __init__(self, url: str) -> None:
+        import httpx
+
+        self.url = url
+        self.http = httpx.Client(timeout=httpx.Timeout(120.0, read=300.0))
+
+    def predict(self, photo: Path) -> dict[str, Any]:
+        import json
+
+        t0 = time.perf_counter()
+        label = heatmap = None
+        try:
+            with photo.open("rb") as f:
+                r = self.http.post(f"{self.url}gradio_api/upload", files={"files": (photo.name, f, "image/jpeg")})
+            r.raise_for_status()
+            image = {"path": r.json()[0], "orig_name": photo.name, "meta": {"_type": "gradio.FileData"}}
+            r = self.http.post(f"{self.url}gradio_api/call/predict",
+                               json={"data": [image, "gradcam", "(predicted class)", 0.5, "normal"]})
+            r.raise_for_status()
+            event, kind = r.json()["event_id"], None
+            with self.http.stream("GET", f"{self.url}gradio_api/call/predict/{event}") as stream:
+                for line in stream.iter_lines():
+                    if line.startswith("event: "):
+                        kind = line[7:].strip()
+                    elif line.startswith("data: ") and kind in ("generating", "complete"):
+                        out = json.loads(line[6:])
+                        label = time.perf_counter() - t0 if label is None else label
+                        if heatmap is None and isinstance(out, list) and len(out) > 1 and out[1]:
+                            self.http.get(out[1]["url"]).raise_for_status()  # shown only once downloaded
+                            heatmap = time.perf_counter() - t0
+                    elif line.startswith("data: ") and kind == "error":
+                        return {"label_s": label, "heatmap_s": None, "error": f"error event: {line[6:200]}"}
+            if heatmap is None:
+                return {"label_s": label, "heatmap_s": None, "error": "no heatmap in the outputs"}
+            return {"label_s": label, "heatmap_s": heatmap, "done_s": time.perf_counter() - t0, "error": None}
+        except Exception as exc:
+            return {"label_s": label, "heatmap_s": None, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def do_predict(client, photo: Path) -> dict[str, Any]:
+    """One round trip with either kind of client."""
+    return client.predict(photo) if isinstance(client, HttpClient) else predict_once(client, photo)
 
 
 def ping_once(client) -> dict[str, Any]:
@@ -193,7 +270,7 @@ def concurrent(clients: list, photo: Path) -> list[dict[str, Any]]:
 
     def go(i: int) -> None:
         gate.wait()
-        results[i] = predict_once(clients[i], photo)
+        results[i] = do_predict(clients[i], photo)
 
     threads = [threading.Thread(target=go, args=(i,)) for i in range(len(clients))]
     for t in threads:
@@ -217,16 +294,17 @@ def stats(results: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def train_during(client, data: Path, photo: Path, n: int) -> tuple[list[dict[str, Any]], str]:
+def train_during(client, data: Path, photo: Path, n: int, visitor=None) -> tuple[list[dict[str, Any]], str]:
     """Start a fast-mode training of `data` (224 px Lite0, as a visitor would), run `n` 12 MP round trips
-    while it runs, stop it (same session: the owner) and wait until it has ended."""
+    while it runs (with `visitor`, default the same client), stop it (same session: the owner) and wait until
+    it has ended."""
     args = ("folder", None, str(data), "efficientnet_lite0", "fast", 20, 32, 1e-3, "adamw", "warmup_cosine", 0,
             "none", 2, 0, [], 0)
     job = client.submit(*args, api_name="/train")
     time.sleep(5.0)  # past the slot claim and the dataset scan: the decode phase is running
     if job.done():
         return [], f"the training ended before the predictions: {job.exception() or job.outputs()[-1:]!r}"
-    results = [predict_once(client, photo) for _ in range(n)]
+    results = [do_predict(visitor or client, photo) for _ in range(n)]
     still = not job.done()
     client.predict(api_name="/stop")
     try:
@@ -263,31 +341,33 @@ def main(argv: list[str] | None = None) -> int:
             wait_listening(url, proc, args.startup_timeout, root / "app" / "app.log")
             startup_s = time.perf_counter() - t0
             print(f"app up in {startup_s:.1f} s at {url}; machine: {common.machine_line(info)}", file=sys.stderr)
-            client = new_client(url, root / "downloads")
+            control = new_client(url, root / "downloads")  # pings and the training
+            client = new_client(url, root / "downloads-serial", args.client)
             sampler.phase = "warm-up"
             for _ in range(args.warmup):
                 for photo in (small, big):
-                    predict_once(client, photo)
+                    do_predict(client, photo)
             phases: dict[str, Any] = {}
             sampler.phase = "serial"
-            phases["ping"] = stats([ping_once(client) for _ in range(args.requests)])
+            phases["ping"] = stats([ping_once(control) for _ in range(args.requests)])
             import httpx
 
             with httpx.Client(timeout=60) as http:
                 phases["ping_raw_http"] = stats([raw_ping_once(http, url) for _ in range(args.requests)])
-            phases["small"] = stats([predict_once(client, small) for _ in range(args.requests)])
-            phases["12mp"] = stats([predict_once(client, big) for _ in range(args.requests)])
+            phases["small"] = stats([do_predict(client, small) for _ in range(args.requests)])
+            phases["12mp"] = stats([do_predict(client, big) for _ in range(args.requests)])
             for name, n, photo in (("small_concurrent", args.clients, small), ("12mp_concurrent", args.big_clients, big)):
                 if n > 0:
                     print(f"{n} concurrent clients ({name}) ...", file=sys.stderr, flush=True)
                     sampler.phase = name
-                    clients = [new_client(url, root / f"downloads-{name}-{i}") for i in range(n)]
+                    clients = [new_client(url, root / f"downloads-{name}-{i}", args.client) for i in range(n)]
                     phases[name] = stats(concurrent(clients, photo))
                     del clients
             if args.train_requests > 0:
                 print("predictions during a training ...", file=sys.stderr, flush=True)
                 sampler.phase = "training"
-                results, how = train_during(new_client(url, root / "downloads-train"), data, big, args.train_requests)
+                results, how = train_during(new_client(url, root / "downloads-train"), data, big, args.train_requests,
+                                            new_client(url, root / "downloads-train-visitor", args.client))
                 phases["12mp_training"] = {**stats(results), "training": how}
             sampler.phase = "end"
             time.sleep(1.0)

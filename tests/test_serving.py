@@ -13,7 +13,9 @@ import torch
 from PIL import Image
 
 from flowerdemo.device import ComputeShare, intra_op_threads
+from flowerdemo.infer import runtime
 from flowerdemo.infer.batching import MicroBatcher
+from flowerdemo.infer.predict import warm_up
 from flowerdemo.models.checkpoints import load_checkpoint
 from tests.test_app import answer, new_client, photo, running_app, tiny_model
 
@@ -112,10 +114,16 @@ def test_forwards_share_the_cores_and_thread_counts_are_restored():
     assert (alone, second) == (4, 2) and share.running == 0
 
 
-def test_concurrent_visitors_get_the_serial_answers(tiny, tmp_path):
+@pytest.mark.parametrize("twins", [False, True], ids=["torch", "onnxruntime"])
+def test_concurrent_visitors_get_the_serial_answers(tiny, tmp_path, twins, monkeypatch):
     kinds = ["circle", "square", "triangle", "circle", "square", "triangle"]
     photos = [photo(tmp_path / f"{i}-{k}.png", k, size=64 + 16 * i) for i, k in enumerate(kinds)]
-    with running_app(tmp_path / "app", tiny) as (_, url):
+    if twins:
+        pytest.importorskip("onnxruntime")
+    monkeypatch.setattr(runtime, "_enabled", twins)  # as app.main's runtime.enable(): forwards on the twin
+    with running_app(tmp_path / "app", tiny) as (demo, url):
+        if twins:  # built now, as app.main's warm-up does, so that every request below is served by it
+            warm_up(demo.ctx.models.default_model())
         serial = [answer(new_client(url, tmp_path / "d-serial"), p) for p in photos]
         clients = [new_client(url, tmp_path / f"d{i}") for i in range(len(photos))]
         got: list = [None] * len(photos)
@@ -130,6 +138,10 @@ def test_concurrent_visitors_get_the_serial_answers(tiny, tmp_path):
             t.start()
         for t in threads:
             t.join(timeout=300)
+        if twins:
+            clf = demo.ctx.models.default_model()
+            twin = runtime.fast_forward(clf.model, clf.preprocessing.input_size)
+            assert twin is not None and twin.runs >= 2 * len(photos)  # answers and heatmaps (batched or not)
     for alone, together in zip(serial, got, strict=True):
         assert together is not None
         want = {c["label"]: c["confidence"] for c in alone[0]["confidences"]}

@@ -10,14 +10,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
-from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.image import scale_cam_image, show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from flowerdemo.device import COMPUTE
-from flowerdemo.infer.batching import STAGES
+from flowerdemo.infer.batching import STAGES, batcher_for
 from flowerdemo.infer.faithfulness import Faithfulness, check_faithfulness
 from flowerdemo.infer.preprocess import PreparedImage, prepare_image
 from flowerdemo.infer.replicas import gradients_at, replica
+from flowerdemo.infer.runtime import fast_forward
 from flowerdemo.models.checkpoints import Classifier
 
 
@@ -138,7 +139,12 @@ def explain(clf: Classifier, image=None, method: str = "gradcam", target: str | 
 
 
 def _cam(clf: Classifier, prepared: PreparedImage, method: str, chosen: int | None) -> tuple[np.ndarray, torch.Tensor]:
-    """(grayscale CAM at the model input, the logits of its forward), computed on a borrowed replica."""
+    """(grayscale CAM at the model input, the logits of its forward): Grad-CAM from the onnxruntime twin's
+    maps where there is one (`_fast_gradcam`), else computed with pytorch-grad-cam on a borrowed replica."""
+    if method == "gradcam":
+        fast = _fast_gradcam(clf, prepared.tensor, chosen)
+        if fast is not None:
+            return fast
     with replica(clf.model) as model, COMPUTE.share(), gradients_at(model, model.target_layer):
         x = prepared.tensor.to(next(model.parameters()).device, memory_format=torch.channels_last)
         with CAM_METHODS[method](model=model, target_layers=[model.target_layer]) as cam:
@@ -147,6 +153,33 @@ def _cam(clf: Classifier, prepared: PreparedImage, method: str, chosen: int | No
             grayscale = cam(input_tensor=x, targets=targets)[0]
             # the logits of that forward (BaseCAM keeps them in every grad-cam >= 1.5.4, our minimum)
             return grayscale, cam.outputs.detach()
+
+
+def _fast_gradcam(clf: Classifier, x: torch.Tensor, chosen: int | None) -> tuple[np.ndarray, torch.Tensor] | None:
+    """Grad-CAM without a torch forward of the backbone: the onnxruntime twin (infer/runtime.py) gives the
+    logits and the target layer's maps in one forward, batched with other requests' heatmaps; only the
+    layers after the target layer (pooling and head) are differentiated, in torch, to get the gradients at
+    the maps. The same numbers as pytorch-grad-cam's GradCAM (its weighting and scaling, reused;
+    tests/test_runtime.py: within 1e-4). None where the model has no twin (yet), or its layers after the
+    target layer are not a `forward_head` (timm backbones have one: all the bundled ones)."""
+    from flowerdemo.infer.predict import _maps_layer
+
+    layer = _maps_layer(clf.model)
+    twin = fast_forward(clf.model, clf.preprocessing.input_size, layer) if layer is not None else None
+    if twin is None or not twin.with_maps:
+        return None
+    logits, maps = batcher_for(clf.model, "cam")(twin, x.cpu())
+    index = int(logits[0].argmax()) if chosen is None else chosen
+    acts = maps.clone().requires_grad_(True)
+    with torch.enable_grad(), COMPUTE.share():  # reads the shared head; gradients only at `acts`
+        score = clf.model.head(clf.model.backbone.forward_head(acts.to(next(clf.model.parameters()).dtype)))
+        (grads,) = torch.autograd.grad(score[:, index].sum(), acts)
+    # pytorch-grad-cam's GradCAM: channel weights = mean gradient; ReLU of the weighted sum; scaled to [0, 1]
+    # at the input size (compute_cam_per_layer), then again over the one layer (aggregate_multi_layers)
+    a, g = maps.numpy(), grads.numpy()
+    cam = np.maximum((g.mean(axis=(2, 3))[:, :, None, None] * a).sum(axis=1), 0)
+    cam = scale_cam_image(cam, (x.shape[-1], x.shape[-2]))
+    return scale_cam_image(np.maximum(cam, 0))[0], logits
 
 
 def check_explanation(clf: Classifier, ex: Explanation, prepared: PreparedImage) -> Explanation:

@@ -15,8 +15,10 @@ import torch
 from flowerdemo.device import COMPUTE
 from flowerdemo.infer.batching import STAGES, batcher_for
 from flowerdemo.infer.preprocess import PreparedImage, prepare_image
+from flowerdemo.infer.runtime import fast_forward
 from flowerdemo.models.checkpoints import Classifier
-from flowerdemo.models.unknown import DEFAULT_STRICTNESS, Familiarity, check_strictness, reference_encoder, reference_input
+from flowerdemo.models.unknown import (DEFAULT_STRICTNESS, REFERENCE_SIZE, Familiarity, check_strictness, reference_encoder,
+                                      reference_input)
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,18 @@ def _forward(model: torch.nn.Module):
     return run
 
 
+def model_forward(clf: Classifier):
+    """The classifier's logits for a batch: its onnxruntime twin once built (infer/runtime.py: CPU, about twice
+    as fast; it also gives the CAM's maps), torch until then and wherever there is none."""
+    twin = fast_forward(clf.model, clf.preprocessing.input_size, _maps_layer(clf.model))
+    return (lambda x: twin(x)[0]) if twin is not None else _forward(clf.model)
+
+
+def _maps_layer(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The CAM's target layer, for models whose layers after it the fast Grad-CAM can differentiate alone."""
+    return model.target_layer if hasattr(getattr(model, "backbone", None), "forward_head") else None
+
+
 @torch.inference_mode()
 def probabilities(clf: Classifier, x: torch.Tensor, tta: bool = False, queue: str = "logits") -> torch.Tensor:
     """Calibrated softmax over classes for a prepared batch; `tta` averages the image's and its mirror's
@@ -59,7 +73,7 @@ def probabilities(clf: Classifier, x: torch.Tensor, tta: bool = False, queue: st
     device = next(clf.model.parameters()).device
     x = x.to(device, memory_format=torch.channels_last)  # the layout load_checkpoint gave the model
     logits = batcher_for(clf.model, queue)
-    forward = _forward(clf.model)
+    forward = model_forward(clf)
     probs = clf.softmax(logits(forward, x))
     if tta:
         probs = (probs + clf.softmax(logits(forward, x.flip(-1)))) / 2
@@ -76,7 +90,9 @@ def familiarity(clf: Classifier, x: torch.Tensor, strictness: str = DEFAULT_STRI
     encoder = reference_encoder(device)
     with torch.inference_mode():  # models.unknown.reference_features, with the encoder's forward batched
         r = reference_input(x.to(device), clf.preprocessing.mean, clf.preprocessing.std)
-        feats = batcher_for(encoder, "features")(_forward(encoder), r).float().cpu()
+        twin = fast_forward(encoder, r.shape[-1])
+        forward = (lambda x: twin(x)[0]) if twin is not None else _forward(encoder)
+        feats = batcher_for(encoder, "features")(forward, r).float().cpu()
     return clf.detector.decide(feats, strictness)
 
 
@@ -98,3 +114,20 @@ def predict(clf: Classifier, image, top_k: int | None = None, tta: bool = False)
     probs = probabilities(clf, prepare_image(image, clf.preprocessing).tensor, tta)[0]
     order = probs.argsort(descending=True).tolist()[: top_k or len(clf.classes)]
     return {clf.classes[i]: float(probs[i]) for i in order}
+
+
+def warm_up(clf: Classifier) -> None:
+    """Build now what the first requests would otherwise wait for or run without: the onnxruntime twins of the
+    model and of the reference encoder (infer/runtime.py, ~2.5 s each) and one answer. For a server's
+    start-up, in a thread of its own (the app listens meanwhile; requests until then run on torch)."""
+    fast_forward(clf.model, clf.preprocessing.input_size, _maps_layer(clf.model), wait=True)
+    if clf.detector is not None:
+        fast_forward(reference_encoder(next(clf.model.parameters()).device), REFERENCE_SIZE, wait=True)
+    size = clf.preprocessing.input_size
+    classify(clf, prepared=None, image=_blank(size))
+
+
+def _blank(size: int):
+    from PIL import Image
+
+    return Image.new("RGB", (size, size), (128, 128, 128))
