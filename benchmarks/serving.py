@@ -210,10 +210,12 @@ class HttpClient:
             with photo.open("rb") as f:
                 r = self.http.post(f"{self.url}gradio_api/upload", files={"files": (photo.name, f, "image/jpeg")})
             r.raise_for_status()
+            uploaded = time.perf_counter() - t0
             image = {"path": r.json()[0], "orig_name": photo.name, "meta": {"_type": "gradio.FileData"}}
             r = self.http.post(f"{self.url}gradio_api/call/predict",
                                json={"data": [image, "gradcam", "(predicted class)", 0.5, "normal"]})
             r.raise_for_status()
+            called = time.perf_counter() - t0
             event, kind = r.json()["event_id"], None
             with self.http.stream("GET", f"{self.url}gradio_api/call/predict/{event}") as stream:
                 for line in stream.iter_lines():
@@ -229,7 +231,8 @@ class HttpClient:
                         return {"label_s": label, "heatmap_s": None, "error": f"error event: {line[6:200]}"}
             if heatmap is None:
                 return {"label_s": label, "heatmap_s": None, "error": "no heatmap in the outputs"}
-            return {"label_s": label, "heatmap_s": heatmap, "done_s": time.perf_counter() - t0, "error": None}
+            return {"label_s": label, "heatmap_s": heatmap, "done_s": time.perf_counter() - t0, "error": None,
+                    "uploaded_s": uploaded, "called_s": called}
         except Exception as exc:
             return {"label_s": label, "heatmap_s": None, "error": f"{type(exc).__name__}: {exc}"}
 
@@ -285,7 +288,7 @@ def stats(results: list[dict[str, Any]]) -> dict[str, Any]:
 
     out: dict[str, Any] = {"n": len(results), "errors": sum(r["error"] is not None for r in results),
                            "error_messages": sorted({r["error"] for r in results if r["error"]})[:5]}
-    for key in ("label_s", "heatmap_s", "done_s"):
+    for key in ("label_s", "heatmap_s", "done_s", "uploaded_s", "called_s"):  # the last two: plain HTTP only
         v = np.asarray([r[key] for r in results if r.get(key) is not None]) * 1000
         if len(v):
             out[key.replace("_s", "_ms")] = {"p50": round(float(np.percentile(v, 50)), 1),

@@ -225,3 +225,37 @@ def test_a_cam_backpropagates_from_its_target_layer_only_and_gives_the_same_heat
         monkeypatch.undo()
         assert np.allclose(fast.heatmap, full.heatmap, rtol=0, atol=1e-6) and fast.heatmap.max() > 0
         assert fast.probabilities == pytest.approx(full.probabilities, abs=1e-6)
+
+
+def test_identical_photos_at_the_same_moment_all_get_complete_pictures(tiny, tmp_path):
+    """The pictures go to Gradio as files of the request's own, copied into its cache atomically: identical
+    heatmaps of simultaneous visitors (Gradio names them by content) are never served half-written, and the
+    request's own files are gone once it has answered."""
+    from PIL import Image
+
+    from ui.state import IMAGES_FOLDER
+
+    same = photo(tmp_path / "same.png", "circle", size=120)
+    n = 10
+    with running_app(tmp_path / "app", tiny) as (demo, url):
+        clients = [new_client(url, tmp_path / f"d{i}") for i in range(n)]
+        got: list = [None] * n
+        gate = threading.Barrier(n)
+
+        def go(i: int) -> None:
+            gate.wait()
+            got[i] = answer(clients[i], same)
+
+        threads = [threading.Thread(target=go, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        left = list((demo.ctx.settings.work_dir / IMAGES_FOLDER).iterdir())
+    assert left == []
+    for out in got:
+        assert out is not None
+        for path in out[1:3]:  # overlay, heatmap
+            with Image.open(path) as img:
+                img.load()  # a truncated file fails here
+                assert img.format == "JPEG" and max(img.size) <= 800

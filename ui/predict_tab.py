@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from .errors import log_failure, ui_error
-from .state import AppContext
+from .state import IMAGES_FOLDER, AppContext
 
 if TYPE_CHECKING:
     from flowerdemo.infer.explain import Explanation
@@ -42,6 +42,34 @@ NO_MODEL = ("### No model yet\nThis server has no trained model to classify with
             "- **train one** in the *Train* tab — pick the built-in flowers or upload a .zip of class folders, "
             "then press Start (a few minutes on a CPU in fast mode), or\n"
             "- **load one from the Hugging Face Hub** in the *Models* tab (a repo id such as `user/flowers-lite0`).")
+
+
+class ImageFiles:
+    """A request's output pictures as JPEG files of its own, handed to Gradio as paths.
+
+    Not as PIL images: Gradio names an encoded image by the hash of its bytes and rewrites that file on every
+    output (truncate, then write), so two visitors whose heatmaps are identical (the same example photo at the
+    same moment) could download it while it was empty: 2-5 of 50 simultaneous identical requests failed so
+    (benchmarks/serving.py). A path is copied into Gradio's cache under a temporary name and renamed, and an
+    existing copy is never rewritten."""
+
+    def __init__(self, folder: Path) -> None:
+        import tempfile
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self.dir = Path(tempfile.mkdtemp(prefix="request-", dir=folder))
+        self.count = 0
+
+    def write(self, image) -> str:
+        self.count += 1
+        path = self.dir / f"image-{self.count}.jpg"
+        image.convert("RGB").save(path, "JPEG", quality=85)
+        return str(path)
+
+    def remove(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @dataclass
@@ -249,17 +277,22 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
         except Exception as exc:
             raise ui_error(exc, "Explanation", title="Explanation failed") from None
         seconds = time.perf_counter() - t0
-        shown = heatmap_image(ex.heatmap)
-        # the plain value from here on: the label and style of the first update stay, and API clients get the
-        # probabilities themselves rather than an update
-        yield (pred.probabilities, ex.overlay, shown, summary_text(ex, seconds, device, clf.name, answered, pred.rejected)
-               + "\n\n*Checking the heatmap…*", head, info)
-        try:  # the faithfulness check (one more batched forward) comes after the heatmap, never before it
-            ex = check_explanation(clf, ex, prepared)
-        except Exception as exc:
-            raise ui_error(exc, "Checking the heatmap", title="Heatmap check failed") from None
-        text = summary_text(ex, seconds, device, clf.name, answered, pred.rejected)
-        yield pred.probabilities, ex.overlay, shown, text, head, info
+        images = ImageFiles(ctx.settings.folder(IMAGES_FOLDER))
+        try:
+            overlay, shown = images.write(ex.overlay), images.write(heatmap_image(ex.heatmap))
+            # the plain value from here on: the label and style of the first update stay, and API clients get
+            # the probabilities themselves rather than an update
+            yield (pred.probabilities, overlay, shown, summary_text(ex, seconds, device, clf.name, answered,
+                                                                    pred.rejected) + "\n\n*Checking the heatmap…*",
+                   head, info)
+            try:  # the faithfulness check (one more batched forward) comes after the heatmap, never before it
+                ex = check_explanation(clf, ex, prepared)
+            except Exception as exc:
+                raise ui_error(exc, "Checking the heatmap", title="Heatmap check failed") from None
+            text = summary_text(ex, seconds, device, clf.name, answered, pred.rejected)
+            yield pred.probabilities, overlay, shown, text, head, info
+        finally:  # Gradio copied them into its cache when each output was sent, before the generator went on
+            images.remove()
 
     gr.on([button.click, image.change, method.change, target.change, alpha.release, active.change, strictness.change],
           predict, [image, method, target, alpha, active, strictness],

@@ -20,6 +20,7 @@ from flowerdemo.settings import Settings
 log = logging.getLogger(__name__)
 
 
+IMAGES_FOLDER = "predict-images"  # under the work dir: a request's overlay and heatmap until Gradio copied them
 SCRATCH_KEEP_S = 6 * 3600  # extracted uploads and uploads kept for a run's review: a session open longer loses them
 
 class ModelStore:
@@ -168,7 +169,7 @@ class AppContext:
         # scratch a crashed process left: extracted uploads, downloads, an upload kept for a run's review (its
         # session is gone); visitors' builder datasets stay (their browser token outlives a restart)
         clean_leftovers(settings.checkpoint_dir, [settings.work_dir / "uploads", settings.work_dir / "downloads",
-                                                  settings.work_dir / "review"])
+                                                  settings.work_dir / "review", settings.work_dir / IMAGES_FOLDER])
         default = default_run(settings.checkpoint_dir, settings.default_model)
         if default is None:
             log.info("no default model under %s: visitors train or load one", settings.checkpoint_dir)
@@ -192,6 +193,7 @@ class AppContext:
         prune_files(self.settings.folder("downloads"), 3600)
         prune_files(self.settings.folder("uploads"), SCRATCH_KEEP_S)
         prune_files(self.settings.folder("review"), SCRATCH_KEEP_S)
+        prune_files(self.settings.folder(IMAGES_FOLDER), 3600)  # a request's pictures live seconds; crashed ones
 
     def adopt(self, run: str | Path, identity: str, kind: str) -> None:
         """A visitor's new run (`kind`: trained or uploaded) is theirs: record it, then keep their newest
