@@ -63,9 +63,14 @@ def test_answers_heatmaps_and_checks_from_the_twin_equal_torchs(serving, clf, mo
     for kind, seed in [(k, s) for k in CLASS_STYLES for s in (1, 2)]:
         prepared = prepare_for_explain(clf, _photo(kind, seed), 200)
         runs = twin.runs
-        (fast, ex), torch_images = _forwards_of_torch(
-            lambda p=prepared: (classify(clf, prepared=p), explain(clf, method="gradcam", prepared=p, check=True)))
-        assert torch_images == 0 and twin.runs - runs == 3  # answer, CAM, check: all on the twin
+        def fast_path(p=prepared):  # as the app does: the CAM from the answer's own forward
+            answer = classify(clf, prepared=p)
+            return answer, explain(clf, method="gradcam", prepared=p, check=True, answered=answer)
+
+        (fast, ex), torch_images = _forwards_of_torch(fast_path)
+        assert torch_images == 0 and twin.runs - runs == 2  # the answer (its maps give the CAM), the check
+        alone = explain(clf, method="gradcam", prepared=prepared)  # without the answer: its own twin forward
+        assert twin.runs - runs == 3 and np.abs(alone.heatmap - ex.heatmap).max() < 1e-6
         monkeypatch.setenv(runtime.ENV, "torch")
         (slow, ref), torch_images = _forwards_of_torch(
             lambda p=prepared: (classify(clf, prepared=p), explain(clf, method="gradcam", prepared=p, check=True)))
@@ -85,6 +90,18 @@ def test_answers_heatmaps_and_checks_from_the_twin_equal_torchs(serving, clf, mo
         for field in ("before", "after_top", "after_random"):
             assert getattr(same[0], field) == pytest.approx(getattr(same[1], field), abs=1e-5)
         assert ex.faithfulness.drop_top == pytest.approx(ref.faithfulness.drop_top, abs=0.05)
+
+
+def test_a_heatmap_for_another_class_than_the_answer_equals_torchs(serving, clf, monkeypatch):
+    assert _twin(clf) is not None
+    prepared = prepare_for_explain(clf, _photo("circle", 9), 200)
+    answer = classify(clf, prepared=prepared)
+    other = list(answer.probabilities)[1]  # the runner-up, not the answer
+    ex = explain(clf, method="gradcam", target=other, prepared=prepared, answered=answer)
+    monkeypatch.setenv(runtime.ENV, "torch")
+    ref = explain(clf, method="gradcam", target=other, prepared=prepared)
+    assert ex.class_name == ref.class_name == other
+    assert np.abs(ex.heatmap - ref.heatmap).max() < 1e-4
 
 
 def test_concurrent_callers_get_their_serial_answers(serving, clf):

@@ -270,7 +270,7 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
                head, info)
         try:
             ex = explain(clf, method=method, target=target if target in clf.classes else None,
-                         alpha=float(alpha), prepared=prepared)
+                         alpha=float(alpha), prepared=prepared, answered=pred)
         except ImageError as exc:
             raise ui_error(exc, "Explanation", title="Not a usable image",
                            message=f"{name}: {exc.problem}. Accepted: {ACCEPTED}.") from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ from flowerdemo.infer.preprocess import PreparedImage, prepare_image
 from flowerdemo.infer.replicas import gradients_at, replica
 from flowerdemo.infer.runtime import fast_forward
 from flowerdemo.models.checkpoints import Classifier
+
+if TYPE_CHECKING:
+    from flowerdemo.infer.predict import Prediction
 
 
 class BoundedScoreCAM(ScoreCAM):
@@ -106,11 +109,12 @@ def prepare_for_explain(clf: Classifier, image, max_side: int | None = None) -> 
 
 def explain(clf: Classifier, image=None, method: str = "gradcam", target: str | int | None = None,
             alpha: float = 0.5, max_side: int | None = None, check: bool = False,
-            prepared: PreparedImage | None = None) -> Explanation:
+            prepared: PreparedImage | None = None, answered: Prediction | None = None) -> Explanation:
     """CAM for `target` (default: the predicted class). Safe to call from several threads at once, also
     while `predict` runs on the same classifier: the shared model is only read. `check` adds a
     faithfulness check (infer/faithfulness.py: one more batched forward of a few images). `prepared`
-    (from `prepare_for_explain`) replaces `image` and `max_side`: the photo is not decoded again."""
+    (from `prepare_for_explain`) replaces `image` and `max_side`: the photo is not decoded again. `answered`:
+    `classify`'s answer for that same `prepared` image; a Grad-CAM reuses its forward (no forward of its own)."""
     if method not in CAM_METHODS:
         raise ExplainError(f"unknown CAM method {method!r}; choose one of: {', '.join(CAM_METHODS)}")
     if not 0.0 <= alpha <= 1.0:
@@ -122,7 +126,7 @@ def explain(clf: Classifier, image=None, method: str = "gradcam", target: str | 
     # (replicas.py says why): explanations and predictions of one classifier may run in many threads at once;
     # the forward and backward get their share of the cores while others run (device.ComputeShare)
     with STAGES.turn(STAGES.HEATMAP):  # other requests' answers first (a visitor waits for those); a few at a time
-        grayscale, outputs = _cam(clf, prepared, method, chosen)
+        grayscale, outputs = _cam(clf, prepared, method, chosen, answered.forward if answered is not None else None)
     probs = clf.softmax(outputs)[0].cpu()  # calibrated with the checkpoint's temperature, as in predict
     index = int(probs.argmax()) if chosen is None else chosen
     grayscale = np.nan_to_num(grayscale.astype(np.float32))
@@ -138,11 +142,12 @@ def explain(clf: Classifier, image=None, method: str = "gradcam", target: str | 
     return check_explanation(clf, ex, prepared) if check else ex
 
 
-def _cam(clf: Classifier, prepared: PreparedImage, method: str, chosen: int | None) -> tuple[np.ndarray, torch.Tensor]:
+def _cam(clf: Classifier, prepared: PreparedImage, method: str, chosen: int | None,
+         forward: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[np.ndarray, torch.Tensor]:
     """(grayscale CAM at the model input, the logits of its forward): Grad-CAM from the onnxruntime twin's
     maps where there is one (`_fast_gradcam`), else computed with pytorch-grad-cam on a borrowed replica."""
     if method == "gradcam":
-        fast = _fast_gradcam(clf, prepared.tensor, chosen)
+        fast = _fast_gradcam(clf, prepared.tensor, chosen, forward)
         if fast is not None:
             return fast
     with replica(clf.model) as model, COMPUTE.share(), gradients_at(model, model.target_layer):
@@ -155,20 +160,24 @@ def _cam(clf: Classifier, prepared: PreparedImage, method: str, chosen: int | No
             return grayscale, cam.outputs.detach()
 
 
-def _fast_gradcam(clf: Classifier, x: torch.Tensor, chosen: int | None) -> tuple[np.ndarray, torch.Tensor] | None:
+def _fast_gradcam(clf: Classifier, x: torch.Tensor, chosen: int | None,
+                  forward: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[np.ndarray, torch.Tensor] | None:
     """Grad-CAM without a torch forward of the backbone: the onnxruntime twin (infer/runtime.py) gives the
     logits and the target layer's maps in one forward, batched with other requests' heatmaps; only the
     layers after the target layer (pooling and head) are differentiated, in torch, to get the gradients at
     the maps. The same numbers as pytorch-grad-cam's GradCAM (its weighting and scaling, reused;
     tests/test_runtime.py: within 1e-4). None where the model has no twin (yet), or its layers after the
-    target layer are not a `forward_head` (timm backbones have one: all the bundled ones)."""
+    target layer are not a `forward_head` (timm backbones have one: all the bundled ones). `forward`: the
+    (logits, maps) of the twin's forward of `x` when the caller has them (classify's answer): none is run."""
     from flowerdemo.infer.predict import _maps_layer
 
     layer = _maps_layer(clf.model)
-    twin = fast_forward(clf.model, clf.preprocessing.input_size, layer) if layer is not None else None
-    if twin is None or not twin.with_maps:
+    if layer is None:
         return None
-    logits, maps = batcher_for(clf.model, "cam")(twin, x.cpu())
+    twin = fast_forward(clf.model, clf.preprocessing.input_size, layer) if forward is None else None
+    if forward is None and (twin is None or not twin.with_maps):
+        return None
+    logits, maps = forward if forward is not None else batcher_for(clf.model, "cam")(twin, x.cpu())
     index = int(logits[0].argmax()) if chosen is None else chosen
     acts = maps.clone().requires_grad_(True)
     with torch.enable_grad(), COMPUTE.share():  # reads the shared head; gradients only at `acts`

@@ -7,7 +7,7 @@ Concurrent forwards of one model are stacked into one (infer/batching.py): a ser
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,6 +29,9 @@ class Prediction:
 
     probabilities: dict[str, float]
     familiarity: Familiarity
+    # (logits, CAM target-layer maps) of the forward that gave the answer, when it ran on the onnxruntime twin:
+    # explain(answered=...) draws its Grad-CAM from them without another forward
+    forward: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
     @property
     def top(self) -> tuple[str, float]:
@@ -55,8 +58,13 @@ def _forward(model: torch.nn.Module):
 def model_forward(clf: Classifier):
     """The classifier's logits for a batch: its onnxruntime twin once built (infer/runtime.py: CPU, about twice
     as fast; it also gives the CAM's maps), torch until then and wherever there is none."""
-    twin = fast_forward(clf.model, clf.preprocessing.input_size, _maps_layer(clf.model))
+    twin = twin_of(clf)
     return (lambda x: twin(x)[0]) if twin is not None else _forward(clf.model)
+
+
+def twin_of(clf: Classifier):
+    """The classifier's onnxruntime twin with the CAM's maps (infer/runtime.py), or None (not (yet) built)."""
+    return fast_forward(clf.model, clf.preprocessing.input_size, _maps_layer(clf.model))
 
 
 def _maps_layer(model: torch.nn.Module) -> torch.nn.Module | None:
@@ -102,11 +110,16 @@ def classify(clf: Classifier, image=None, tta: bool = False, strictness: str = D
     already decoded and cropped (prepare_image), e.g. shared with `explain`, so it is decoded once."""
     check_strictness(strictness)
     x = (prepared if prepared is not None else prepare_image(image, clf.preprocessing)).tensor
+    twin, forward = (None if tta else twin_of(clf)), None
     with STAGES.running(STAGES.ANSWER):  # explanations and checks let it pass (batching.Stages)
-        probs = probabilities(clf, x, tta)[0]
+        if twin is not None and twin.with_maps:  # its own queue: every caller of it runs the twin (tuples)
+            forward = batcher_for(clf.model, "answers")(twin, x)
+            probs = clf.softmax(forward[0])[0]
+        else:
+            probs = probabilities(clf, x, tta)[0]
         known = familiarity(clf, x, strictness)[0]
     order = probs.argsort(descending=True).tolist()
-    return Prediction({clf.classes[i]: float(probs[i]) for i in order}, known)
+    return Prediction({clf.classes[i]: float(probs[i]) for i in order}, known, forward)
 
 
 def predict(clf: Classifier, image, top_k: int | None = None, tta: bool = False) -> dict[str, float]:
