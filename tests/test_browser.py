@@ -124,6 +124,26 @@ def test_a_photo_of_none_of_the_classes_is_answered_so(page, model, tmp_path):
     shot(page, "predict-rejected.png")
 
 
+# visible elements whose right edge passes the window's and that no scrolling ancestor lets one reach
+CUT_OFF = """() => {
+  const out = [];
+  for (const el of document.querySelectorAll("body *")) {
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 || r.height === 0 || r.right <= window.innerWidth + 1) continue;
+    const style = getComputedStyle(el);
+    if (style.visibility === "hidden" || style.display === "none") continue;
+    let scrolls = false;
+    for (let a = el.parentElement; a && a !== document.body; a = a.parentElement) {
+      const o = getComputedStyle(a).overflowX;
+      if (o === "auto" || o === "scroll") { scrolls = true; break; }
+      if (o === "hidden" && a.getBoundingClientRect().right <= window.innerWidth + 1) { scrolls = false; break; }
+    }
+    if (!scrolls) out.push((el.id ? "#" + el.id : el.tagName.toLowerCase()) + " right=" + Math.round(r.right));
+  }
+  return out.slice(0, 10);
+}"""
+
+
 def test_on_a_phone_the_answer_is_visible_after_an_upload(page, app_url, model, tmp_path):
     """390x844, the issue's phone: after an upload the verdict and the probabilities are on screen
     without scrolling."""
@@ -141,6 +161,10 @@ def test_on_a_phone_the_answer_is_visible_after_an_upload(page, app_url, model, 
         sync_api.expect(verdict).to_be_in_viewport()
         sync_api.expect(page.locator("#predict-label")).to_be_in_viewport()
         shot(page, "predict-phone.png")
+        for tab in ("Predict", "Train", "Models"):  # no dropdown, table or control cut off at the phone's width
+            page.get_by_role("tab", name=tab).click()
+            page.wait_for_timeout(300)
+            assert page.evaluate(CUT_OFF) == [], f"cut off at 390 px on the {tab} tab"
     finally:
         page.set_viewport_size({"width": 1280, "height": 900})
         page.goto(app_url[0])
