@@ -127,7 +127,7 @@ def test_torchscript_matches_torch_and_carries_its_metadata(tiny):
 
 
 def test_int8_quantises_the_classifier_and_leaves_the_detector_in_float32(tiny):
-    from flowerdemo.export.onnx import float32_nodes, quantize_int8, session
+    from flowerdemo.export.onnx import float32_nodes, quantize_int8, sensitive_nodes, session
 
     kept = float32_nodes(tiny.onnx.path)
     graph = _graph(tiny.onnx.path)
@@ -141,6 +141,12 @@ def test_int8_quantises_the_classifier_and_leaves_the_detector_in_float32(tiny):
     meta = read_metadata(dst)
     assert meta["quantization"]["method"] == "dynamic" and meta["classes"] == CLASSES
     assert any(n.op_type in ("ConvInteger", "MatMulInteger", "DynamicQuantizeLinear") for n in _graph(dst).node)
+    # the classifier's stem convolution and linear head stay float32 (the layers int8 hurt most)
+    ends = sensitive_nodes(tiny.onnx.path, kept)
+    assert len(ends) >= 2 and graph.node[[n.name for n in graph.node].index(ends[0])].op_type == "Conv"
+    quantised = {n.op_type for n in _graph(dst).node if any(n.name.startswith(end) for end in ends)}
+    assert "ConvInteger" not in quantised and "MatMulInteger" not in quantised  # (a Gemm becomes MatMul + Add)
+    assert meta["quantization"]["float32_layers"] == "the first convolution and the linear head"
     assert np.abs(int8[2] - fp32[2]).max() <= 1e-5  # the detector's scores: its thresholds were set in float32
     assert np.abs(int8[0] - fp32[0]).max() < 0.2 and int8[0].sum(1) == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(ExportError, match="calibration photos"):
