@@ -168,3 +168,17 @@ def test_a_twin_that_differs_from_torch_is_not_used(serving, clf, monkeypatch, c
     prepared = prepare_for_explain(other, _photo("square", 7), 200)
     ex, torch_images = _forwards_of_torch(lambda: explain(other, method="gradcam", prepared=prepared))
     assert torch_images == 1 and ex.heatmap.max() > 0  # pytorch-grad-cam on torch, as before
+
+
+def test_a_forward_takes_its_share_of_the_cores_with_a_session_per_thread_count(serving, clf, monkeypatch):
+    from flowerdemo import device
+
+    monkeypatch.setattr(device, "COMPUTE", device.ComputeShare(2))  # 2 cores, other processes not watched
+    twin = runtime.build(clf.model, clf.preprocessing.input_size, threads=2)
+    x = torch.randn(3, 3, twin.size, twin.size, generator=torch.Generator().manual_seed(1))
+    alone = twin(x)[0]
+    assert set(twin._sessions) == {2}  # alone: both cores
+    with device.COMPUTE.share():  # another forward running: each gets one core
+        shared = twin(x)[0]
+    assert set(twin._sessions) == {1, 2}
+    assert (alone - shared).abs().max() < 1e-5

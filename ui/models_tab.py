@@ -142,7 +142,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> None:
                 download_btn = gr.Button("Download the active model (.zip)")
                 with gr.Row():
                     onnx_btn = gr.Button("Download as ONNX", size="sm")
-                    onnx_int8_btn = gr.Button("Download as ONNX int8 (smaller, a little less accurate)", size="sm")
+                    onnx_int8_btn = gr.Button("Download as ONNX int8 (about a third smaller)", size="sm")
                 download = gr.File(label="Checkpoint", interactive=False, height=90)
                 upload = gr.File(label="Load a checkpoint file (.zip of a run folder, or model.safetensors)",
                                  file_types=[".zip", ".safetensors"], type="filepath", height=140)

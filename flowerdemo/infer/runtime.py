@@ -19,8 +19,9 @@ differentiated in torch).
 
 The export is the TorchScript-based one (torch.onnx.export(dynamo=False)): ~2.5 s for Lite2, where the
 dynamo exporter that `flowerdemo export` uses takes several times as long and needs onnxscript; the file
-stays in memory. A twin holds its own copy of the weights (~20 MB for Lite2) and goes with its model
-(a WeakKeyDictionary). onnxruntime's session is safe to run from several threads at once.
+stays in memory. A twin holds its own copy of the weights (~20 MB for Lite2, and one per session: a
+session per thread count used) and goes with its model (a WeakKeyDictionary). onnxruntime's sessions are
+safe to run from several threads at once.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import os
 import threading
 import warnings
 import weakref
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,19 +82,49 @@ def available() -> bool:
 
 
 class OrtForward:
-    """A model's onnxruntime twin: (N, 3, S, S) float images -> (logits,) or (logits, maps) as tensors."""
+    """A model's onnxruntime twin: (N, 3, S, S) float images -> (logits,) or (logits, maps) as tensors.
 
-    def __init__(self, session, size: int, with_maps: bool) -> None:
-        self.session = session
+    Each forward takes its share of the cores like torch's (device.ComputeShare: fewer threads while other
+    forwards, or other processes such as a training, keep cores busy: a 2-thread pool waits at every barrier
+    for a thread that has no core); onnxruntime fixes a session's threads when it is opened, so there is one
+    session per thread count used, opened on first need (~0.1 s) from the model kept in memory."""
+
+    def __init__(self, model: bytes, size: int, with_maps: bool, threads: int) -> None:
+        self.model = model
         self.size = size  # the only input size it takes (the model's own; another size runs on torch)
         self.with_maps = with_maps
+        self.threads = max(1, threads)
         self.runs = 0  # forwards served (tests and benchmarks check that the twin is used)
+        self._sessions: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    def session(self, threads: int):
+        threads = min(max(1, threads), self.threads)
+        with self._lock:
+            if threads not in self._sessions:
+                self._sessions[threads] = _open(self.model, threads)
+            return self._sessions[threads]
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        from flowerdemo.device import COMPUTE
+
         images = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        outputs = self.session.run(None, {"images": images})
+        with COMPUTE.share() as threads:
+            outputs = self.session(threads).run(None, {"images": images})
         self.runs += 1
         return tuple(torch.from_numpy(np.ascontiguousarray(o)) for o in outputs)
+
+
+def _open(model: bytes, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # threads sleep between runs instead of spinning: a server's cores are shared with other requests and
+    # a training, which a spinning pool would slow
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 class _WithMaps(nn.Module):
@@ -168,8 +200,6 @@ def _build_and_store(model: nn.Module, size: int, maps_of: nn.Module | None) -> 
 def build(model: nn.Module, size: int, maps_of: nn.Module | None = None, threads: int | None = None) -> OrtForward:
     """Export a copy of `model` to ONNX in memory, open it with onnxruntime, check it against torch.
     Raises ValueError when the twin's logits differ from torch's by more than PARITY."""
-    import onnxruntime as ort
-
     layer_name = None
     if maps_of is not None:
         names = {m: n for n, m in model.named_modules()}
@@ -187,14 +217,9 @@ def build(model: nn.Module, size: int, maps_of: nn.Module | None = None, threads
         torch.onnx.export(wrapper, (example,), buf, input_names=["images"], output_names=names,
                           dynamic_axes={n: {0: "batch"} for n in ["images", *names]}, opset_version=OPSET,
                           dynamo=False)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    # threads sleep between runs instead of spinning: a server's cores are shared with other requests and
-    # a training, which a spinning pool would slow
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
-    twin = OrtForward(session, size, layer is not None)
+    from flowerdemo.device import COMPUTE
+
+    twin = OrtForward(buf.getvalue(), size, layer is not None, threads or COMPUTE.cores)
     check = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         expected = model(check.to(_device(model)).contiguous(memory_format=torch.channels_last)).float().cpu()
