@@ -124,9 +124,8 @@ def _open(model: bytes, threads: int):
     # threads sleep between runs instead of spinning: a server's cores are shared with other requests and
     # a training, which a spinning pool would slow
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # no memory arena: it keeps each session's largest batch's buffers for good (the shipped model's and the
-    # reference encoder's twins, warmed up: +553 MB resident with arenas, +305 without, and no slower:
-    # 19 vs 24 ms for one photo, 167 vs 164 ms for 8: docs/benchmarks.md §8)
+    # no memory arena: it keeps each session's largest batch's buffers for good, per session and model; the
+    # app's resident memory with and without it: docs/benchmarks.md §8 (benchmarks/memory.py)
     options.enable_cpu_mem_arena = False
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
