@@ -6,6 +6,7 @@ from __future__ import annotations
 import fnmatch
 import http.server
 import json
+import shutil
 import socket
 import threading
 from pathlib import Path
@@ -220,6 +221,33 @@ def test_push_then_pull_round_trip(fake_hub, run_dir, tmp_path, monkeypatch):
     with torch.no_grad():
         assert torch.equal(original.model(x), pulled.model(x))
     assert json.loads((dest / "meta.json").read_text())["classes"] == CLASSES
+
+
+def test_push_publishes_no_photo_file_names_or_server_folders(fake_hub, run_dir, tmp_path):
+    from flowerdemo.models.checkpoints import META, read_meta
+
+    local = tmp_path / "run"
+    shutil.copytree(run_dir, local)
+    meta = read_meta(local)
+    secret = "/srv/visitor-42/photos"
+    meta.update({"mistakes": [{"path": f"{secret}/a.jpg"}], "val_predictions": [{"path": f"{secret}/b.jpg"}],
+                 "label_issues": {"total": 3, "method": "cleanlab", "issues": [{"path": f"{secret}/c.jpg"}]},
+                 "data": {**meta.get("data", {}), "root": secret}})
+    (local / META).write_text(json.dumps(meta))
+    from safetensors.torch import load_file
+    save_file(load_file(str(local / "model.safetensors")), str(local / "model.safetensors"),
+              metadata={"flowerdemo": json.dumps(meta)})  # the header carries the meta too
+    push_checkpoint(local, "alice/private-photos")
+    pushed = fake_hub.repos["alice/private-photos"]["meta.json"].decode()
+    assert secret not in pushed and "a.jpg" not in pushed
+    weights = fake_hub.repos["alice/private-photos"]["model.safetensors"]
+    assert secret.encode() not in weights and b"a.jpg" not in weights
+    public = json.loads(pushed)
+    assert public["label_issues"] == {"total": 3, "method": "cleanlab"}
+    assert public["data"] == {**{k: v for k, v in meta["data"].items() if k != "root"}, "name": "photos"}
+    assert public["classes"] == meta["classes"] and read_meta(local)["mistakes"]  # kept on the server
+    pulled = pull_checkpoint("alice/private-photos", tmp_path / "checkpoints")
+    assert load_checkpoint(pulled).classes == tuple(meta["classes"])
 
 
 def test_push_of_a_calibrated_checkpoint_uploads_the_reliability_diagram_the_card_shows(fake_hub, tmp_path):

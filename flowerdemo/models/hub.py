@@ -4,6 +4,7 @@ failures become `HubError` with a message that says what went wrong and what to 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -23,6 +24,7 @@ from huggingface_hub.errors import (
 )
 
 from flowerdemo.figures import checkpoint_accuracy
+from flowerdemo.models.checkpoints import _META_KEY as META_KEY
 from flowerdemo.models.checkpoints import META, WEIGHTS, CheckpointError, read_meta, safe_name
 from flowerdemo.models.reliability import has_diagram, reliability_png
 
@@ -280,7 +282,7 @@ def _data_section(meta: dict[str, Any]) -> list[str]:
     if not isinstance(data, dict):
         return ["## Data", "", "(not recorded)", ""]
     # Only the folder's name: an absolute local path says nothing useful and leaks the trainer's file system.
-    name = Path(str(data.get("root", ""))).name or "(unnamed)"
+    name = Path(str(data.get("root", ""))).name or data.get("name") or "(unnamed)"
     counts = data.get("counts") or {}
     out = ["## Data", "", f"An image folder `{name}` with one sub-folder per class, "
            + ("split by its own train/ and val/ folders." if data.get("presplit") else
@@ -300,9 +302,40 @@ def _val_share(meta: dict[str, Any]) -> str:
 
 # --- push / pull --------------------------------------------------------------------------------
 
+# what a run's meta.json says about the photos it was trained on, by file: kept on the server (the Train tab's
+# review and drill-down read them), never published with the model
+PRIVATE_KEYS = ("mistakes", "val_predictions")
+
+
+def public_meta(meta: dict) -> dict:
+    """`meta` without the trainer's photo file names and folders: the per-photo lists (PRIVATE_KEYS), the
+    label issues' photos (their count and method stay) and the dataset's folder on the server (its class
+    counts stay)."""
+    out = {k: v for k, v in meta.items() if k not in PRIVATE_KEYS}
+    if isinstance(out.get("label_issues"), dict):
+        out["label_issues"] = {k: v for k, v in out["label_issues"].items() if k != "issues"}
+    if isinstance(out.get("data"), dict):  # the folder's name stays (the card shows it), not where it was
+        data = out["data"]
+        out["data"] = {k: v for k, v in data.items() if k != "root"}
+        if data.get("root"):
+            out["data"]["name"] = Path(str(data["root"])).name
+    return out
+
+
+def public_weights(weights: Path, public: dict) -> bytes:
+    """The weights file with `public` as its metadata (the header carries the same meta as meta.json)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save
+
+    with safe_open(str(weights), framework="pt") as f:
+        header = dict(f.metadata() or {})
+    header[META_KEY] = json.dumps(public)
+    return save(load_file(str(weights)), metadata=header)
+
+
 def push_checkpoint(run_dir: str | Path, repo_id: str, token: str | None = None, private: bool = False) -> str:
-    """Create `repo_id` if needed (an existing repo keeps its visibility) and upload the weights, meta.json,
-    a fresh model card and, for a calibrated checkpoint, its reliability diagram in one commit. Token: `token`,
+    """Create `repo_id` if needed (an existing repo keeps its visibility) and upload the weights, meta.json
+    (`public_meta`: without the training photos' file names and the server's folders), a fresh model card and, for a calibrated checkpoint, its reliability diagram in one commit. Token: `token`,
     else $HF_TOKEN, else the saved `hf auth login` one."""
     check_repo_id(repo_id)
     run_dir = Path(run_dir)
@@ -312,7 +345,9 @@ def push_checkpoint(run_dir: str | Path, repo_id: str, token: str | None = None,
         raise HubError(f"cannot push {run_dir}: {exc}") from exc
     if not (run_dir / META).is_file():
         raise HubError(f"cannot push {run_dir}: it has no {META} next to {WEIGHTS}")
-    operations = [CommitOperationAdd(WEIGHTS, str(run_dir / WEIGHTS)), CommitOperationAdd(META, str(run_dir / META)),
+    public = public_meta(meta)
+    operations = [CommitOperationAdd(WEIGHTS, public_weights(run_dir / WEIGHTS, public)),
+                  CommitOperationAdd(META, json.dumps(public, indent=2).encode("utf-8")),
                   CommitOperationAdd(CARD, model_card(meta, repo_id).encode("utf-8"))]
     if has_diagram(meta.get("calibration")):  # the card shows it: drawn now, from the meta that is pushed
         operations.append(CommitOperationAdd(DIAGRAM, reliability_png(meta["calibration"])))
