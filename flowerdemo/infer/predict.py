@@ -17,8 +17,14 @@ from flowerdemo.infer.batching import STAGES, batcher_for
 from flowerdemo.infer.preprocess import PreparedImage, prepare_image
 from flowerdemo.infer.runtime import fast_forward
 from flowerdemo.models.checkpoints import Classifier
-from flowerdemo.models.unknown import (DEFAULT_STRICTNESS, REFERENCE_SIZE, Familiarity, check_strictness, reference_encoder,
-                                      reference_input)
+from flowerdemo.models.unknown import (
+    DEFAULT_STRICTNESS,
+    REFERENCE_SIZE,
+    Familiarity,
+    check_strictness,
+    reference_encoder,
+    reference_input,
+)
 
 
 @dataclass(frozen=True)

@@ -334,9 +334,10 @@ def public_weights(weights: Path, public: dict) -> bytes:
 
 
 def push_checkpoint(run_dir: str | Path, repo_id: str, token: str | None = None, private: bool = False) -> str:
-    """Create `repo_id` if needed (an existing repo keeps its visibility) and upload the weights, meta.json
-    (`public_meta`: without the training photos' file names and the server's folders), a fresh model card and, for a calibrated checkpoint, its reliability diagram in one commit. Token: `token`,
-    else $HF_TOKEN, else the saved `hf auth login` one."""
+    """Create `repo_id` if needed (an existing repo keeps its visibility) and upload the weights and meta.json
+    (`public_meta`: without the training photos' file names and the server's folders), a fresh model card
+    and, for a calibrated checkpoint, its reliability diagram in one commit. Token: `token`, else $HF_TOKEN,
+    else the saved `hf auth login` one."""
     check_repo_id(repo_id)
     run_dir = Path(run_dir)
     try:
