@@ -26,6 +26,7 @@ safe to run from several threads at once.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import io
 import logging
@@ -105,6 +106,10 @@ class OrtForward:
                 self._sessions[threads] = _open(self.model, threads)
             return self._sessions[threads]
 
+    def close(self) -> None:
+        with self._lock:
+            self._sessions.clear()
+
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         from flowerdemo.device import COMPUTE
 
@@ -152,6 +157,21 @@ _building: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 _lock = threading.Lock()
 
 
+@atexit.register
+def _close() -> None:
+    """Drop every twin's sessions while the interpreter is whole: a session still alive for a model kept to
+    the end (the reference encoder is) was otherwise destroyed during interpreter teardown, and
+    onnxruntime's thread pool then aborted the process ("terminate called without an active exception",
+    exit 134 after a passing test suite)."""
+    global _enabled
+    with _lock:
+        _enabled = False
+        for twin in list(_twins.values()):
+            if twin is not None:
+                twin.close()
+        _twins.clear()
+
+
 def fast_forward(model: nn.Module, size: int, maps_of: nn.Module | None = None,
                  wait: bool = False) -> OrtForward | None:
     """The ready twin of `model` (inputs `size` px square), else None: starting its build in the background
@@ -172,7 +192,7 @@ def _twin(model: nn.Module, size: int, maps_of: nn.Module | None, wait: bool) ->
             _building.add(model)
     if start:
         if not wait:
-            threading.Thread(target=_build_and_store, args=(model, size, maps_of), daemon=True,
+            threading.Thread(target=_build_and_store, args=(model, size, maps_of), daemon=False,
                              name="flowerdemo-runtime-build").start()
             return None
         return _build_and_store(model, size, maps_of)
