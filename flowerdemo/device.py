@@ -144,26 +144,41 @@ class ComputeShare:
         self.cores = max(1, cores)
         self.running = 0
         self.others = 0.0  # cores other processes used lately (watch_others)
+        self.reserved = 0  # cores this process's background work holds (reserve)
         self.watch_others, self.every = watch_others, every
         self._mark: tuple[float, float, float] | None = None  # (monotonic, machine busy s, own CPU s)
         self._lock = threading.Lock()
+
+    @contextmanager
+    def reserve(self, cores: int) -> Iterator[None]:
+        """Count `cores` as busy with this process's own background work for the block (a training relayed by
+        `in_background`): /proc shows other processes' load, not another thread of this one, so without it
+        a prediction beside a training took every core and waited for the one the training held."""
+        with self._lock:
+            self.reserved += cores
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.reserved -= cores
 
     def _free_cores(self) -> int:
         """`cores` less what other processes kept busy lately (called under the lock; reads /proc at most
         every `every` s)."""
         if not self.watch_others:
-            return self.cores
+            return max(1, self.cores - self.reserved)
         now = time.monotonic()
         if self._mark is None or now - self._mark[0] >= self.every:
             busy, own = _system_busy_seconds(), time.process_time()
             if busy is None:
                 self.watch_others = False
-                return self.cores
+                return max(1, self.cores - self.reserved)
             if self._mark is not None:
                 wall = now - self._mark[0]
                 self.others = max(0.0, (busy - self._mark[1]) - (own - self._mark[2])) / wall
             self._mark = (now, busy, own)
-        return max(1, self.cores - int(self.others + 0.25))  # a core counts as taken when >= 75% busy
+        # a core counts as taken when >= 75% busy
+        return max(1, self.cores - self.reserved - int(self.others + 0.25))
 
     @contextmanager
     def share(self) -> Iterator[int]:
@@ -220,7 +235,7 @@ def in_background(events: Iterator, threads: int | None = 1, nice: int = 10) -> 
             except OSError:
                 pass
         try:
-            with intra_op_threads(threads or torch.get_num_threads()):
+            with intra_op_threads(threads or torch.get_num_threads()), COMPUTE.reserve(threads or COMPUTE.cores):
                 for item in events:
                     if not put(item):
                         break

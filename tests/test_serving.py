@@ -112,6 +112,27 @@ def test_forwards_share_the_cores_and_thread_counts_are_restored():
             with share.share() as third:
                 assert torch.get_num_threads() == third == 1
     assert (alone, second) == (4, 2) and share.running == 0
+    with share.reserve(1):  # a training relayed in this process holds a core: /proc cannot tell
+        with share.share() as beside_training:
+            assert beside_training == 3
+    with share.share() as after:
+        assert after == 4
+
+
+def test_a_background_training_reserves_its_cores_while_it_runs(monkeypatch):
+    from flowerdemo import device
+
+    share = device.ComputeShare(2)
+    monkeypatch.setattr(device, "COMPUTE", share)
+    seen = []
+
+    def events():
+        for i in range(3):
+            seen.append(share.reserved)
+            yield i
+
+    assert list(device.in_background(events(), threads=1)) == [0, 1, 2]
+    assert seen == [1, 1, 1] and share.reserved == 0
 
 
 @pytest.mark.parametrize("twins", [False, True], ids=["torch", "onnxruntime"])

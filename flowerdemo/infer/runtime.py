@@ -129,9 +129,10 @@ def _open(model: bytes, threads: int):
     # threads sleep between runs instead of spinning: a server's cores are shared with other requests and
     # a training, which a spinning pool would slow
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # no memory arena: it keeps each session's largest batch's buffers for good, per session and model; the
-    # app's resident memory with and without it: docs/benchmarks.md §8 (benchmarks/memory.py)
-    options.enable_cpu_mem_arena = False
+    # the memory arena stays on: it keeps each session's largest batch's buffers for good (the warm app ~190 MB
+    # larger, still within the memory target), and without it the 20 concurrent 12 MP heatmaps took 3.4 s
+    # p95 instead of 2.6 s (buffers allocated per run): docs/benchmarks.md §7, §8
+    options.enable_cpu_mem_arena = True
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
