@@ -18,7 +18,6 @@ from flowerdemo.infer.batching import STAGES, batcher_for
 from flowerdemo.infer.faithfulness import Faithfulness, check_faithfulness
 from flowerdemo.infer.preprocess import PreparedImage, prepare_image
 from flowerdemo.infer.replicas import gradients_at, replica
-from flowerdemo.infer.runtime import fast_forward
 from flowerdemo.models.checkpoints import Classifier
 
 if TYPE_CHECKING:
@@ -169,12 +168,11 @@ def _fast_gradcam(clf: Classifier, x: torch.Tensor, chosen: int | None,
     tests/test_runtime.py: within 1e-4). None where the model has no twin (yet), or its layers after the
     target layer are not a `forward_head` (timm backbones have one: all the bundled ones). `forward`: the
     (logits, maps) of the twin's forward of `x` when the caller has them (classify's answer): none is run."""
-    from flowerdemo.infer.predict import _maps_layer
+    from flowerdemo.infer.predict import _maps_layer, twin_of
 
-    layer = _maps_layer(clf.model)
-    if layer is None:
+    if _maps_layer(clf.model) is None:
         return None
-    twin = fast_forward(clf.model, clf.preprocessing.input_size, layer) if forward is None else None
+    twin = twin_of(clf) if forward is None else None
     if forward is None and (twin is None or not twin.with_maps):
         return None
     logits, maps = forward if forward is not None else batcher_for(clf.model, "cam")(twin, x.cpu())

@@ -64,8 +64,12 @@ def _forward(model: torch.nn.Module):
 def model_forward(clf: Classifier):
     """The classifier's logits for a batch: its onnxruntime twin once built (infer/runtime.py: CPU, about twice
     as fast; it also gives the CAM's maps), torch until then and wherever there is none."""
-    twin = twin_of(clf)
-    return (lambda x: twin(x)[0]) if twin is not None else _forward(clf.model)
+    return _logits(clf.model, twin_of(clf))
+
+
+def _logits(model: torch.nn.Module, twin) -> Any:
+    """A batch -> logits function: the twin's first output, or the torch model's forward."""
+    return (lambda x: twin(x)[0]) if twin is not None else _forward(model)
 
 
 def twin_of(clf: Classifier):
@@ -104,8 +108,7 @@ def familiarity(clf: Classifier, x: torch.Tensor, strictness: str = DEFAULT_STRI
     encoder = reference_encoder(device)
     with torch.inference_mode():  # models.unknown.reference_features, with the encoder's forward batched
         r = reference_input(x.to(device), clf.preprocessing.mean, clf.preprocessing.std)
-        twin = fast_forward(encoder, r.shape[-1])
-        forward = (lambda x: twin(x)[0]) if twin is not None else _forward(encoder)
+        forward = _logits(encoder, fast_forward(encoder, r.shape[-1]))
         feats = batcher_for(encoder, "features")(forward, r).float().cpu()
     return clf.detector.decide(feats, strictness)
 

@@ -1,9 +1,10 @@
 """Serving forwards on the CPU with onnxruntime: the same network, about twice as fast as torch's eager mode.
 
-Measured on the 2-core development machine (shipped Lite2 at 240 px, 2 threads, median of 20): torch eager
-(channels-last) 44 ms for one photo and 46 ms per photo in a batch of 8; onnxruntime 23 ms and 18 ms per
-photo (it fuses the convolutions with their activations and runs the depthwise ones faster). Answers,
-heatmaps and heatmap checks of a server all go through forwards, so a visitor waits about half as long.
+Measured on the 2-core development machine (benchmarks/export.py, docs/benchmarks.md §10: the shipped Lite2
+and the unknown-photo check for one photo, 2 threads): flowerdemo's torch path 68 ms p50, onnxruntime 28 ms
+(it fuses the convolutions with their activations and runs the depthwise ones faster). Answers, heatmaps
+and heatmap checks of a server all go through forwards; through the running app (benchmarks/serving.py,
+§7) the first label went from 236 to 78-98 ms p50.
 
 `fast_forward(model, size)` gives the model's onnxruntime twin, or None where there is none (yet):
 - only in a process that serves (`enable()`: app.py does; a CLI prediction or a training would spend more
