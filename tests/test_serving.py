@@ -135,6 +135,81 @@ def test_a_background_training_reserves_its_cores_while_it_runs(monkeypatch):
     assert seen == [1, 1, 1] and share.reserved == 0
 
 
+def test_work_called_in_background_runs_niced_with_a_one_core_budget_and_the_callers_context():
+    import contextvars
+    import os
+
+    from flowerdemo import device
+
+    request = contextvars.ContextVar("request", default=None)
+    request.set("visitor-1")  # what a web framework's request context carries (Gradio's progress)
+
+    def work(x: int):
+        return (x, threading.get_native_id(), device.thread_budget(), torch.get_num_threads(), request.get(),
+                os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    x, tid, budget, threads, seen, nice = device.call_in_background(work, 7, nice=5)
+    assert (x, budget, threads, seen) == (7, 1, 1, "visitor-1") and tid != threading.get_native_id()
+    assert nice >= 5 and device.thread_budget() is None  # the caller stays what it was
+
+    def fails():
+        raise FileNotFoundError("no such folder: photos")
+
+    with pytest.raises(FileNotFoundError, match="photos"):
+        device.call_in_background(fails)
+
+
+def test_background_work_pauses_while_a_visitors_forward_runs_and_not_for_its_own(monkeypatch):
+    from flowerdemo import device
+
+    share = device.ComputeShare(2)
+    monkeypatch.setattr(device, "COMPUTE", share)
+    assert share.pause_for_visitors() < 0.05  # nobody is predicting
+    device.pause_if_background()  # not background work: returns at once whatever visitors do
+
+    inside, release = threading.Event(), threading.Event()
+
+    def visitor():
+        with share.share():
+            inside.set()
+            release.wait(5)
+
+    t = threading.Thread(target=visitor)
+    t.start()
+    inside.wait(5)
+    threading.Timer(0.3, release.set).start()
+    waited = device.call_in_background(lambda: share.pause_for_visitors(most=5.0))
+    t.join()
+    assert 0.25 <= waited < 2.0  # until the visitor's forward ended (and a short linger), not `most`
+    assert share.pause_for_visitors(most=0.2) <= 0.25  # bounded even if visitors kept coming
+
+    def own_forward_then_pause() -> float:
+        with share.share():  # a training's own forward: not a visitor's
+            pass
+        return share.pause_for_visitors()
+
+    assert device.call_in_background(own_forward_then_pause) < 0.05 and share.visitors == 0
+
+
+def test_photos_decoded_by_background_work_use_its_budget(tmp_path, monkeypatch):
+    from flowerdemo import device
+    from flowerdemo.data import tensorcache
+    from flowerdemo.data.dataset import Sample
+
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (40, 30), (i * 80, 20, 20)).save(paths[-1])
+    samples = [Sample(p, 0) for p in paths]
+    pools: list[int] = []
+    real = tensorcache.ThreadPoolExecutor
+    monkeypatch.setattr(tensorcache, "ThreadPoolExecutor", lambda max_workers: pools.append(max_workers) or real(max_workers))
+    monkeypatch.setattr(tensorcache.os, "cpu_count", lambda: 4)
+    tensors, _ = tensorcache.decode_samples(samples, 16)
+    tensors_bg, _ = device.call_in_background(tensorcache.decode_samples, samples, 16)
+    assert pools == [4, 1] and torch.equal(tensors.images, tensors_bg.images)
+
+
 @pytest.mark.parametrize("twins", [False, True], ids=["torch", "onnxruntime"])
 def test_concurrent_visitors_get_the_serial_answers(tiny, tmp_path, twins, monkeypatch):
     kinds = ["circle", "square", "triangle", "circle", "square", "triangle"]

@@ -14,6 +14,7 @@ import pandas as pd
 from flowerdemo.data.builder import DatasetDraft
 from flowerdemo.data.dataset import DatasetSplit, scan_dataset
 from flowerdemo.data.images import load_image
+from flowerdemo.device import call_in_background
 from flowerdemo.serve.runs import allowed_path, remove_tree
 from flowerdemo.settings import MB
 
@@ -147,7 +148,9 @@ def opened(ctx: AppContext, source: str, zip_file: str | None, folder: str | Non
     """`open_dataset` for one request: if the rest of the request fails (busy, bad settings, a bug), the
     upload this call extracted is deleted before the error returns. A failed request does not update the
     visitor's session, so nothing would ever hand that folder back; one the session already held stays."""
-    split, now = open_dataset(ctx, source, zip_file, folder, held, val_fraction, seed, progress, draft)
+    # the scan decodes and hashes every photo: as background work (niced, one core), as the training itself
+    split, now = call_in_background(open_dataset, ctx, source, zip_file, folder, held, val_fraction, seed, progress,
+                                    draft)
     try:
         yield split, now
     except BaseException:

@@ -134,6 +134,8 @@ def _save(file: Path, entries: dict[str, list]) -> None:
 
 def fingerprints(paths: Sequence[Path], cache_dir: Path | None = None, progress: Progress | None = None) -> list[Fingerprint]:
     """Fingerprints of `paths` (in order), from the cache where a file's size and mtime are unchanged."""
+    from flowerdemo.device import pause_if_background
+
     paths = [Path(p) for p in paths]
     cache_dir = default_hash_cache() if cache_dir is None else Path(cache_dir)
     file = _cache_file(cache_dir, paths)
@@ -152,6 +154,7 @@ def fingerprints(paths: Sequence[Path], cache_dir: Path | None = None, progress:
         if entry is not None and entry[0] == key:
             fp = Fingerprint(entry[1], tuple(entry[2]), *entry[3:])
         else:
+            pause_if_background()  # beside a server's visitors: their predictions first (device.py)
             try:
                 fp = fingerprint_bytes(path.read_bytes())
             except OSError as exc:
