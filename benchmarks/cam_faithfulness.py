@@ -11,6 +11,7 @@ ignores). p is the model's calibrated probability of the class it predicted, the
     python benchmarks/cam_faithfulness.py --checkpoint checkpoints/flowers5-lite2 --checkpoint /tmp/run
     python benchmarks/cam_faithfulness.py --imputer road                   # ROAD's own imputer (slow)
     python benchmarks/cam_faithfulness.py --per-class 0 --time-photo P.jpg # explain() seconds per method only
+    python benchmarks/cam_faithfulness.py --per-class 0 --time-photo P.jpg --app  # ... as the app adds it
 
 The photos are the first --per-class validation photos of each class in the split the shipped model held
 out (scan_dataset(val_fraction=0.2, seed=0)). Removed pixels are filled by --imputer: `smooth` (default)
@@ -153,16 +154,30 @@ def evaluate(clf: Classifier, samples, methods, percentiles, imputer, seed: int)
     return {"methods": rows, "order": ranked, "cam_ranking": [m for m in ranked if m != RANDOM]}
 
 
-def time_explain(clf: Classifier, photo: Path, methods, repeats: int) -> dict[str, dict[str, float]]:
-    """explain() end to end on one photo as the app calls it (overlay at most 1024 px), per method: the
-    figures behind flowerdemo.infer.explain.CAM_SECONDS."""
-    from flowerdemo.infer.explain import explain
+def time_explain(clf: Classifier, photo: Path, methods, repeats: int, app: bool = False) -> dict[str, dict[str, float]]:
+    """explain() end to end on one photo per method, as a caller without an answer calls it (overlay at most
+    1024 px); with `app`, as the app's Predict tab does after its answer: the onnxruntime twins on
+    (infer/runtime.py), the photo decoded once for an 800 px overlay, the answer's forward reused by Grad-CAM
+    (`answered`): the time the heatmap adds, the figures behind flowerdemo.infer.explain.CAM_SECONDS."""
+    from flowerdemo.infer.explain import explain, prepare_for_explain
+    from flowerdemo.infer.predict import classify, warm_up
 
     out = {}
+    if app:
+        from flowerdemo.infer import runtime
+
+        runtime.enable()
+        warm_up(clf)
+        prepared = prepare_for_explain(clf, photo, 800)  # ui/predict_tab.MAX_SIDE
+        answered = classify(clf, prepared=prepared)
     for method in methods:
         if method != RANDOM:
-            out[method] = common.time_calls(lambda m=method: explain(clf, photo, method=m, max_side=1024), repeats, 1)
+            call = ((lambda m=method: explain(clf, method=m, prepared=prepared, answered=answered)) if app else
+                    (lambda m=method: explain(clf, photo, method=m, max_side=1024)))
+            out[method] = common.time_calls(call, repeats, 1)
             print(f"  explain {method}: p50 {out[method]['p50_ms'] / 1000:.2f} s", flush=True)
+    if app:
+        return out
     # what the faithfulness check adds (one batched forward of 1 + 1 + RANDOM_REGIONS images)
     out["gradcam, check=True"] = common.time_calls(lambda: explain(clf, photo, max_side=1024, check=True), repeats, 1)
     print(f"  explain gradcam with check: p50 {out['gradcam, check=True']['p50_ms'] / 1000:.2f} s; "
@@ -188,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="random heatmaps and imputation noise [0]")
     p.add_argument("--time-photo", type=Path, help="also time explain() per method on this photo (app's 1024 px overlay)")
     p.add_argument("--repeats", type=int, default=3, help="timed explain() calls per method with --time-photo [3]")
+    p.add_argument("--app", action="store_true",
+                   help="with --time-photo: time the heatmap as the app adds it after its answer (onnxruntime twins, "
+                        "800 px overlay, the answer's forward reused)")
     args = p.parse_args(argv)
     if not args.data.is_dir():
         print(f"skipped: dataset folder {args.data} not found (pass --data DIR)")
@@ -209,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         res = evaluate(clf, samples, args.methods, args.percentiles, imputer, args.seed) if samples else {}
         if args.time_photo:
-            res["explain_seconds"] = time_explain(clf, args.time_photo, args.methods, args.repeats)
+            res["explain_seconds"] = time_explain(clf, args.time_photo, args.methods, args.repeats, args.app)
         res.update(checkpoint=str(Path(path).resolve()), architecture=clf.meta["architecture"],
                    photos=len(samples), wall_s=time.perf_counter() - t0)
         results[str(path)] = res

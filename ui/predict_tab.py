@@ -26,8 +26,8 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 CAM_NAMES = ["gradcam", "gradcam++", "hirescam", "scorecam", "eigencam", "layercam", "xgradcam"]
 # expected seconds per method on a 2-core CPU, copied from flowerdemo.infer.explain.CAM_SECONDS for the same
 # reason (tests/test_app.py checks that they agree)
-CAM_SECONDS: dict[str, float] = {"gradcam": 0.6, "gradcam++": 0.45, "hirescam": 0.4, "scorecam": 3.0, "eigencam": 0.4,
-                                 "layercam": 0.4, "xgradcam": 0.45}
+CAM_SECONDS: dict[str, float] = {"gradcam": 0.012, "gradcam++": 0.06, "hirescam": 0.07, "scorecam": 1.8,
+                                 "eigencam": 0.26, "layercam": 0.06, "xgradcam": 0.07}
 # the overlay and heatmap are drawn at most this large, the display size (the images show 280 px high, 800 px
 # leaves room for a zoom), and sent as JPEG: ~3 ms to encode at this size, where Gradio's default WebP took
 # ~140 ms for the two at 1000x750 (docs/benchmarks.md)
@@ -294,7 +294,9 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
         finally:  # Gradio copied them into its cache when each output was sent, before the generator went on
             images.remove()
 
-    gr.on([button.click, image.change, method.change, target.change, alpha.release, active.change, strictness.change],
+    # the options re-run it when the visitor changes them (.input), not when the server sets them: the page's
+    # load sets the CAM method to the model's best one, and .change then ran a photo dropped meanwhile twice
+    gr.on([button.click, image.change, method.input, target.input, alpha.release, active.change, strictness.input],
           predict, [image, method, target, alpha, active, strictness],
           [label, overlay, heatmap, timing, verdict, details], api_name="predict",
           preprocess=False, trigger_mode="always_last", concurrency_limit=PREDICT_CONCURRENCY)

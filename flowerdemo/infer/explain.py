@@ -56,13 +56,15 @@ class BoundedScoreCAM(ScoreCAM):
 
 CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "scorecam": BoundedScoreCAM,
                "eigencam": EigenCAM, "layercam": LayerCAM, "xgradcam": XGradCAM}
-# Expected seconds of one explain() per method, for the UI to show where the method is chosen: p50 of 3 calls
-# (after 1 warm-up) on a 12 MP JPEG (4000x3000) with the app's 1024 px overlay, the shipped model (Lite2,
-# 240 px), torch's default 2 threads, on the 2-core development machine (AMD EPYC, no GPU) while other
-# work loaded it (load 3-4): `python benchmarks/cam_faithfulness.py --per-class 0 --time-photo PHOTO`
-# (docs/benchmarks.md §5). A quiet machine is faster (Grad-CAM 0.13 s there, §3); check=True adds ~0.15 s.
-CAM_SECONDS = {"gradcam": 0.6, "gradcam++": 0.45, "hirescam": 0.4, "scorecam": 3.0, "eigencam": 0.4,
-               "layercam": 0.4, "xgradcam": 0.45}
+# Expected seconds a heatmap adds after the app's answer, per method, for the UI to show where the method is
+# chosen: p50 of 5 calls (after 1 warm-up) on a 12 MP JPEG (4000x3000) decoded once for the app's 800 px
+# overlay, the shipped model (Lite2, 240 px), the onnxruntime twins on as in the app (Grad-CAM reuses the
+# answer's forward: infer/runtime.py), on the quiet 2-core development machine (AMD EPYC, no GPU):
+# `python benchmarks/cam_faithfulness.py --per-class 0 --time-photo PHOTO --app --repeats 5` (docs/benchmarks.md
+# §5). Without an answer to reuse (`explain(image)`, torch) each costs a forward more; check=True adds a forward
+# of 4 images.
+CAM_SECONDS = {"gradcam": 0.012, "gradcam++": 0.06, "hirescam": 0.07, "scorecam": 1.8,
+               "eigencam": 0.26, "layercam": 0.06, "xgradcam": 0.07}
 DEFAULT_CAM = "gradcam"  # for a model without a measured ranking (best_cam_method)
 
 CROP_NOTE = ("The model sees only the square marked on the photo; the parts outside it were not used, "
