@@ -136,6 +136,19 @@ def test_a_stop_while_preparing_reaches_the_engine_and_the_slot_is_freed(tmp_pat
     assert not job.state.running and isinstance(job.state.last_event, Finished)
 
 
+def test_a_stop_before_the_run_starts_is_kept_for_it(tmp_path):
+    """Stop pressed while the request still scans the dataset (the slot claimed, no run yet): the owner's
+    stop is accepted, not refused as another visitor's, and the run stops at its first check."""
+    job = TrainingJob(fake_engine(prepare_steps=1000))
+    with job.claim(CFG, owner="alice") as slot:
+        assert not job.stop(owner="mallory") and not job.state.stopping
+        assert job.stop(owner="alice") and job.state.stopping
+        run = slot.start(tmp_path, tmp_path)
+    events = list(run)
+    assert [type(e) for e in events][-2:] == [Stopped, Finished] and len(events) <= 3
+    assert not job.state.running
+
+
 def test_closing_a_run_also_sets_its_stop_flag(tmp_path):
     # on ZeroGPU the engine runs in another process: closing the local stream alone would not reach it
     seen = {}

@@ -157,6 +157,8 @@ class TrainingJob:
         stop = StopFlag(out_dir / f".stop-{uuid.uuid4().hex}")
         with self._guard:
             self._stop = stop
+            if self._state.stopping:  # asked while its data was being prepared: it stops at its first check
+                stop.set()
         try:
             events = self._train_fn(cfg, data, out_dir, stop)
         except BaseException as exc:
@@ -167,11 +169,13 @@ class TrainingJob:
     def stop(self, owner: str | None = None) -> bool:
         """Ask the running training to stop after the current batch; False if none (or not `owner`'s)."""
         with self._guard:
-            if not self._state.running or self._stop is None:
+            if not self._state.running:
                 return False
             if owner is not None and self._state.owner not in (None, owner):
                 return False
-            self._stop.set()
+            if self._stop is not None:
+                self._stop.set()
+            # else its data is still being prepared (the slot claimed, no run yet): `_launch` sets the flag
             self._state = replace(self._state, stopping=True)
             return True
 
