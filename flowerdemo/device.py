@@ -215,11 +215,13 @@ class ComputeShare:
         return self.visitors > 0 or time.monotonic() - self.last_forward < linger
 
     def pause_for_visitors(self, most: float = MAX_PAUSE) -> float:
-        """Background work (a training relayed by `in_background`) calls this between small pieces of its work
-        (a photo hashed or decoded, a batch): it waits while visitors' forwards run, `most` s at a time, so that
-        a prediction does not share the cores, caches and the interpreter's lock with it. Measured through the
-        app (12 MP label + heatmap during a training): ~1.5-2x idle while the training scanned and decoded
-        photos in a niced thread, ~1x while it extracted features. Returns the seconds waited."""
+        """Background work (`in_background`, `call_in_background`) calls this between small pieces of its work
+        (a photo hashed or decoded): it waits while visitors' forwards run, at most `most` s per piece, so that a
+        prediction does not share the cores, caches and the interpreter's lock with it. Under a steady stream
+        of requests a training thus crawls (visitors first) but goes on. Measured through the app (12 MP label
+        + heatmap during a training, docs/benchmarks.md §7): 1.3-2.4x idle while the training scanned and
+        decoded photos, ~1x while it extracted features (one niced thread); with the pauses 0.9-1.6x. Returns
+        the seconds waited."""
         start = time.monotonic()
         while self.visitors_busy() and time.monotonic() - start < most:
             time.sleep(0.01)
@@ -240,9 +242,9 @@ def pause_if_background(background: bool | None = None) -> None:
 
 
 def thread_budget() -> int | None:
-    """The cores the calling thread's work may use when it runs relayed by `in_background` (its `threads`),
-    else None (no budget: a CLI run or a benchmark takes every core). Image decoding reads it for its
-    worker threads, which a budget of one core given to intra-op threads alone does not cover."""
+    """The cores the calling thread's work may use when it is background work (`in_background`,
+    `call_in_background`: their `threads`), else None (no budget: a CLI run or a benchmark takes every core).
+    Image decoding reads it for its worker threads, which a budget given to intra-op threads does not cover."""
     return getattr(_BUDGET, "threads", None)
 
 
