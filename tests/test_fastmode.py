@@ -150,6 +150,42 @@ def test_fast_mode_learns_in_fp32_and_in_cpu_bf16(bf16, tmp_path, monkeypatch):
     assert events[-1].best_val_acc >= 0.8
 
 
+def test_fp32_extraction_on_the_cpu_runs_on_onnxruntime_with_torchs_numbers(tmp_path, monkeypatch):
+    """Without native bf16 the frozen trunk's extraction runs on its onnxruntime twin (about twice torch's
+    speed on the 2-core machine) once there are enough images to pay for the export (here: any), giving the
+    features torch gives; FLOWERDEMO_RUNTIME=torch keeps it on torch."""
+    from flowerdemo.infer import runtime
+
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "MIN_EXTRACTION_IMAGES", 0)
+    feats, twins = [], []
+    real_extract, real_twin = fastmode.extract_features, fastmode.extraction_encoder
+
+    def extract(*args, **kwargs):
+        out = yield from real_extract(*args, **kwargs)
+        feats.append(out)
+        return out
+
+    def twin(*args, **kwargs):
+        twins.append(real_twin(*args, **kwargs))
+        return twins[-1]
+
+    monkeypatch.setattr(fastmode, "extract_features", extract)
+    monkeypatch.setattr(fastmode, "extraction_encoder", twin)
+    data = make_dataset(tmp_path / "data", per_class=4, size=40)
+    cfg = dataclasses.replace(SMALL, cache_features=False, epochs=1, device="cpu")
+    list(train(cfg, data, out_dir=tmp_path / "ck"))
+    assert len(twins) == 1 and twins[0] is not None and twins[0].twin.runs > 0
+    onnx_feats = feats[:]
+    feats.clear()
+    monkeypatch.setenv("FLOWERDEMO_RUNTIME", "torch")
+    list(train(cfg, data, out_dir=tmp_path / "ck"))
+    assert len(twins) == 1  # not asked for a twin at all
+    for a, b in zip(onnx_feats, feats, strict=True):  # train views, then validation; stored in fp16
+        assert a.shape == b.shape and torch.allclose(a.float(), b.float(), rtol=1e-2, atol=1e-2)
+    assert not runtime.extracts_with_onnxruntime(torch.device("cuda"), 10**6)
+
+
 def test_feature_cache_prunes_least_recently_used_files_and_keeps_the_new_one(tmp_path):
     from flowerdemo.train import featurecache
 

@@ -91,8 +91,9 @@ class OrtForward:
     for a thread that has no core); onnxruntime fixes a session's threads when it is opened, so there is one
     session per thread count used, opened on first need (~0.1 s) from the model kept in memory."""
 
-    def __init__(self, model: bytes, size: int, with_maps: bool, threads: int) -> None:
+    def __init__(self, model: bytes, size: int, with_maps: bool, threads: int, arena: bool = True) -> None:
         self.model = model
+        self.arena = arena  # onnxruntime's memory arena (_open)
         self.size = size  # the only input size it takes (the model's own; another size runs on torch)
         self.with_maps = with_maps
         self.threads = max(1, threads)
@@ -104,7 +105,7 @@ class OrtForward:
         threads = min(max(1, threads), self.threads)
         with self._lock:
             if threads not in self._sessions:
-                self._sessions[threads] = _open(self.model, threads)
+                self._sessions[threads] = _open(self.model, threads, self.arena)
             return self._sessions[threads]
 
     def close(self) -> None:
@@ -121,7 +122,7 @@ class OrtForward:
         return tuple(torch.from_numpy(np.ascontiguousarray(o)) for o in outputs)
 
 
-def _open(model: bytes, threads: int):
+def _open(model: bytes, threads: int, arena: bool = True):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -132,8 +133,9 @@ def _open(model: bytes, threads: int):
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     # the memory arena stays on: it keeps each session's largest batch's buffers for good (the warm app ~190 MB
     # larger, still within the memory target), and without it the 20 concurrent 12 MP heatmaps took 3.4 s
-    # p95 instead of 2.6 s (buffers allocated per run): docs/benchmarks.md §7, §8
-    options.enable_cpu_mem_arena = True
+    # p95 instead of 2.6 s (buffers allocated per run): docs/benchmarks.md §7, §8. A training's extraction
+    # twin (`extraction_encoder`) runs without: it lives for one training, and its batches are large
+    options.enable_cpu_mem_arena = arena
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
@@ -222,7 +224,8 @@ def _build_and_store(model: nn.Module, size: int, maps_of: nn.Module | None) -> 
     return twin
 
 
-def build(model: nn.Module, size: int, maps_of: nn.Module | None = None, threads: int | None = None) -> OrtForward:
+def build(model: nn.Module, size: int, maps_of: nn.Module | None = None, threads: int | None = None,
+          arena: bool = True) -> OrtForward:
     """Export a copy of `model` to ONNX in memory, open it with onnxruntime, check it against torch.
     Raises ValueError when the twin's logits differ from torch's by more than PARITY."""
     layer_name = None
@@ -244,7 +247,7 @@ def build(model: nn.Module, size: int, maps_of: nn.Module | None = None, threads
                           dynamo=False)
     from flowerdemo.device import COMPUTE
 
-    twin = OrtForward(buf.getvalue(), size, layer is not None, threads or COMPUTE.cores)
+    twin = OrtForward(buf.getvalue(), size, layer is not None, threads or COMPUTE.cores, arena)
     check = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         expected = model(check.to(_device(model)).contiguous(memory_format=torch.channels_last)).float().cpu()
@@ -254,6 +257,49 @@ def build(model: nn.Module, size: int, maps_of: nn.Module | None = None, threads
         raise ValueError(f"its logits differ from torch's by {diff:.2e} (more than {PARITY:.0e})")
     twin.runs = 0
     return twin
+
+
+# a training's feature extraction (train/fast.py) with fewer images than this stays on torch: the export
+# (~2 s) would cost more than onnxruntime saves (~13 ms per 224 px image for Lite0 on the 2-core machine)
+MIN_EXTRACTION_IMAGES = 256
+
+
+def extracts_with_onnxruntime(device: torch.device, images: int) -> bool:
+    """Whether a training's frozen-trunk extraction of `images` fp32 images on `device` runs on onnxruntime:
+    on the CPU, with onnxruntime installed, FLOWERDEMO_RUNTIME not "torch", and enough images to pay for the
+    export. Unlike serving (`enable`), no process opts in: the CLI and the app both gain. Measured on the
+    2-core development machine (AMD EPYC, no bf16; Lite0 trunk, BatchNorm folded, 224 px, batches of 64):
+    39 vs 80 img/s with 2 threads, 23 vs 50 with 1 (docs/benchmarks.md §1). CPUs with native bf16 extract
+    under torch's bf16 autocast instead (the caller decides)."""
+    if device.type != "cpu" or images < MIN_EXTRACTION_IMAGES or runtime_choice() == "torch":
+        return False
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class _TwinModule(nn.Module):
+    """An onnxruntime twin where extraction expects a module: eval() and a call giving the first output."""
+
+    def __init__(self, twin: OrtForward) -> None:
+        super().__init__()
+        self.twin = twin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.twin(x)[0]
+
+
+def extraction_encoder(encoder: nn.Module, size: int) -> nn.Module | None:
+    """The onnxruntime twin of a frozen `encoder` (inputs `size` px) for a training's extraction, with the
+    calling thread's torch thread count (a training beside visitors has one core) and no memory arena; None
+    when the export or its check against torch fails (logged: the caller extracts with torch)."""
+    try:
+        return _TwinModule(build(encoder, size, threads=torch.get_num_threads(), arena=False))
+    except Exception as exc:
+        log.warning("extraction stays on torch: its onnxruntime twin was not built (%s: %s)", type(exc).__name__, exc)
+        return None
 
 
 def _device(model: nn.Module) -> torch.device:
