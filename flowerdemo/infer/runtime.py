@@ -18,6 +18,9 @@ and heatmap checks of a server all go through forwards; through the running app 
 activations, so a Grad-CAM needs no torch forward (infer/explain.py: only the cheap head is
 differentiated in torch).
 
+A training's feature extraction (train/fast.py: the frozen trunk in fp32, on CPUs without native bf16) uses
+the same export through `extraction_encoder`, in every process (`extracts_with_onnxruntime` says when).
+
 The export is the TorchScript-based one (torch.onnx.export(dynamo=False)): ~2.5 s for Lite2, where the
 dynamo exporter that `flowerdemo export` uses takes several times as long and needs onnxscript; the file
 stays in memory. A twin holds its own copy of the weights (~20 MB for Lite2, and one per session: a
