@@ -106,6 +106,17 @@ def test_predict_shows_the_label_and_the_heatmap(page, model, tmp_path):
         assert page.evaluate("(el) => el.naturalWidth", img.element_handle()) > 0  # an image that loaded
     shot(page, "predict.png")
 
+    # another CAM method picked with the mouse runs the prediction once (a mouse choice also fires the
+    # dropdown's .input as its list closes: two identical runs before it listened to .select)
+    joins: list[str] = []
+    page.on("request", lambda r: joins.append(r.url) if "queue/join" in r.url else None)
+    page.locator("#predict-method input").click()
+    page.get_by_role("option", name=re.compile(r"^gradcam\+\+")).click()
+    sync_api.expect(timing).to_contain_text("gradcam++ for")
+    sync_api.expect(timing).to_contain_text("Heatmap check")
+    page.wait_for_timeout(1500)  # a second run would have been sent by now
+    assert len(joins) == 1, joins
+
 
 def test_a_photo_of_none_of_the_classes_is_answered_so(page, model, tmp_path):
     import numpy as np
@@ -153,6 +164,9 @@ def test_on_a_phone_the_answer_is_visible_after_an_upload(page, app_url, model, 
     page.set_viewport_size({"width": 390, "height": 844})
     try:
         page.goto(app_url[0])
+        # Classify with no photo: the page's text says so far up, so a toast says it where the visitor looks
+        page.get_by_role("button", name="Classify").click()
+        sync_api.expect(page.get_by_text("first, then press Classify")).to_be_in_viewport()
         page.locator("#predict-image input[type=file]").set_input_files(str(image))
         verdict = page.locator("#predict-verdict")
         sync_api.expect(page.locator("#predict-label")).to_contain_text(classes[0])  # answered

@@ -205,8 +205,10 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
                                       info="How readily a photo is called none of the model's classes",
                                       elem_id="predict-strictness")
                 with gr.Row():
-                    method = gr.Dropdown(cam_choices(), value="gradcam", label="CAM method (expected time)", scale=2)
-                    target = gr.Dropdown([PREDICTED], value=PREDICTED, label="Explain class", scale=2)
+                    # min_width: side by side on a desktop, one per line on a phone (else both labels were cut)
+                    method = gr.Dropdown(cam_choices(), value="gradcam", label="CAM method (expected time)", scale=2,
+                                         min_width=220, elem_id="predict-method")
+                    target = gr.Dropdown([PREDICTED], value=PREDICTED, label="Explain class", scale=2, min_width=220)
                 alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Heatmap opacity")
                 model = gr.Dropdown([], label="Active model",
                                     info="The server's default model first, then yours (and shared ones)")
@@ -228,7 +230,7 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
                     details = gr.JSON(label="Answer", elem_id="predict-details")
 
     def predict(image: Any, method: str = "gradcam", target: str = PREDICTED, alpha: float = 0.5,
-                active: str | None = None, strictness: str = "normal"):
+                active: str | None = None, strictness: str = "normal", event: gr.EventData = None):
         """Streams three times: the answer (probabilities + unknown-photo verdict), the heatmap, then its check."""
         from flowerdemo.data.images import ACCEPTED, ImageError
         from flowerdemo.infer.batching import STAGES
@@ -236,6 +238,9 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
         from flowerdemo.infer.predict import classify
 
         if image is None:
+            if getattr(event, "target", None) is button:  # pressed: a toast too, since on a phone the text
+                # below lands far above the button, out of sight
+                gr.Warning("Upload a photo (or take one with the webcam) first, then press Classify.")
             yield None, None, None, "Upload a photo (or take one with the webcam), then press **Classify**.", "", None
             return
         source, name = image_source(image)
@@ -294,9 +299,10 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
         finally:  # Gradio copied them into its cache when each output was sent, before the generator went on
             images.remove()
 
-    # the options re-run it when the visitor changes them (.input), not when the server sets them: the page's
-    # load sets the CAM method to the model's best one, and .change then ran a photo dropped meanwhile twice
-    gr.on([button.click, image.change, method.input, target.input, alpha.release, active.change, strictness.input],
+    # the options re-run it when the visitor changes them, not when the server sets them: the page's load sets
+    # the CAM method to the model's best one, and .change then ran a photo dropped meanwhile twice. Dropdowns on
+    # .select: a choice made with the mouse also fires .input when the list closes (two identical runs)
+    gr.on([button.click, image.change, method.select, target.select, alpha.release, active.change, strictness.input],
           predict, [image, method, target, alpha, active, strictness],
           [label, overlay, heatmap, timing, verdict, details], api_name="predict",
           preprocess=False, trigger_mode="always_last", concurrency_limit=PREDICT_CONCURRENCY)
