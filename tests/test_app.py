@@ -403,3 +403,28 @@ def test_the_train_summary_shows_the_interval_the_warning_and_the_calibration():
     assert "Rough figure." in out["summary"] and "only 3 photos of a" in out["summary"]
     assert "temperature 0.667" in out["summary"] and "0.080 → 0.017" in out["summary"]
     assert "NLL) 0.210 → 0.120" in out["summary"] and "Brier score 0.061 → 0.052" in out["summary"]
+
+
+def test_the_dataset_preview_says_what_it_found_about_near_duplicates_even_when_nothing(tmp_path):
+    import dataclasses
+
+    from flowerdemo.data.dataset import scan_dataset
+    from tests.synth import make_dataset
+    from ui.train_data import duplicates_text
+
+    split = scan_dataset(make_dataset(tmp_path / "d", per_class=3, size=32), val_fraction=0.34, seed=0)
+    none = dataclasses.replace(split, near_duplicate_groups=0, groups_kept_together=0, groups_left_split=0)
+    assert duplicates_text(none) == "No identical or near-identical photos found."
+    some = dataclasses.replace(split, near_duplicate_groups=3, groups_kept_together=2, groups_left_split=1)
+    text = duplicates_text(some)
+    assert text.startswith("3 group(s) of identical or near-identical photos found; 2 kept on one side")
+    assert "1 on both sides" in text and "flowerdemo check" in text
+
+
+def test_a_checkpoints_time_is_shown_in_plain_words():
+    from ui.models_tab import readable_time
+
+    assert readable_time("2026-11-26T15:42:09+00:00") == "2026-11-26 15:42 UTC"
+    assert readable_time("2026-11-26T16:42:09+01:00") == "2026-11-26 15:42 UTC"
+    assert readable_time("2026-11-26T15:42:09") == "2026-11-26 15:42"
+    assert readable_time("yesterday") == "yesterday"

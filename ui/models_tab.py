@@ -107,8 +107,21 @@ def details(ctx: AppContext, active: str | None) -> str:
         lines.append(f"Best validation accuracy {acc} at epoch {metrics.get('best_epoch', '?')}"
                      + (f", macro F1 {metrics['macro_f1']:.3f}" if "macro_f1" in metrics else ""))
     if m.get("created"):
-        lines.append(f"Created {m['created']} on {m.get('device', '?')}")
+        lines.append(f"Created {readable_time(m['created'])} on {m.get('device', '?')}")
     return "  \n".join(lines)
+
+
+def readable_time(stamp: object) -> str:
+    """'2026-11-26 15:42 UTC' from a checkpoint's ISO time ('2026-11-26T15:42:09+00:00'); as given if not one."""
+    from datetime import datetime, timezone
+
+    try:
+        when = datetime.fromisoformat(str(stamp))
+    except ValueError:
+        return str(stamp)
+    if when.tzinfo is None:
+        return when.strftime("%Y-%m-%d %H:%M")
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def runs_table(ctx: AppContext, identity: str = "anonymous") -> pd.DataFrame:
