@@ -26,8 +26,8 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 CAM_NAMES = ["gradcam", "gradcam++", "hirescam", "scorecam", "eigencam", "layercam", "xgradcam"]
 # expected seconds per method on a 2-core CPU, copied from flowerdemo.infer.explain.CAM_SECONDS for the same
 # reason (tests/test_app.py checks that they agree)
-CAM_SECONDS: dict[str, float] = {"gradcam": 0.012, "gradcam++": 0.06, "hirescam": 0.07, "scorecam": 1.8,
-                                 "eigencam": 0.26, "layercam": 0.06, "xgradcam": 0.07}
+CAM_SECONDS: dict[str, float] = {"gradcam": 0.04, "gradcam++": 0.13, "hirescam": 0.12, "scorecam": 1.9,
+                                 "eigencam": 0.2, "layercam": 0.13, "xgradcam": 0.14}
 # the overlay and heatmap are drawn at most this large, the display size (the images show 280 px high, 800 px
 # leaves room for a zoom), and sent as JPEG: ~3 ms to encode at this size, where Gradio's default WebP took
 # ~140 ms for the two at 1000x750 (docs/benchmarks.md)
