@@ -238,7 +238,9 @@ _BUDGET = threading.local()
 def pause_if_background(background: bool | None = None) -> None:
     """`COMPUTE.pause_for_visitors()` when the calling thread is background work (`thread_budget` is set), or
     when `background` says so (a worker thread started by background work, which has no budget of its own)."""
-    if background if background is not None else thread_budget() is not None:
+    if background is None:
+        background = thread_budget() is not None
+    if background:
         COMPUTE.pause_for_visitors()
 
 

@@ -410,13 +410,12 @@ def test_the_dataset_preview_says_what_it_found_about_near_duplicates_even_when_
 
     from flowerdemo.data.dataset import scan_dataset
     from tests.synth import make_dataset
-    from ui.train_data import duplicates_text
 
     split = scan_dataset(make_dataset(tmp_path / "d", per_class=3, size=32), val_fraction=0.34, seed=0)
     none = dataclasses.replace(split, near_duplicate_groups=0, groups_kept_together=0, groups_left_split=0)
-    assert duplicates_text(none) == "No identical or near-identical photos found."
+    assert none.duplicates_text() == "No identical or near-identical photos found."
     some = dataclasses.replace(split, near_duplicate_groups=3, groups_kept_together=2, groups_left_split=1)
-    text = duplicates_text(some)
+    text = some.duplicates_text()
     assert text.startswith("3 group(s) of identical or near-identical photos found; 2 kept on one side")
     assert "1 on both sides" in text and "flowerdemo check" in text
 

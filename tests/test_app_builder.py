@@ -128,4 +128,3 @@ def test_the_check_names_a_photo_in_two_classes_and_one_click_fixes_it(served, t
     assert "identical" not in out[4]
     assert {c: len(p) for c, p in me.predict(api_name="/builder_list")["classes"].items()} == {"circle": 3,
                                                                                                "square": 3}
-

@@ -169,26 +169,11 @@ def preview(split: DatasetSplit) -> tuple[str, pd.DataFrame, pd.DataFrame, list]
     how = "your train/ and val/ folders" if split.presplit else "a stratified 80/20 split"
     text = (f"**Found {len(split.classes)} classes, {len(split.train) + len(split.val):,} images** "
             f"({len(split.train):,} for training, {len(split.val):,} for validation, using {how}).")
-    text += " " + duplicates_text(split)
+    text += " " + split.duplicates_text()  # the app always scans with keep_groups: 0 means none found
     if split.skipped:
         more = f" (first {MAX_SKIPPED_ROWS} listed)" if len(split.skipped) > MAX_SKIPPED_ROWS else ""
         text += f" Skipped {len(split.skipped):,} file(s){more}: see the list below."
     return text, table, skipped, thumbnails(split)
-
-
-def duplicates_text(split: DatasetSplit) -> str:
-    """What the scan found about identical and near-identical photos, said even when it found none (else a
-    visitor cannot tell whether it looked)."""
-    found = split.near_duplicate_groups
-    if not found:
-        return "No identical or near-identical photos found."
-    text = f"{found:,} group(s) of identical or near-identical photos found"
-    if split.groups_kept_together:
-        text += f"; {split.groups_kept_together:,} kept on one side of the split, so none is validated against its copy"
-    if split.groups_left_split:
-        text += (f"; {split.groups_left_split:,} on both sides (the validation accuracy is optimistic: "
-                 "`flowerdemo check` lists them)")
-    return text + "."
 
 
 def thumbnails(split: DatasetSplit, size: int = 160) -> list[tuple]:

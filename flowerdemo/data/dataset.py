@@ -58,6 +58,20 @@ class DatasetSplit:
             out[split] = {name: c.get(i, 0) for i, name in enumerate(self.classes)}
         return out
 
+    def duplicates_text(self) -> str:
+        """What the scan found about identical and near-identical photos, "none" included (for a split made
+        with `keep_groups`, which looks for them; 0 groups otherwise also means "not looked for")."""
+        if not self.near_duplicate_groups:
+            return "No identical or near-identical photos found."
+        text = f"{self.near_duplicate_groups:,} group(s) of identical or near-identical photos found"
+        if self.groups_kept_together:
+            text += (f"; {self.groups_kept_together:,} kept on one side of the split, so that no photo is validated "
+                     "against its own copy")
+        if self.groups_left_split:
+            text += (f"; {self.groups_left_split:,} on both sides: the validation accuracy is optimistic (run "
+                     "`flowerdemo check` to see them)")
+        return text + "."
+
     def summary(self) -> str:
         """One human-readable paragraph: classes, per-class counts, split kind and skipped files."""
         counts = self.counts()
@@ -67,12 +81,8 @@ class DatasetSplit:
             f"{len(self.classes)} classes, {len(self.train)} training and {len(self.val)} validation images "
             f"({how}) from {self.root}. Per class (train/val): {per_class}."
         )
-        if self.groups_kept_together:
-            text += (f" {self.groups_kept_together} group(s) of near-duplicate photos kept on one side of the split, "
-                     "so that no photo is validated against its own copy.")
-        if self.groups_left_split:
-            text += (f" {self.groups_left_split} group(s) of near-duplicate photos are on both sides: the validation "
-                     "accuracy is optimistic (run `flowerdemo check` to see them).")
+        if self.near_duplicate_groups:
+            text += " " + self.duplicates_text()
         if self.skipped:
             examples = "; ".join(f"{p.name}: {why}" for p, why in self.skipped[:3])
             text += f" Skipped {len(self.skipped)} file(s), e.g. {examples}."

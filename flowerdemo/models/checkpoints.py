@@ -35,7 +35,7 @@ WEIGHTS = "model.safetensors"
 META = "meta.json"
 FORMAT = "flowerdemo-checkpoint"
 FORMAT_VERSION = 1
-_META_KEY = "flowerdemo"
+META_KEY = "flowerdemo"
 
 
 class CheckpointError(ValueError):
@@ -106,7 +106,7 @@ def save_checkpoint(run_dir: str | Path, model: FlowerNet, meta: dict[str, Any],
         tensors[key] = value.contiguous()
     if detector is not None:
         tensors.update(detector.to_tensors())
-    for name, write in ((WEIGHTS, lambda p: save_file(tensors, str(p), metadata={_META_KEY: text})),
+    for name, write in ((WEIGHTS, lambda p: save_file(tensors, str(p), metadata={META_KEY: text})),
                         (META, lambda p: p.write_text(text))):
         tmp = run_dir / f".{name}.tmp-{os.getpid()}"
         write(tmp)
@@ -122,10 +122,10 @@ def read_meta(path: str | Path) -> dict[str, Any]:
             header = f.metadata() or {}
     except Exception as exc:
         raise CheckpointError(f"{weights} is not a readable safetensors file: {exc}") from exc
-    if _META_KEY not in header:
+    if META_KEY not in header:
         raise CheckpointError(f"{weights} has no flowerdemo metadata; only checkpoints written by flowerdemo load here")
     try:
-        meta = json.loads(header[_META_KEY])
+        meta = json.loads(header[META_KEY])
     except ValueError as exc:
         raise CheckpointError(f"{weights}: its flowerdemo metadata is not valid JSON ({exc})") from exc
     if not isinstance(meta, dict):

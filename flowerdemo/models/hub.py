@@ -24,8 +24,7 @@ from huggingface_hub.errors import (
 )
 
 from flowerdemo.figures import checkpoint_accuracy
-from flowerdemo.models.checkpoints import _META_KEY as META_KEY
-from flowerdemo.models.checkpoints import META, WEIGHTS, CheckpointError, read_meta, safe_name
+from flowerdemo.models.checkpoints import META, META_KEY, WEIGHTS, CheckpointError, read_meta, safe_name
 from flowerdemo.models.reliability import has_diagram, reliability_png
 
 log = logging.getLogger(__name__)
