@@ -43,11 +43,12 @@ def create_demo(ctx: AppContext | None = None) -> gr.Blocks:
         with gr.Tabs():
             predict = predict_tab.build(ctx, active)
             on_load, load_outputs = train_tab.build(ctx, active, predict)
-            models_tab.build(ctx, active, predict)
+            show_models, models_outputs = models_tab.build(ctx, active, predict)
 
         def init(active: str | None = None, token: str | None = None, request: gr.Request = None):
             """Page load: bind the session to the browser's token (a new one for a new browser), open a model
-            shared by link (?model=CODE), then predict_tab.refresh's outputs, the token and the session."""
+            shared by link (?model=CODE), then predict_tab.refresh's outputs, the Models tab's, the token and the
+            session."""
             from flowerdemo.serve.owners import find_shared
 
             session_hash = getattr(request, "session_hash", None)
@@ -56,9 +57,11 @@ def create_demo(ctx: AppContext | None = None) -> gr.Blocks:
             shared = find_shared(ctx.settings.checkpoint_dir, code) if code else None
             if code and shared is None:
                 gr.Warning("That share link's model is not on this server any more; showing the default model.")
-            return (*predict.refresh(str(shared) if shared else active, request), token, session_hash)
+            chosen = str(shared) if shared else active
+            return (*predict.refresh(chosen, request), *show_models(chosen, request), token, session_hash)
 
-        demo.load(init, [active, visitor], [*predict.refresh_outputs, visitor, session], api_name="init")
+        demo.load(init, [active, visitor], [*predict.refresh_outputs, *models_outputs, visitor, session],
+                  api_name="init")
         demo.load(on_load, None, load_outputs, api_name="backbones")
         # does nothing: the floor of a round trip through the queue (benchmarks/serving.py); never waits for a slot
         gr.api(ping, api_name="ping", concurrency_limit=None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import gradio as gr
@@ -146,12 +147,13 @@ def runs_table(ctx: AppContext, identity: str = "anonymous") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 
-def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> None:
+def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Callable[..., tuple], list]:
+    """The tab; returns (show, its outputs) for the page load: the active model's details and the runs."""
     with gr.Tab("Models", id="models"):
         with gr.Row(equal_height=False):
             with gr.Column():
                 gr.Markdown("### Active model")
-                info = gr.Markdown("No model is loaded yet.")
+                info = gr.Markdown("No model is loaded yet.", elem_id="models-active")
                 download_btn = gr.Button("Download the active model (.zip)")
                 with gr.Row():
                     onnx_btn = gr.Button("Download as ONNX", size="sm")
@@ -337,3 +339,4 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> None:
         predict.refresh, active, predict.refresh_outputs, api_name="refresh_after_hub")
     push_btn.click(hub_push, [repo, token, private, active], hub_status, api_name="hub_push")
     card_btn.click(model_card, active, card, api_name="model_card")
+    return show, [info, runs, mine]

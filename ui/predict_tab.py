@@ -38,6 +38,7 @@ PREDICT_CONCURRENCY = 64
 # the keys of flowerdemo.models.unknown.STRICTNESS plus "off" (tests/test_app.py checks that they agree)
 STRICTNESS_CHOICES = [("Strict (accepts 90% of real photos of its classes)", "strict"),
                       ("Normal (95%)", "normal"), ("Lenient (99%)", "lenient"), ("Off (always answer a class)", "off")]
+NO_PHOTO = "Upload a photo (or take one with the webcam), then press **Classify**."
 NO_MODEL = ("### No model yet\nThis server has no trained model to classify with. Either\n"
             "- **train one** in the *Train* tab — pick the built-in flowers or upload a .zip of class folders, "
             "then press Start (a few minutes on a CPU in fast mode), or\n"
@@ -225,7 +226,7 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
                                        format="jpeg", elem_id="predict-overlay")
                     heatmap = gr.Image(label="Heatmap", type="pil", interactive=False, height=280,
                                        format="jpeg", elem_id="predict-heatmap")
-                timing = gr.Markdown(elem_id="predict-timing")
+                timing = gr.Markdown(NO_PHOTO, elem_id="predict-timing")
                 with gr.Accordion("Details (JSON)", open=False):
                     details = gr.JSON(label="Answer", elem_id="predict-details")
 
@@ -241,7 +242,7 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
             if getattr(event, "target", None) is button:  # pressed: a toast too, since on a phone the text
                 # below lands far above the button, out of sight
                 gr.Warning("Upload a photo (or take one with the webcam) first, then press Classify.")
-            yield None, None, None, "Upload a photo (or take one with the webcam), then press **Classify**.", "", None
+            yield None, None, None, NO_PHOTO, "", None
             return
         source, name = image_source(image)
         clf, note = ctx.models.resolve(active)
@@ -315,8 +316,11 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
         clf, note = ctx.models.resolve(chosen if chosen in {v for _, v in choices} else None)
         current = str(Path(clf.path).resolve()) if clf is not None else None
         classes = list(clf.classes) if clf is not None else []
+        # no active model (None: the operator's default) stays None: setting it to the default's path at a page
+        # load fired active.change, which ran /predict once more (twice for a photo dropped during the load)
         return (gr.update(choices=choices, value=current), gr.update(choices=[PREDICTED, *classes], value=PREDICTED),
-                gr.update(visible=clf is None), current, known_classes_text(clf), default_method(clf))
+                gr.update(visible=clf is None), current if active else gr.skip(), known_classes_text(clf),
+                default_method(clf))
 
     refresh_outputs = [model, target, notice, active, known, method]
 
