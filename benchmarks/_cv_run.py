@@ -21,9 +21,10 @@ TTA_BATCH = 64
 def _engine_run(gen) -> Any:
     """The engine's `Run` (train/engine.py) behind a suspended `train(...)` generator, or None.
 
-    The engine keeps only the best epoch's weights; the honest figure is the last epoch's, so its
-    weights are copied while the generator is paused at the last EpochEnd. There is no public hook for
-    that yet (a `Finished.last_state`, or a keep="last" option, would replace this)."""
+    The engine keeps the best epoch's weights (the default, which this runner measures) and the honest
+    figure is the last epoch's, so those weights are copied while the generator is paused at the last
+    EpochEnd, and the run's decoded validation photos are reached for flip TTA. (`TrainConfig(keep="last")`
+    keeps the last epoch's weights in the checkpoint, but then the recipe measured would not be the default.)"""
     frame = getattr(gen, "gi_frame", None)
     return None if frame is None else frame.f_locals.get("run")
 

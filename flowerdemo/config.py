@@ -11,6 +11,7 @@ SCHEDULES = ("warmup_cosine", "linear", "step", "constant")
 MODES = ("auto", "full", "fast")
 FREEZE = ("none", "backbone", "stages")
 HEADS = ("mlp", "linear")
+KEEPS = ("best", "last")
 
 
 # The backbone a run, the app and the CLI start from; the model registry imports it from here.
@@ -76,6 +77,10 @@ class TrainConfig:
     grad_clip: float = _opt(1.0, "report: gradient clipping; 0 disables")
     label_smoothing: float = _opt(0.1, "softens near-duplicate / mislabelled photos")
     val_fraction: float = _opt(0.2, "report: 80/20 split")
+    keep: str = _opt("best", "the weights a run keeps: best = the epoch with the highest validation accuracy (chosen "
+                             "on the validation photos, so its figure reads a little high); last = the last epoch's "
+                             "(nothing chosen on them: an honest figure, and the temperature is fitted on photos "
+                             "that chose nothing)")
     seed: int = _opt(0, "split, init, augmentation order")
     augment: AugmentConfig = field(default_factory=AugmentConfig, metadata={"help": "see AugmentConfig"})
     fast_views: int = _opt(3, "fast mode: cached views per image (1 clean, the rest augmented); each view costs "
@@ -99,6 +104,7 @@ class TrainConfig:
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("freeze", self.freeze, FREEZE)
         _check_choice("head", self.head, HEADS)
+        _check_choice("keep", self.keep, KEEPS)
         if self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:

@@ -10,7 +10,7 @@ import threading
 import pytest
 import torch
 
-from flowerdemo.config import FREEZE, HEADS, MODES, OPTIMIZERS, SCHEDULES, AugmentConfig, ConfigError, TrainConfig
+from flowerdemo.config import FREEZE, HEADS, KEEPS, MODES, OPTIMIZERS, SCHEDULES, AugmentConfig, ConfigError, TrainConfig
 from flowerdemo.models.checkpoints import load_checkpoint, read_meta
 from flowerdemo.models.registry import build_model
 from flowerdemo.train.engine import train
@@ -147,6 +147,20 @@ def test_closing_the_generator_mid_epoch_keeps_the_saved_checkpoint(tiny_data, t
     assert sorted(p.name for p in saved.path.iterdir()) == ["meta.json", "model.safetensors"]
 
 
+def test_keep_last_keeps_and_reports_the_last_epochs_weights(tiny_data, tmp_path):
+    """keep="last": the checkpoint holds the last epoch's weights whatever the validation accuracy did (nothing
+    chosen on the validation photos), saved at every epoch; the events still say which epoch scored best."""
+    events = list(train(dataclasses.replace(TINY, epochs=3, keep="last"), tiny_data, tmp_path))
+    ends = [e for e in events if isinstance(e, EpochEnd)]
+    assert [e.epoch for e in events if isinstance(e, CheckpointSaved)] == [1, 2, 3]
+    done = events[-1]
+    assert isinstance(done, Finished) and done.kept == "last" and done.best_epoch == 3
+    assert done.best_val_acc == ends[-1].val_acc and ends[-1].best_val_acc == max(e.val_acc for e in ends)
+    clf = load_checkpoint(done.run_dir)
+    assert clf.meta["metrics"]["kept"] == "last" and clf.meta["metrics"]["best_epoch"] == 3
+    assert clf.meta["config"]["keep"] == "last"
+
+
 def test_train_with_a_frozen_backbone_in_full_mode_leaves_it_unchanged(tiny_data, tmp_path):
     cfg = dataclasses.replace(TINY, epochs=1, freeze="backbone", pretrained=True)
     done = list(train(cfg, tiny_data, tmp_path))[-1]
@@ -160,7 +174,7 @@ BAD_VALUES = [
     ("epochs", 0), ("batch_size", 0), ("lr", 0.0), ("lr", -1e-3), ("val_fraction", 0.0), ("val_fraction", 1.0),
     ("image_size", 16), ("image_size", 4096), ("fast_views", 0), ("label_smoothing", 1.0), ("warmup_epochs", -1.0),
     ("head_dropout", 1.5), ("head_hidden", 0), ("frozen_stages", -1), ("workers", -2), ("weight_decay", -0.1),
-    ("grad_clip", -1.0), ("step_epochs", 0), ("backbone_lr_scale", -0.1),
+    ("grad_clip", -1.0), ("step_epochs", 0), ("backbone_lr_scale", -0.1), ("keep", "final"),
 ]
 
 
@@ -174,7 +188,7 @@ def test_bad_config_values_raise_a_config_error_naming_the_field(field, value):
 
 def test_choice_errors_list_what_is_accepted():
     for field, choices in (("mode", MODES), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("freeze", FREEZE),
-                           ("head", HEADS)):
+                           ("head", HEADS), ("keep", KEEPS)):
         with pytest.raises(ConfigError) as err:
             TrainConfig(**{field: "nonsense"})
         assert "nonsense" in str(err.value) and all(c in str(err.value) for c in choices)

@@ -105,7 +105,9 @@ def details(ctx: AppContext, active: str | None) -> str:
              f"input {clf.preprocessing.input_size} px",
              f"Classes: {', '.join(clf.classes)}"]
     if acc is not None:
-        lines.append(f"Best validation accuracy {acc} at epoch {metrics.get('best_epoch', '?')}"
+        which = "Validation accuracy (the last epoch's weights)" if metrics.get("kept") == "last" else \
+            "Best validation accuracy"
+        lines.append(f"{which} {acc} at epoch {metrics.get('best_epoch', '?')}"
                      + (f", macro F1 {metrics['macro_f1']:.3f}" if "macro_f1" in metrics else ""))
     if m.get("created"):
         lines.append(f"Created {readable_time(m['created'])} on {m.get('device', '?')}")

@@ -325,8 +325,9 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
     refresh_outputs = [model, target, notice, active, known, method]
 
     def select(path: str | None, active: str | None = None, request: gr.Request = None):
-        if not path or path == active:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        default = ctx.models.default
+        if not path or path == active or (not active and default is not None and path == str(default.resolve())):
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()  # already the model in use: nothing to re-run
         if path not in {v for _, v in model_choices(ctx, ctx.visitors.identity(request), active)}:
             gr.Warning("That model is not one of yours or the server's (a shared model loads with its code in "
                        "the Models tab). Keeping the current model.")

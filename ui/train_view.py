@@ -121,7 +121,8 @@ class TrainView:
                     "progress": plots.progress_html(0, "stopped")}
         how = f"stopped after {ev.epochs_run} of {self.epochs} epochs" if ev.stopped else f"{ev.epochs_run} epochs"
         accuracy = format_accuracy(ev.report) if "accuracy" in ev.report else f"{ev.best_val_acc:.1%}"
-        summary = (f"### {'Stopped' if ev.stopped else 'Finished'}: best validation accuracy "
+        which = "best validation accuracy" if ev.kept == "best" else "validation accuracy of the last epoch"
+        summary = (f"### {'Stopped' if ev.stopped else 'Finished'}: {which} "
                    f"**{accuracy}** (epoch {ev.best_epoch})\n"
                    f"{how} in {took}; classes' average score {ev.report.get('macro_f1', 0):.3f} (macro F1: 1 is perfect). "
                    f"Saved as `{ev.run_dir.name}` — "
@@ -136,7 +137,8 @@ class TrainView:
                         "(how far the shown probabilities are from how often the model is right; lower is better); "
                         f"log loss (NLL) {b['nll']:.3f} → {a['nll']:.3f}, Brier score {b['brier']:.3f} → {a['brier']:.3f}.")
         summary += "\n\n" + unknown_line(ev.report.get("unknown"), ev.stopped)
-        status = (f"**{'Stopped' if ev.stopped else 'Done'}** · best val accuracy {ev.best_val_acc:.1%} · "
+        status = (f"**{'Stopped' if ev.stopped else 'Done'}** · {'best' if ev.kept == 'best' else 'last'} val accuracy "
+                  f"{ev.best_val_acc:.1%} · "
                   f"{took}" + (f"  \nDevice: **{self.start.device}**" if self.start else ""))
         return {"status": status, "progress": plots.progress_html(1.0, f"done: {how}"),
                 "results": True, "summary": summary, "per_class": plots.per_class_table(ev.report),

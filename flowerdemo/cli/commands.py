@@ -63,7 +63,7 @@ def run_train(args: argparse.Namespace, cfg: TrainConfig) -> int:
                 elif isinstance(ev, Stopped):
                     log.warning("stopped at epoch %d: %s", ev.epoch, ev.reason)
                 elif isinstance(ev, Finished):
-                    log.info("best val acc %.2f%% at epoch %d, %.1f s; checkpoint: %s\n%s", 100 * ev.best_val_acc,
+                    log.info("%s val acc %.2f%% at epoch %d, %.1f s; checkpoint: %s\n%s", ev.kept, 100 * ev.best_val_acc,
                              ev.best_epoch, ev.seconds, ev.run_dir, format_report(ev.report))
                     if ev.label_issues:
                         log.info("%s", _label_issues_text(ev))

@@ -20,7 +20,7 @@ def _help(f: dataclasses.Field) -> str:
 
 def _add_config_options(p: argparse.ArgumentParser) -> None:
     choices = {"mode": config_module.MODES, "optimizer": config_module.OPTIMIZERS, "schedule": config_module.SCHEDULES,
-               "freeze": config_module.FREEZE, "head": config_module.HEADS}
+               "freeze": config_module.FREEZE, "head": config_module.HEADS, "keep": config_module.KEEPS}
     g = p.add_argument_group("training options (defaults in brackets)")
     for f in dataclasses.fields(TrainConfig):
         if f.name == "augment":

@@ -198,19 +198,21 @@ def fit(run: Run) -> Iterator[Event]:
             stopped_at = epoch
             break
         val_loss, val_acc = loss_and_accuracy(logits, setup.val.labels)
-        best_acc = run.best[0]
+        best_acc = max((h["val_acc"] for h in run.history), default=-1.0)
         is_best = val_acc > best_acc
-        if is_best:
-            best_acc = val_acc
+        best_acc = max(best_acc, val_acc)
+        kept = is_best or cfg.keep == "last"  # keep="last": every epoch replaces the kept weights
+        if kept:
             run.best = (val_acc, epoch, {k: v.detach().clone() for k, v in setup.model.state_dict().items()}, logits)
         row = EpochEnd(epoch, cfg.epochs, stats.loss, stats.acc, val_loss, val_acc, head_lr(trainer.opt),
                        stats.seconds, run.seconds, stats.images / max(stats.seconds, 1e-9), best_acc, is_best)
         run.history.append(row.as_row())
         yield row
-        if is_best:
+        if kept:
             if run.run_dir is not None:
                 save_checkpoint(run.run_dir, setup.model, {**run.meta, "created": _now(), "history": run.history,
-                                                           "metrics": {"best_val_acc": val_acc, "best_epoch": epoch}})
+                                                           "metrics": {"best_val_acc": val_acc, "best_epoch": epoch,
+                                                                       "kept": cfg.keep}})
                 yield CheckpointSaved(run.run_dir, epoch, val_acc)
             run.saved = True
         if stats.stopped:
@@ -222,16 +224,16 @@ def fit(run: Run) -> Iterator[Event]:
 
 
 def finish(run: Run) -> Iterator[Event]:
-    """The best epoch's report, calibration, worst mistakes, per-photo validation predictions and likely
-    label errors (train/label_issues.py), written into its checkpoint."""
+    """The kept epoch's (TrainConfig.keep: the best or the last) report, calibration, worst mistakes, per-photo
+    validation predictions and likely label errors (train/label_issues.py), written into its checkpoint."""
     setup = run.trainer.setup
     best_acc, best_epoch, best_state, logits = run.best
     setup.model.load_state_dict(best_state)
     stopped = run.meta.pop("stopped")
     labels = setup.val.labels.cpu()
-    # Temperature scaling on the best epoch's validation logits. The same split chose the best epoch, so
-    # the "after" figures are a little optimistic (T is fitted and scored on one set of photos); only
-    # photos the run never saw check it (`flowerdemo evaluate` on another folder).
+    # Temperature scaling on the kept epoch's validation logits. With keep="best" the same split chose the epoch,
+    # and with either the "after" figures are a little optimistic (T is fitted and scored on one set of photos);
+    # only photos the run never saw check it (`flowerdemo evaluate` on another folder).
     temperature = fit_temperature(logits, labels)
     calibration = calibration_summary(logits, labels, temperature, fitted_on=f"validation split ({len(labels)} photos)",
                                       note=unfit_reason(logits, labels))
@@ -254,7 +256,7 @@ def finish(run: Run) -> Iterator[Event]:
         report["unknown"] = detector.to_meta()
     seconds = run.seconds
     shown = tuple(issue.to_dict() for issue in issues[:MAX_STORED_ISSUES])
-    metrics = {"best_val_acc": best_acc, "best_epoch": best_epoch, "epochs_run": len(run.history),
+    metrics = {"best_val_acc": best_acc, "best_epoch": best_epoch, "kept": run.cfg.keep, "epochs_run": len(run.history),
                "seconds": round(seconds, 2), "stopped": stopped,  # stored once, in their own keys:
                **{k: v for k, v in report.items() if k not in ("calibration", "unknown", "label_issues")}}
     if run.run_dir is not None:
@@ -264,7 +266,7 @@ def finish(run: Run) -> Iterator[Event]:
                                                    "mistakes": list(mistakes), "val_predictions": list(predictions),
                                                    **extra}, detector=detector)
     yield Finished(run.run_dir, best_acc, best_epoch, len(run.history), seconds, stopped, report, mistakes,
-                   shown, predictions, root)
+                   shown, predictions, root, run.cfg.keep)
 
 
 def _mistakes(logits: torch.Tensor, data: ImageTensors, classes: tuple[str, ...], limit: int = 12) -> tuple[dict, ...]:

@@ -63,7 +63,7 @@ class Stopped:
 @dataclass(frozen=True)
 class Finished:
     run_dir: Path | None  # None when stopped before anything could be saved
-    best_val_acc: float
+    best_val_acc: float  # the kept epoch's: the best one's, or the last one's with keep="last" (see `kept`)
     best_epoch: int
     epochs_run: int
     seconds: float
@@ -75,6 +75,7 @@ class Finished:
     label_issues: tuple[dict[str, Any], ...] = ()
     val_predictions: tuple[dict[str, Any], ...] = ()  # each validation photo (up to 5,000): path, true, pred, confidence
     data_root: str = ""  # the dataset folder the paths of label_issues and val_predictions are relative to
+    kept: str = "best"  # TrainConfig.keep: which epoch's weights were kept ("best" or "last")
 
 
 Event = RunStarted | Progress | EpochEnd | CheckpointSaved | Stopped | Finished

@@ -177,7 +177,9 @@ class FastTrainer:
             aug_generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)  # augment draws on the device
             n_train = cfg.fast_views * _n_chunks(len(train))
             total = n_train + _n_chunks(len(val))
-            common = dict(device=device, channels_last=cfg.channels_last, autocast=self.autocast, stop=setup.stop)
+            # onnxruntime takes NCHW arrays (its twin made a channels_last batch contiguous again)
+            common = dict(device=device, channels_last=cfg.channels_last and twin is None, autocast=self.autocast,
+                          stop=setup.stop)
             self.train_feats = yield from extract_features(encoder, train, prep, cfg.fast_views, augment, aug_generator,
                                                            progress=(0, total), **common)
             if self.train_feats is None:
