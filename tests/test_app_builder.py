@@ -68,8 +68,9 @@ def test_build_check_train_on_exactly_those_photos(served, tmp_path):
     with pytest.raises(Exception, match="not ready for training yet. Add a first class"):
         other.predict(*train_args("builder"), api_name="/train")
 
-    found = me.predict("builder", None, "", api_name="/scan_dataset")[0]
-    assert "Found 2 classes, 8 images" in found
+    checked = me.predict("builder", None, "", api_name="/scan_dataset")
+    assert "Found 2 classes, 8 images" in checked[0]
+    assert "Checked: **8 photos in 2 classes**" in checked[-1]  # the Progress box says what comes next
 
     before = set((root / "checkpoints").iterdir()) if (root / "checkpoints").exists() else set()
     job = me.submit(*train_args("builder", epochs=1), api_name="/train")

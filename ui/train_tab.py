@@ -167,12 +167,18 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
             with train_data.opened(ctx, source, zip_file, folder, held, progress=lambda f, d: progress(f, desc=d),
                                    draft=builder.draft_for(ctx, request)) as (split, held):
                 text, table, skipped_df, pics = train_data.preview(split)
+                photos, classes = len(split.train) + len(split.val), len(split.classes)
         except Exception as exc:
             raise ui_error(exc, "Checking the dataset", title="Dataset problem") from None
-        return text, gr.update(open=True), pics, table, gr.update(value=skipped_df, visible=len(skipped_df) > 0), held
+        state = ctx.job.state  # the Progress box speaks of this visitor's own run while one goes on
+        mine = state.running and state.owner == ctx.visitors.identity(request)
+        ready = gr.skip() if mine else \
+            f"Checked: **{photos:,} photos in {classes} classes** (details above). Press **Start training**."
+        return (text, gr.update(open=True), pics, table, gr.update(value=skipped_df, visible=len(skipped_df) > 0), held,
+                ready)
 
     gr.on([scan_btn.click, zip_file.upload, folder.submit], check, [source, zip_file, folder, held],
-          [found, found_box, thumbs, counts, skipped, held], api_name="scan_dataset")
+          [found, found_box, thumbs, counts, skipped, held, status], api_name="scan_dataset")
     made_here.wire_check(scan_btn, source)  # the builder's photos: the dataset check's findings, to act on
 
     outputs = {"status": status, "progress": progress, "loss": loss_plot, "acc": acc_plot, "lr": lr_plot,
