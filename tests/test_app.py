@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -178,7 +179,7 @@ def test_an_empty_heatmap_is_explained_in_the_summary():
 
 def test_api_lists_the_documented_endpoints(client):
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    assert {"/predict", "/train", "/stop", "/scan_dataset", "/upload_checkpoint", "/hub_load"} <= names
+    assert {"/predict", "/reblend", "/train", "/stop", "/scan_dataset", "/upload_checkpoint", "/hub_load"} <= names
 
 
 def test_predict_returns_probabilities_and_heatmaps(client, tmp_path):
@@ -196,6 +197,14 @@ def test_predict_returns_probabilities_and_heatmaps(client, tmp_path):
 
     _, _, _, text = classify(client, image, target="triangle")  # explain another class on request
     assert "*triangle*" in text
+
+    # a new opacity re-blends the photo and the heatmap shown, with no model run (core test: test_predict_explain)
+    _, overlay, heatmap, _ = classify(client, image)
+    lighter = client.predict(handle_file(str(image)), handle_file(heatmap), 0.9, api_name="/reblend")
+    with Image.open(overlay) as before, Image.open(lighter) as after:
+        assert after.size == before.size
+        change = np.abs(np.asarray(after.convert("RGB"), dtype=int) - np.asarray(before.convert("RGB"), dtype=int))
+        assert change.mean() > 5  # opacity 0.5 -> 0.9: the heatmap's colours dominate
 
 
 def test_predict_says_when_a_photo_is_none_of_the_classes(client, tmp_path):

@@ -9,6 +9,7 @@ saves predict.png and train.png there, using checkpoints/flowers5-lite2 when tha
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -117,6 +118,30 @@ def test_predict_shows_the_label_and_the_heatmap(page, model, tmp_path):
     page.wait_for_timeout(1500)  # a second run would have been sent by now
     assert len(joins) == 1, joins
 
+    # an opacity typed into the slider's box re-blends the overlay on the server without running the model
+    ids = _dependency_ids(page.url)
+    sent: list[int] = []
+    page.on("request", lambda r: sent.append(json.loads(r.post_data or "{}").get("fn_index"))
+            if "queue/join" in r.url else None)
+    before = page.locator("#predict-overlay img").get_attribute("src")
+    page.locator("#predict-alpha input[type=number]").fill("0.9")
+    page.locator("#predict-alpha input[type=number]").press("Enter")
+    sync_api.expect(page.locator("#predict-overlay img")).not_to_have_attribute("src", before)
+    page.wait_for_timeout(1000)
+    assert ids["reblend"] & set(sent) and not ids["predict"] & set(sent), sent
+
+
+def _dependency_ids(url: str) -> dict[str, set[int]]:
+    """api_name -> the ids the page sends as fn_index when it runs that endpoint (from the app's /config)."""
+    import urllib.request
+
+    with urllib.request.urlopen(url.split("?")[0].rstrip("/") + "/config") as answer:
+        config = json.load(answer)
+    ids: dict[str, set[int]] = {}
+    for dep in config["dependencies"]:
+        ids.setdefault(dep.get("api_name") or "", set()).add(dep["id"])
+    return ids
+
 
 def test_a_photo_of_none_of_the_classes_is_answered_so(page, model, tmp_path):
     import numpy as np
@@ -159,13 +184,7 @@ def test_a_photo_given_as_the_page_loads_is_classified_once(page, app_url, model
     """The page's load sets the model up without running /predict (it used to set the active model, whose
     .change ran /predict again: twice for a photo dropped while the page loaded); the hint says what to do
     before any photo, and the Models tab shows the active model from the load on."""
-    import json
-    import urllib.request
-
-    with urllib.request.urlopen(app_url[0].rstrip("/") + "/config") as answer:
-        config = json.load(answer)
-    predict_ids = {d["id"] for d in config["dependencies"] if d.get("api_name") == "predict"}
-    assert predict_ids, "no /predict in the app's config"
+    predict_ids = _dependency_ids(app_url[0])["predict"]
     image = tmp_path / "early.png"
     draw_sample("square", 224, random.Random(5)).save(image)
     runs: list[dict] = []

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from flowerdemo.infer import explain as explain_module
-from flowerdemo.infer.explain import CAM_METHODS, ExplainError, explain, heatmap_image
+from flowerdemo.infer.explain import CAM_METHODS, ExplainError, explain, heatmap_image, overlay_image, reblend
 from flowerdemo.infer.predict import predict, probabilities
 from flowerdemo.infer.preprocess import prepare_image
 from flowerdemo.models.checkpoints import load_checkpoint
@@ -125,6 +125,29 @@ def test_heatmap_is_zero_outside_the_crop_the_model_saw(clf):
     left, top, right, bottom = box
     assert right - left < 160 and ex.heatmap[:, :left].max() == 0 and ex.heatmap[:, right:].max() == 0
     assert ex.heatmap[top:bottom, left:right].max() > 0.5
+
+
+def test_the_overlay_is_pytorch_grad_cams_blend_and_a_new_opacity_needs_no_model_run(clf, monkeypatch):
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8))
+    mask = rng.random((40, 60)).astype(np.float32)
+    for alpha in (0.0, 0.3, 0.5, 1.0):
+        theirs = show_cam_on_image(np.asarray(photo, dtype=np.float32) / 255, mask, use_rgb=True,
+                                   image_weight=1 - alpha).astype(int)
+        ours = np.asarray(overlay_image(photo, heatmap_image(mask), alpha), dtype=int)
+        assert np.abs(ours - theirs).max() <= 1  # float rounding of 1 - (1 - alpha) at most
+    wide = _image("circle").resize((160, 96))  # cropped by the model: the overlay outlines the crop
+    ex = explain(clf, wide, alpha=0.3)
+    monkeypatch.setattr(clf, "model", None)  # a re-blend that touched the model would fail
+    again = reblend(clf, wide, heatmap_image(ex.heatmap), 0.3)
+    assert np.array_equal(np.asarray(again), np.asarray(ex.overlay))
+    lighter = np.asarray(reblend(clf, wide, heatmap_image(ex.heatmap), 0.8), dtype=int)
+    assert np.abs(lighter - np.asarray(ex.overlay, dtype=int)).mean() > 5  # the new opacity shows
+    assert reblend(clf, _image("square"), heatmap_image(ex.heatmap), 0.3) is None  # another photo's heatmap
+    with pytest.raises(ExplainError, match="alpha"):
+        overlay_image(photo, heatmap_image(mask), 1.5)
 
 
 def _quadrant_mass(h: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
+from PIL import Image
 
 from .errors import log_failure, ui_error
 from .state import IMAGES_FOLDER, AppContext
@@ -210,7 +211,7 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
                     method = gr.Dropdown(cam_choices(), value="gradcam", label="CAM method (expected time)", scale=2,
                                          min_width=220, elem_id="predict-method")
                     target = gr.Dropdown([PREDICTED], value=PREDICTED, label="Explain class", scale=2, min_width=220)
-                alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Heatmap opacity")
+                alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Heatmap opacity", elem_id="predict-alpha")
                 model = gr.Dropdown([], label="Active model",
                                     info="The server's default model first, then yours (and shared ones)")
                 button = gr.Button("Classify", variant="primary")
@@ -303,10 +304,38 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
     # the options re-run it when the visitor changes them, not when the server sets them: the page's load sets
     # the CAM method to the model's best one, and .change then ran a photo dropped meanwhile twice. Dropdowns on
     # .select: a choice made with the mouse also fires .input when the list closes (two identical runs)
-    gr.on([button.click, image.change, method.select, target.select, alpha.release, active.change, strictness.input],
+    gr.on([button.click, image.change, method.select, target.select, active.change, strictness.input],
           predict, [image, method, target, alpha, active, strictness],
           [label, overlay, heatmap, timing, verdict, details], api_name="predict",
           preprocess=False, trigger_mode="always_last", concurrency_limit=PREDICT_CONCURRENCY)
+
+    def reblend(image: Any, shown: Any, alpha: float = 0.5, active: str | None = None):
+        """The overlay again at a new opacity, from the photo and the heatmap on screen: no model run (it re-ran
+        the whole prediction on the slider's release, and a value typed into its box ran nothing)."""
+        from flowerdemo.infer.explain import reblend as blend
+
+        if image is None or shown is None:
+            yield gr.skip()  # nothing shown yet: the next prediction uses the new opacity
+            return
+        clf, _ = ctx.models.resolve(active)
+        try:
+            source, _ = image_source(image)
+            colored, _ = image_source(shown)
+            with Image.open(colored) as picture:
+                new = None if clf is None else blend(clf, source, picture, float(alpha), MAX_SIDE)
+        except Exception as exc:
+            raise ui_error(exc, "Changing the heatmap's opacity", title="Opacity not applied") from None
+        if new is None:  # the photo changed since that heatmap: its own prediction brings the overlay
+            yield gr.skip()
+            return
+        images = ImageFiles(ctx.settings.folder(IMAGES_FOLDER))
+        try:
+            yield images.write(new)
+        finally:  # Gradio copied it into its cache when the output was sent
+            images.remove()
+
+    alpha.input(reblend, [image, heatmap, alpha, active], overlay, api_name="reblend", preprocess=False,
+                trigger_mode="always_last", concurrency_limit=PREDICT_CONCURRENCY)
 
     def refresh(active: str | None = None, request: gr.Request = None):
         """Model list (what this visitor may use), the visitor's model (else the operator's default), its

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
-from pytorch_grad_cam.utils.image import scale_cam_image, show_cam_on_image
+from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from flowerdemo.device import COMPUTE
@@ -132,11 +132,8 @@ def explain(clf: Classifier, image=None, method: str = "gradcam", target: str | 
     index = int(probs.argmax()) if chosen is None else chosen
     grayscale = np.nan_to_num(grayscale.astype(np.float32))
     heatmap = _place(grayscale, prepared.original.size, prepared.box)
-    rgb = np.asarray(prepared.original, dtype=np.float32) / 255.0
-    overlay = Image.fromarray(show_cam_on_image(rgb, heatmap, use_rgb=True, image_weight=1.0 - alpha))
+    overlay = overlay_image(prepared.original, heatmap_image(heatmap), alpha, prepared.box)
     cropped = prepared.box != (0, 0, *prepared.original.size)
-    if cropped:  # the heatmap stops at the crop: show where, so its edge is not read as the model's doing
-        _outline(overlay, prepared.box)
     order = probs.argsort(descending=True).tolist()
     ex = Explanation(heatmap, overlay, clf.classes[index], index, {clf.classes[i]: float(probs[i]) for i in order},
                      method, None, CROP_NOTE if cropped else None, grayscale)
@@ -232,6 +229,31 @@ def _place(cam: np.ndarray, size: tuple[int, int], box: tuple[int, int, int, int
     canvas = np.zeros((size[1], size[0]), dtype=np.float32)
     canvas[top:bottom, left:right] = np.clip(np.asarray(patch, dtype=np.float32), 0.0, 1.0)
     return canvas
+
+
+def overlay_image(original: Image.Image, colored: Image.Image, alpha: float,
+                  box: tuple[int, int, int, int] | None = None) -> Image.Image:
+    """The photo with a colour-mapped heatmap (`heatmap_image`, the same size) blended in at opacity `alpha`, as
+    pytorch-grad-cam's show_cam_on_image does it, and the model's crop outlined when it is not the whole photo."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ExplainError(f"alpha (heatmap opacity) must be in [0, 1], got {alpha}")
+    rgb = np.asarray(original.convert("RGB"), dtype=np.float32) / 255.0
+    heat = np.asarray(colored.convert("RGB"), dtype=np.float32) / 255.0
+    cam = alpha * heat + (1.0 - alpha) * rgb
+    overlay = Image.fromarray(np.uint8(255 * cam / max(float(cam.max()), 1e-6)))
+    if box is not None and box != (0, 0, *original.size):  # the heatmap stops at the crop: show where, so
+        _outline(overlay, box)  # its edge is not read as the model's doing
+    return overlay
+
+
+def reblend(clf: Classifier, image, colored: Image.Image, alpha: float, max_side: int | None = None) -> Image.Image | None:
+    """A new overlay at opacity `alpha` from the photo and its colour-mapped heatmap as shown (no model run: what
+    moving the opacity costs is one decode); None when the heatmap is not that photo's at `max_side` (its size
+    differs: the photo changed meanwhile)."""
+    prepared = prepare_for_explain(clf, image, max_side)
+    if colored.size != prepared.original.size:
+        return None
+    return overlay_image(prepared.original, colored, alpha, prepared.box)
 
 
 def heatmap_image(heatmap: np.ndarray) -> Image.Image:
