@@ -127,6 +127,10 @@ def test_predict_shows_the_label_and_the_heatmap(page, model, tmp_path):
     page.locator("#predict-alpha input[type=number]").fill("0.9")
     page.locator("#predict-alpha input[type=number]").press("Enter")
     sync_api.expect(page.locator("#predict-overlay img")).not_to_have_attribute("src", before)
+    # the slider's reset button sets the value without an input event: the overlay follows it too
+    reblended = page.locator("#predict-overlay img").get_attribute("src")
+    page.locator("#predict-alpha [data-testid=reset-button]").click()
+    sync_api.expect(page.locator("#predict-overlay img")).not_to_have_attribute("src", reblended)
     page.wait_for_timeout(1000)
     assert ids["reblend"] & set(sent) and not ids["predict"] & set(sent), sent
 

@@ -115,6 +115,47 @@ def test_onnx_matches_torch_with_any_batch_and_carries_its_metadata(tiny):
     assert meta["source_checkpoint"]["run"] == "tiny-run" and meta["quantization"]["method"] == "none"
 
 
+def test_exports_in_one_process_take_turns(tiny, tmp_path, monkeypatch):
+    """Two visitors pressing Download as ONNX at once: torch's exporters are not thread-safe (two at once failed in
+    the app with "Failed to decompose the FX graph"), so the second waits for the first and both succeed."""
+    import threading
+    import time
+
+    import flowerdemo.export as export_module
+
+    real, running, most = export_module.export_onnx, [0], [0]
+
+    def watched(*args, **kwargs):
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        time.sleep(0.2)  # long enough for the other thread to arrive
+        try:
+            return real(*args, **kwargs)
+        finally:
+            running[0] -= 1
+
+    monkeypatch.setattr(export_module, "export_onnx", watched)
+    results: list = []
+    threads = [threading.Thread(target=lambda i=i: results.append(export(tiny.clf, "onnx", tmp_path / f"out{i}")))
+               for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == 1 and len(results) == 2 and all(r.path.is_file() for r in results)
+
+
+def test_a_librarys_long_coloured_error_reaches_the_visitor_as_one_readable_paragraph():
+    from ui.errors import MAX_MESSAGE, ui_error
+
+    exc = RuntimeError("Failed to export the model with torch.export. \x1b[96mThis is step 1/3\x1b[0m of exporting."
+                       "\n\nPlease submit a PR to PyTorch ... " + "x" * 5000)
+    text = ui_error(exc, "Exporting the active model to ONNX").message
+    assert "\x1b" not in text and "submit a PR" not in text and len(text) < MAX_MESSAGE + 100
+    assert text == "Exporting the active model to ONNX failed: Failed to export the model with torch.export. " \
+                   "This is step 1/3 of exporting."
+
+
 def test_torchscript_matches_torch_and_carries_its_metadata(tiny):
     res = export(tiny.clf, "torchscript", tiny.root / "ts")
     x = _crops(tiny.clf, 4)

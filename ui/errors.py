@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import gradio as gr
 
@@ -18,6 +19,7 @@ log = logging.getLogger("flowerdemo.app")
 # ImageError, CheckpointError, PathNotAllowed, ConfigError, ...) are ValueErrors that say what was wrong and
 # what is accepted. Worth a log line, not a traceback.
 EXPECTED = (ValueError, Busy)
+MAX_MESSAGE = 1000  # characters of an error's text shown to the visitor
 
 
 def ui_error(exc: BaseException, doing: str, *, title: str | None = None, message: str | None = None) -> gr.Error:
@@ -53,5 +55,10 @@ def log_failure(exc: BaseException, doing: str) -> bool:
 
 
 def _sentence(text: str) -> str:
-    text = text.strip() or "Something went wrong"
+    # a library's message as a visitor can read it: no terminal colour codes, and its first paragraph only (torch's
+    # export errors go on for a page of advice to file bugs against torch)
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text).strip().split("\n\n")[0].strip()
+    if len(text) > MAX_MESSAGE:
+        text = text[:MAX_MESSAGE].rsplit(" ", 1)[0] + " … (the rest is in the server's log)"
+    text = text or "Something went wrong"
     return text if text[-1] in ".!?" else text + "."

@@ -277,7 +277,7 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
                head, info)
         try:
             ex = explain(clf, method=method, target=target if target in clf.classes else None,
-                         alpha=float(alpha), prepared=prepared, answered=pred)
+                         alpha=opacity(alpha), prepared=prepared, answered=pred)
         except ImageError as exc:
             raise ui_error(exc, "Explanation", title="Not a usable image",
                            message=f"{name}: {exc.problem}. Accepted: {ACCEPTED}.") from None
@@ -322,7 +322,7 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
             source, _ = image_source(image)
             colored, _ = image_source(shown)
             with Image.open(colored) as picture:
-                new = None if clf is None else blend(clf, source, picture, float(alpha), MAX_SIDE)
+                new = None if clf is None else blend(clf, source, picture, opacity(alpha), MAX_SIDE)
         except Exception as exc:
             raise ui_error(exc, "Changing the heatmap's opacity", title="Opacity not applied") from None
         if new is None:  # the photo changed since that heatmap: its own prediction brings the overlay
@@ -334,8 +334,9 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
         finally:  # Gradio copied it into its cache when the output was sent
             images.remove()
 
-    alpha.input(reblend, [image, heatmap, alpha, active], overlay, api_name="reblend", preprocess=False,
-                trigger_mode="always_last", concurrency_limit=PREDICT_CONCURRENCY)
+    # .change, not .input: the slider's reset button sets the value without an input event
+    alpha.change(reblend, [image, heatmap, alpha, active], overlay, api_name="reblend", preprocess=False,
+                 trigger_mode="always_last", concurrency_limit=PREDICT_CONCURRENCY)
 
     def refresh(active: str | None = None, request: gr.Request = None):
         """Model list (what this visitor may use), the visitor's model (else the operator's default), its
@@ -372,6 +373,11 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
 
     model.input(select, [model, active], [active, target, model, known, method], api_name="select_model")
     return PredictRefs(refresh, refresh_outputs)
+
+
+def opacity(value: Any) -> float:
+    """The slider's value within [0, 1]: its number box takes any number typed (5 meant "all the way")."""
+    return min(1.0, max(0.0, float(value)))
 
 
 def cam_choices() -> list[tuple[str, str]]:

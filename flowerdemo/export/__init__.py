@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flowerdemo.export.onnx import ExportError, export_onnx, quantize_int8, read_onnx_metadata
+from flowerdemo.export.onnx import EXPORTING, ExportError, export_onnx, quantize_int8, read_onnx_metadata
 from flowerdemo.export.torchscript import export_torchscript, read_torchscript_metadata
 from flowerdemo.models.checkpoints import Classifier, load_checkpoint, safe_name
 
@@ -62,8 +62,15 @@ def check_options(fmt: str, int8: bool, calibration: str | Path | Sequence[Path]
 
 def export(clf: Classifier, fmt: str, out_dir: str | Path, *, int8: bool = False,
            calibration: str | Path | Sequence[Path] | None = None, with_unknown: bool = True) -> ExportResult:
-    """Export a loaded classifier (the app passes the one it serves; it is copied, not changed)."""
+    """Export a loaded classifier (the app passes the one it serves; it is copied, not changed). Exports in one
+    process take turns (`onnx.EXPORTING`): a second one waits for the first."""
     check_options(fmt, int8, calibration)
+    with EXPORTING:
+        return _export(clf, fmt, out_dir, int8, calibration, with_unknown)
+
+
+def _export(clf: Classifier, fmt: str, out_dir: str | Path, int8: bool,
+            calibration: str | Path | Sequence[Path] | None, with_unknown: bool) -> ExportResult:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / (safe_name(clf.name) + SUFFIXES[fmt, int8])

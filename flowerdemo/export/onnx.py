@@ -14,6 +14,7 @@ import contextlib
 import importlib.util
 import io
 import logging
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,11 @@ INSTALL = 'pip install "flowerdemo[onnx]"  (or: pip install onnx onnxruntime onn
 PARITY_TOL = 1e-4  # max |Δprobability| fp32 ONNX vs torch on the check batch; measured ~1e-6
 QUANT_METHODS = ("dynamic", "static")
 MAX_BATCH = 4096
+
+
+# One export at a time in a process: torch's ONNX exporters keep global state (two dynamo exports at once failed
+# with "Failed to decompose the FX graph" in the app), and redirect_stdout below is process-wide
+EXPORTING = threading.Lock()
 
 
 class ExportError(ValueError):

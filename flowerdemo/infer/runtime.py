@@ -243,7 +243,9 @@ def build(model: nn.Module, size: int, maps_of: nn.Module | None = None, threads
     example = torch.zeros(1, 3, size, size)
     names = ["logits", "maps"] if layer is not None else ["logits"]
     buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
+    from flowerdemo.export.onnx import EXPORTING  # one torch ONNX export at a time in the process
+
+    with EXPORTING, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
         torch.onnx.export(wrapper, (example,), buf, input_names=["images"], output_names=names,
                           dynamic_axes={n: {0: "batch"} for n in ["images", *names]}, opset_version=OPSET,
