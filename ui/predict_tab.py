@@ -216,9 +216,8 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
                                     info="The server's default model first, then yours (and shared ones)")
                 button = gr.Button("Classify", variant="primary")
                 files, labels = example_files()
-                if files:
-                    gr.Examples(files, inputs=[image], label="Examples: drawings, and real photos that are not flowers",
-                                example_labels=labels)
+                examples = gr.Examples(files, inputs=[image], label="Examples: drawings, and real photos that are not "
+                                       "flowers", example_labels=labels) if files else None
             with gr.Column(scale=5):
                 verdict = gr.Markdown(elem_id="predict-verdict")
                 label = gr.Label(num_top_classes=5, label="Class probabilities", elem_id="predict-label")
@@ -304,10 +303,14 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
     # the options re-run it when the visitor changes them, not when the server sets them: the page's load sets
     # the CAM method to the model's best one, and .change then ran a photo dropped meanwhile twice. Dropdowns on
     # .select: a choice made with the mouse also fires .input when the list closes (two identical runs)
-    gr.on([button.click, image.change, method.select, target.select, active.change, strictness.input],
-          predict, [image, method, target, alpha, active, strictness],
-          [label, overlay, heatmap, timing, verdict, details], api_name="predict",
-          preprocess=False, trigger_mode="always_last", concurrency_limit=PREDICT_CONCURRENCY)
+    # the photo on .input (an upload, the webcam, a paste, its clearing: once each) and after an example is loaded;
+    # .change fired twice when a photo replaced another (two identical runs)
+    inputs, outputs = [image, method, target, alpha, active, strictness], [label, overlay, heatmap, timing, verdict, details]
+    run = dict(preprocess=False, trigger_mode="always_last", concurrency_limit=PREDICT_CONCURRENCY, concurrency_id="predict")
+    gr.on([button.click, image.input, method.select, target.select, active.change, strictness.input],
+          predict, inputs, outputs, api_name="predict", **run)
+    if examples is not None:
+        examples.load_input_event.then(predict, inputs, outputs, api_visibility="undocumented", **run)
 
     def reblend(image: Any, shown: Any, alpha: float = 0.5, active: str | None = None):
         """The overlay again at a new opacity, from the photo and the heatmap on screen: no model run (it re-ran
