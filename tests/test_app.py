@@ -412,6 +412,13 @@ def test_the_train_summary_shows_the_interval_the_warning_and_the_calibration():
     assert "Rough figure." in out["summary"] and "only 3 photos of a" in out["summary"]
     assert "temperature 0.667" in out["summary"] and "0.080 → 0.017" in out["summary"]
     assert "NLL) 0.210 → 0.120" in out["summary"] and "Brier score 0.061 → 0.052" in out["summary"]
+    # a temperature that could not be fitted: why, not "calibrated ... 0.415 → 0.415"
+    note = "no mistake among the 9 validation photos: nothing to calibrate against"
+    report["calibration"] = {"temperature": 1.0, "note": note, "before": {"ece": 0.415, "nll": 0.5, "brier": 0.2},
+                             "after": {"ece": 0.415, "nll": 0.5, "brier": 0.2}}
+    out = TrainView(3).finished(Finished(Path("run-x"), 1.0, 2, 3, 12.0, False, report, ()))
+    assert f"Confidence left as the model gives it (temperature 1): {note}." in out["summary"]
+    assert "calibrated" not in out["summary"] and "0.415 → 0.415" not in out["summary"]
 
 
 def test_the_dataset_preview_says_what_it_found_about_near_duplicates_even_when_nothing(tmp_path):

@@ -86,6 +86,8 @@ def test_an_upload_is_its_visitors_alone_and_a_restart_brings_back_the_default(t
         assert run_name == runs[0].name and my_models(newcomer) == []
         _, table, status = b_again.predict(run_name, "My shapes", api_name="/rename_run")
         assert "My shapes" in status and [r[0] for r in table["data"] if r[1] == "yours"] == ["My shapes"]
+        assert b_again.predict(run_name, api_name="/model_name") == "My shapes"  # the Name box, to edit
+        assert newcomer.predict(run_name, api_name="/model_name") == ""  # not theirs: not even its name
         with pytest.raises(AppError, match="only the visitor who made it"):
             newcomer.predict(run_name, "Mine now", api_name="/rename_run")
         with pytest.raises(AppError, match="only the visitor who made it"):

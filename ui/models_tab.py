@@ -101,7 +101,9 @@ def details(ctx: AppContext, active: str | None) -> str:
         return "No model is loaded yet."
     m, metrics = clf.meta, clf.meta.get("metrics", {})
     acc = checkpoint_accuracy(metrics)
-    lines = [f"**{clf.name}** — {m.get('architecture')} ({m.get('mode', '?')} mode), "
+    from flowerdemo.serve.owners import display_name
+
+    lines = [f"**{display_name(clf.path)}** — {m.get('architecture')} ({m.get('mode', '?')} mode), "
              f"input {clf.preprocessing.input_size} px",
              f"Classes: {', '.join(clf.classes)}"]
     if acc is not None:
@@ -155,7 +157,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
         with gr.Row(equal_height=False):
             with gr.Column():
                 gr.Markdown("### Active model")
-                info = gr.Markdown("No model is loaded yet.", elem_id="models-active")
+                info = gr.Markdown("Loading the active model…", elem_id="models-active")
                 download_btn = gr.Button("Download the active model (.zip)")
                 with gr.Row():
                     onnx_btn = gr.Button("Download as ONNX", size="sm")
@@ -265,6 +267,14 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
             raise ui_error(exc, "Renaming a model", title="Cannot rename") from None
         return (*listing(identity, path.name), f"Renamed to **{shown}**.")
 
+    def current_name(run: str | None = None, request: gr.Request = None) -> str:
+        """The chosen model's name in the Name box, to edit rather than retype (only for the visitor's own)."""
+        from flowerdemo.serve.owners import display_name
+
+        if not run or run not in {v for _, v in my_choices(ctx, ctx.visitors.identity(request))}:
+            return ""
+        return display_name(ctx.settings.checkpoint_dir / run)
+
     def delete_run(run: str | None = None, active: str | None = None, request: gr.Request = None):
         from flowerdemo.serve.owners import delete, display_name
 
@@ -328,6 +338,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
     download_btn.click(download_checkpoint, active, download, api_name="download_checkpoint")
     onnx_btn.click(download_onnx, active, download, api_name="download_onnx")
     onnx_int8_btn.click(download_onnx_int8, active, download, api_name="download_onnx_int8")
+    mine.change(current_name, mine, new_name, api_name="model_name")
     rename_btn.click(rename_run, [mine, new_name], [mine, runs, mine_status], api_name="rename_run").success(
         predict.refresh, active, predict.refresh_outputs, api_name="refresh_after_rename")
     delete_btn.click(delete_run, [mine, active], [mine, runs, mine_status, active], api_name="delete_run").success(

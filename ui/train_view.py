@@ -130,7 +130,9 @@ class TrainView:
         if ev.report.get("warning"):
             summary += f"\n\n**Rough figure.** {ev.report['warning']}"
         cal = ev.report.get("calibration")
-        if cal and cal["before"].get("ece") is not None:
+        if cal and cal.get("note"):  # the temperature stayed 1: say why, not "calibrated" with nothing changed
+            summary += f"\n\nConfidence left as the model gives it (temperature 1): {cal['note']}."
+        elif cal and cal["before"].get("ece") is not None:
             b, a = cal["before"], cal["after"]
             summary += (f"\n\nConfidence calibrated (temperature {cal['temperature']:.3g}): expected calibration "
                         f"error on the validation split {b['ece']:.3f} → {a['ece']:.3f} "
