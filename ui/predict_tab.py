@@ -208,7 +208,7 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
                                       elem_id="predict-strictness")
                 with gr.Row():
                     # min_width: side by side on a desktop, one per line on a phone (else both labels were cut)
-                    method = gr.Dropdown(cam_choices(), value="gradcam", label="CAM method (expected time)", scale=2,
+                    method = gr.Dropdown(cam_choices(), value="gradcam", label="CAM method (time on an idle server)", scale=2,
                                          min_width=220, elem_id="predict-method")
                     target = gr.Dropdown([PREDICTED], value=PREDICTED, label="Explain class", scale=2, min_width=220)
                 alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Heatmap opacity", elem_id="predict-alpha")
