@@ -267,7 +267,7 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
         except Exception as exc:
             raise ui_error(exc, "Prediction", title="Prediction failed") from None
         answered = time.perf_counter() - t0
-        probs = gr.update(value=pred.probabilities, label=("Closest classes (the photo is none of them)" if pred.rejected
+        probs = gr.update(value=pred.probabilities, label=("Closest classes (none of them)" if pred.rejected
                                                            else "Class probabilities"),
                           elem_classes=["fd-rejected"] if pred.rejected else [])
         head = verdict_text(pred, clf.classes)
