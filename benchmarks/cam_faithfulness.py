@@ -158,7 +158,7 @@ def time_explain(clf: Classifier, photo: Path, methods, repeats: int, app: bool 
     """explain() end to end on one photo per method, as a caller without an answer calls it (overlay at most
     1024 px); with `app`, as the app's Predict tab does after its answer: the onnxruntime twins on
     (infer/runtime.py), the photo decoded once for an 800 px overlay, the answer's forward reused by Grad-CAM
-    (`answered`): the time the heatmap adds, the figures behind flowerdemo.infer.explain.CAM_SECONDS."""
+    (`answered`): the time the heatmap adds, the figures behind flowerdemo.infer.cam_times.CAM_SECONDS."""
     from flowerdemo.infer.explain import explain, prepare_for_explain
     from flowerdemo.infer.predict import classify, warm_up
 

@@ -54,8 +54,6 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     "lite2-260": ("EfficientNet-Lite2 at 260 px (its native size)", {"model": "efficientnet_lite2", "image_size": 260}),
     "lite0-240": ("Lite0 at 240 px", {"image_size": 240}),
     "head-only": ("head only on pooled features (the linear probe)", {"fast_tune_last_stage": False}),
-    "mixup0.2": ("mixup of the cached activations, Beta(0.2, 0.2) (the mixup paper's ImageNet value; not tuned here)",
-                 {"fast_mixup": 0.2}),
 }
 METRICS = ("last_acc", "best_acc", "tta_last_acc", "wall_s", "extract_s", "train_s")
 

@@ -90,8 +90,6 @@ class TrainConfig:
                                             "activations (not with --freeze backbone)")
     fast_tail_lr_scale: float = _opt(1.0, "fast mode: last-stage LR relative to the head's; the best of the scales "
                                           "measured (see docs/benchmarks.md)")
-    fast_mixup: float = _opt(0.0, "fast mode: mixup of the cached activations (manifold mixup), Beta(a, a) weights; "
-                                  "0 = off: 0.2 gained nothing in cross-validation (docs/benchmarks.md)")
     cache_features: bool = _opt(True, "fast mode: reuse features across runs on the same data + backbone")
     amp: bool = _opt(True, "CUDA: bf16 autocast where supported, else fp16 with a scaler; CPU fast mode: bf16 on "
                            "AMX/AVX512-BF16")
@@ -128,8 +126,7 @@ class TrainConfig:
         for name in ("head_hidden", "step_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("frozen_stages", "workers", "weight_decay", "grad_clip", "backbone_lr_scale", "fast_tail_lr_scale",
-                     "fast_mixup"):
+        for name in ("frozen_stages", "workers", "weight_decay", "grad_clip", "backbone_lr_scale", "fast_tail_lr_scale"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
 

@@ -150,35 +150,6 @@ def test_fast_mode_learns_in_fp32_and_in_cpu_bf16(bf16, tmp_path, monkeypatch):
     assert events[-1].best_val_acc >= 0.8
 
 
-def test_mixup_mixes_items_and_their_labels_alike_and_reproducibly():
-    x = torch.randn(16, 4, 7, 7).half()
-    y = torch.randint(0, 5, (16,), generator=torch.Generator().manual_seed(1))
-    mixed, target = fastmode.mixup(x, y, 5, 0.2, torch.Generator().manual_seed(0))
-    again, target_again = fastmode.mixup(x, y, 5, 0.2, torch.Generator().manual_seed(0))
-    assert torch.equal(mixed, again) and torch.equal(target, target_again)  # the run's generator decides
-    assert mixed.dtype == torch.float32 and target.shape == (16, 5)
-    assert torch.allclose(target.sum(1), torch.ones(16))
-    # each item is lam * itself + (1 - lam) * a partner, lam read off its own label's share
-    for i in range(16):
-        lam = float(target[i, y[i]])
-        if lam >= 1 - 1e-6:
-            continue  # mixed with itself or another item of its class, or lam ~ 1
-        rest = mixed[i] - lam * x[i].float()
-        assert any(torch.allclose(rest, (1 - lam) * x[j].float(), atol=1e-2) for j in range(16))
-    with pytest.raises(Exception, match="fast_mixup"):
-        TrainConfig(fast_mixup=-0.1)
-
-
-def test_fast_mode_learns_with_mixup(tmp_path, monkeypatch):
-    monkeypatch.setenv("FLOWERDEMO_CACHE", str(tmp_path / "cache"))
-    data = make_dataset(tmp_path / "data", per_class=10, size=48)
-    cfg = dataclasses.replace(SMALL, image_size=48, epochs=6, pretrained=True, lr=3e-3, device="cpu", fast_mixup=0.2)
-    events = list(train(cfg, data, out_dir=tmp_path / "ck"))
-    curve = [e for e in events if isinstance(e, EpochEnd)]
-    assert curve[-1].train_loss < curve[0].train_loss and 0 <= curve[-1].train_acc <= 1
-    assert events[-1].best_val_acc >= 0.8
-
-
 def test_fp32_extraction_on_the_cpu_runs_on_onnxruntime_with_torchs_numbers(tmp_path, monkeypatch):
     """Without native bf16 the frozen trunk's extraction runs on its onnxruntime twin (about twice torch's
     speed on the 2-core machine) once there are enough images to pay for the export (here: any), giving the

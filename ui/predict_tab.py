@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 from PIL import Image
 
+from flowerdemo.infer.cam_times import CAM_NAMES, CAM_SECONDS
+
 from .errors import log_failure, ui_error
 from .state import IMAGES_FOLDER, AppContext
 
@@ -22,13 +24,6 @@ if TYPE_CHECKING:
 
 PREDICTED = "(predicted class)"
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
-# the keys of flowerdemo.infer.explain.CAM_METHODS, listed here so that building the UI does not import
-# pytorch-grad-cam (seconds); tests/test_app.py checks that the two agree
-CAM_NAMES = ["gradcam", "gradcam++", "hirescam", "scorecam", "eigencam", "layercam", "xgradcam"]
-# expected seconds per method on a 2-core CPU, copied from flowerdemo.infer.explain.CAM_SECONDS for the same
-# reason (tests/test_app.py checks that they agree)
-CAM_SECONDS: dict[str, float] = {"gradcam": 0.04, "gradcam++": 0.13, "hirescam": 0.12, "scorecam": 1.9,
-                                 "eigencam": 0.2, "layercam": 0.13, "xgradcam": 0.14}
 # the overlay and heatmap are drawn at most this large, the display size (the images show 280 px high, 800 px
 # leaves room for a zoom), and sent as JPEG: ~3 ms to encode at this size, where Gradio's default WebP took
 # ~140 ms for the two at 1000x750 (docs/benchmarks.md)
@@ -384,7 +379,7 @@ def opacity(value: Any) -> float:
 
 
 def cam_choices() -> list[tuple[str, str]]:
-    """The CAM methods with their expected time on a 2-core CPU (measured: flowerdemo.infer.explain.CAM_SECONDS)."""
+    """The CAM methods with their expected time on a 2-core CPU (measured: flowerdemo.infer.cam_times)."""
     bounded = {"scorecam": ", bounded: scores the 32 most active channels"}  # infer/explain.py BoundedScoreCAM
     return [(f"{name} (~{_seconds(CAM_SECONDS.get(name))}{bounded.get(name, '')})", name) for name in CAM_NAMES]
 

@@ -15,6 +15,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from flowerdemo.device import COMPUTE
 from flowerdemo.infer.batching import STAGES, batcher_for
+from flowerdemo.infer.cam_times import CAM_SECONDS  # noqa: F401 (re-exported; the names' order is tested)
 from flowerdemo.infer.faithfulness import Faithfulness, check_faithfulness
 from flowerdemo.infer.preprocess import PreparedImage, prepare_image
 from flowerdemo.infer.replicas import gradients_at, replica
@@ -56,15 +57,6 @@ class BoundedScoreCAM(ScoreCAM):
 
 CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "scorecam": BoundedScoreCAM,
                "eigencam": EigenCAM, "layercam": LayerCAM, "xgradcam": XGradCAM}
-# Expected seconds a heatmap adds after the app's answer, per method, for the UI to show where the method is
-# chosen: measured through the running app (plain HTTP, as a browser: the heatmap message and its picture's
-# download after the label's), p50 of 7 round trips of a 12 MP JPEG (4000x3000), the shipped model, the
-# onnxruntime twins on (Grad-CAM reuses the answer's forward), the quiet 2-core development machine (AMD EPYC,
-# no GPU): `python benchmarks/serving.py --client http --cam-requests 7 --clients 0 --big-clients 0
-# --train-requests 0 --requests 10` (docs/benchmarks.md §5). In-process, without that delivery, Grad-CAM takes
-# 12 ms (`benchmarks/cam_faithfulness.py --time-photo PHOTO --app`).
-CAM_SECONDS = {"gradcam": 0.04, "gradcam++": 0.13, "hirescam": 0.12, "scorecam": 1.9,
-               "eigencam": 0.2, "layercam": 0.13, "xgradcam": 0.14}
 DEFAULT_CAM = "gradcam"  # for a model without a measured ranking (best_cam_method)
 
 CROP_NOTE = ("The model sees only the square marked on the photo; the parts outside it were not used, "

@@ -75,23 +75,6 @@ def extract_features(
     return out
 
 
-def mixup(x: torch.Tensor, y: torch.Tensor, n_classes: int, alpha: float,
-          generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each item mixed with another of the batch: weights lam ~ Beta(alpha, alpha) per item, the labels as
-    class probabilities mixed alike (cross_entropy takes them). Returns float32 items and (N, classes) targets."""
-    n = len(y)
-    # Beta(a, a) as G1 / (G1 + G2), Gi ~ Gamma(a): torch's samplers take no generator, so the global one is
-    # seeded from the run's for the draw and restored after it (a run stays reproducible, nothing else moves)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
-        draw = torch.distributions.Gamma(torch.full((2, n), float(alpha)), torch.ones(2, n)).sample()
-    lam = (draw[0] / draw.sum(0)).to(x.device)
-    perm = torch.randperm(n, generator=generator).to(x.device)
-    mixed = lam.view(n, 1, 1, 1) * x.float() + (1 - lam).view(n, 1, 1, 1) * x[perm].float()
-    onehot = torch.nn.functional.one_hot(y, n_classes).float()
-    return mixed, lam.view(n, 1) * onehot + (1 - lam).view(n, 1) * onehot[perm]
-
-
 def cached_item_shape(encoder: nn.Module, prep: Preprocessing, device: torch.device) -> tuple[int, ...]:
     """Shape of one image's `encoder` output at the model's input size (one dummy forward)."""
     encoder.eval()
@@ -124,7 +107,6 @@ class FastTrainer:
         self.tail_start = {k: v.detach().clone() for k, v in self.tail.state_dict().items()} if self.tune_tail else None
         self.encoder = self.trunk if self.tune_tail else model.backbone
         self.slices = batch_slices(len(setup.train), cfg.batch_size)
-        self.n_classes = [m for m in model.head.modules() if isinstance(m, nn.Linear)][-1].out_features
 
     def _tail_frozen_by_config(self) -> bool:
         """freeze="backbone", or freeze="stages" reaching into the tail: the head alone trains."""
@@ -232,8 +214,7 @@ class FastTrainer:
         view = torch.randint(0, self.train_feats.shape[0], (n,), generator=self.generator)  # one cached view each
         for start, end in self.slices:
             idx = order[start:end]
-            x, y = self.train_feats[view[idx].to(device), idx.to(device)], self.setup.train.labels[idx].to(device)
-            yield mixup(x, y, self.n_classes, self.setup.cfg.fast_mixup, self.generator) if self.setup.cfg.fast_mixup else (x, y)
+            yield self.train_feats[view[idx].to(device), idx.to(device)], self.setup.train.labels[idx].to(device)
 
     def train_epoch(self, epoch: int) -> Iterator[Progress]:
         self.setup.model.head.train()  # the tail stays in eval mode: its BatchNorm statistics are fixed

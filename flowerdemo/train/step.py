@@ -101,7 +101,7 @@ def run_epoch(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], n_batches: i
     for i, (x, y) in enumerate(batches):
         logits, loss = step(forward, x, y)
         loss_sum += loss.float() * len(y)
-        correct += (logits.argmax(1) == (y.argmax(1) if y.is_floating_point() else y)).sum()  # mixed: the larger share
+        correct += (logits.argmax(1) == y).sum()
         seen += len(y)
         yield Progress("train", i + 1, n_batches, epoch)
         if stop_requested(stop):
