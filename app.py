@@ -38,17 +38,22 @@ def create_demo(ctx: AppContext | None = None) -> gr.Blocks:
         active = gr.State(None)  # this visitor's model (a run directory); None = the operator's default
         # who this browser is, across reloads and restarts: a random token in its localStorage, encrypted with a
         # secret kept beside the checkpoints (a new secret each start would make every browser a stranger)
-        visitor = gr.BrowserState(None, storage_key="flowerdemo-visitor", secret=browser_secret(ctx.settings))
+        secret = browser_secret(ctx.settings)
+        visitor = gr.BrowserState(None, storage_key="flowerdemo-visitor", secret=secret)
+        # the visitor's model across reloads: its run folder's name, checked on every load (still there, still
+        # theirs to use); None = the operator's default
+        remembered = gr.BrowserState(None, storage_key="flowerdemo-model", secret=secret)
         session = gr.State(None, delete_callback=ctx.visitors.forget)  # forgets the token when the tab goes
         with gr.Tabs():
             predict = predict_tab.build(ctx, active)
             on_load, load_outputs = train_tab.build(ctx, active, predict)
             show_models, models_outputs = models_tab.build(ctx, active, predict)
 
-        def init(active: str | None = None, token: str | None = None, request: gr.Request = None):
+        def init(active: str | None = None, token: str | None = None, kept: str | None = None,
+                 request: gr.Request = None):
             """Page load: bind the session to the browser's token (a new one for a new browser), open a model
-            shared by link (?model=CODE), then predict_tab.refresh's outputs, the Models tab's, the token and the
-            session."""
+            shared by link (?model=CODE), else the model this browser used last (if it may still), then
+            predict_tab.refresh's outputs, the Models tab's, the token and the session."""
             from flowerdemo.serve.owners import find_shared
 
             session_hash = getattr(request, "session_hash", None)
@@ -58,15 +63,31 @@ def create_demo(ctx: AppContext | None = None) -> gr.Blocks:
             if code and shared is None:
                 gr.Warning("That share link's model is not on this server any more; showing the default model.")
             chosen = str(shared) if shared else active
+            if chosen is None and kept:
+                last = ctx.remembered_run(kept, ctx.visitors.identity(request))
+                default = ctx.models.default
+                if last is None:
+                    gr.Warning("The model you used last is not on this server any more; showing the default model.")
+                elif default is None or last.resolve() != default.resolve():  # the default stays None: no
+                    chosen = str(last)  # active.change, so no extra /predict at the load
             return (*predict.refresh(chosen, request), *show_models(chosen, request), token, session_hash)
 
-        demo.load(init, [active, visitor], [*predict.refresh_outputs, *models_outputs, visitor, session],
+        demo.load(init, [active, visitor, remembered], [*predict.refresh_outputs, *models_outputs, visitor, session],
                   api_name="init")
+        # every change of the visitor's model (picked, trained, uploaded, opened, deleted) is remembered by the browser
+        active.change(remember, active, remembered, api_visibility="private", show_progress="hidden", queue=False)
         demo.load(on_load, None, load_outputs, api_name="backbones")
         # does nothing: the floor of a round trip through the queue (benchmarks/serving.py); never waits for a slot
         gr.api(ping, api_name="ping", concurrency_limit=None)
     demo.ctx = ctx  # for tests and embedding: the settings, models and training slot behind this demo
     return demo
+
+
+def remember(active: str | None) -> str | None:
+    """What the browser keeps of the visitor's model: the run folder's name (never a path), None for the default."""
+    from pathlib import Path
+
+    return Path(active).name if active else None
 
 
 def ping() -> str:

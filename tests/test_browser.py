@@ -236,6 +236,41 @@ def test_a_photo_given_as_the_page_loads_is_classified_once(page, app_url, model
         page.goto(app_url[0])
 
 
+def test_the_model_a_visitor_picked_is_still_theirs_after_a_reload(page, app_url, model):
+    """The browser keeps the visitor's model (gr.BrowserState): after a reload it is active again; another
+    browser still gets the default; once the run is gone, a reload says so and falls back to the default."""
+    second = app_url[1] / "checkpoints" / "second-shapes"  # one more of the operator's runs, not the default
+    shutil.copytree(model, second)
+    browser = page.context.browser
+    mine, theirs = browser.new_context(), browser.new_context()  # their own storage, not the module's page's
+    try:
+        tab = mine.new_page()
+        tab.set_default_timeout(TIMEOUT_MS)
+        tab.goto(app_url[0])
+        chooser = tab.locator("#predict-model input")
+        sync_api.expect(chooser).to_have_value(re.compile(r"^default"))
+        stored = "() => localStorage.getItem('flowerdemo-model')"
+        before = tab.evaluate(stored)
+        chooser.click()
+        tab.get_by_role("option", name=re.compile(r"^second-shapes")).click()
+        sync_api.expect(chooser).to_have_value(re.compile(r"^second-shapes"))
+        tab.wait_for_function(f"(before) => ({stored})() !== before", arg=before)  # the browser has stored it
+        tab.reload()
+        sync_api.expect(chooser).to_have_value(re.compile(r"^second-shapes"))
+        other = theirs.new_page()
+        other.set_default_timeout(TIMEOUT_MS)
+        other.goto(app_url[0])
+        sync_api.expect(other.locator("#predict-model input")).to_have_value(re.compile(r"^default"))
+        shutil.rmtree(second)
+        tab.reload()
+        sync_api.expect(tab.get_by_text("The model you used last is not on this server")).to_be_visible()
+        sync_api.expect(chooser).to_have_value(re.compile(r"^default"))
+    finally:
+        mine.close()
+        theirs.close()
+        shutil.rmtree(second, ignore_errors=True)
+
+
 def test_on_a_phone_the_answer_is_visible_after_an_upload(page, app_url, model, tmp_path):
     """390x844, the issue's phone: after an upload the verdict and the probabilities are on screen
     without scrolling."""

@@ -39,9 +39,10 @@ def labels(client, image: Path) -> set[str]:
     return {c["label"] for c in label["confidences"]}
 
 
-def init(client, token: str) -> tuple:
-    """A page load from a browser whose stored token is `token`: refresh's outputs, then the token."""
-    return client.predict(token, api_name="/init")
+def init(client, token: str, kept: str | None = None) -> tuple:
+    """A page load from a browser whose stored token is `token` and whose stored model is `kept` (a run folder's
+    name): refresh's outputs, then the token."""
+    return client.predict(token, kept, api_name="/init")
 
 
 def my_models(client) -> list[tuple[str, str]]:
@@ -96,6 +97,37 @@ def test_an_upload_is_its_visitors_alone_and_a_restart_brings_back_the_default(t
             b_again.predict(tiny.name, api_name="/delete_run")
         assert "Deleted **My shapes**" in b_again.predict(run_name, api_name="/delete_run")[2]
         assert not (root / "checkpoints" / run_name).exists() and (root / "checkpoints" / tiny.name).is_dir()
+
+
+def test_a_browser_gets_its_model_back_after_a_reload_and_a_restart_and_no_one_else_does(tiny, tmp_path):
+    root = tmp_path / "server"
+    upload = relabelled(tiny, tmp_path / "theirs")
+    image = photo(tmp_path / "c.png", "circle")
+    token_b = "b" * 32
+    with running_app(root, tiny) as (demo, url):
+        b = new_client(url, tmp_path / "b")
+        init(b, token_b)
+        b.predict(handle_file(str(upload)), api_name="/upload_checkpoint")
+        (run,) = [r for _, r in my_models(b)]
+        reloaded = new_client(url, tmp_path / "b2")  # B reloads the page: a new session, the browser's storage
+        model, *_ = init(reloaded, token_b, run)
+        assert model["value"].endswith(run) and labels(reloaded, image) == set(OTHER)
+        # what the server accepts from a browser's storage: a run this visitor may use, by folder name only
+        elsewhere = str(root / "checkpoints" / run)  # a path, not a name
+        for token, kept in [("c" * 32, run), (token_b, f"../checkpoints/{run}"), (token_b, elsewhere),
+                            (token_b, ".owner.json"), (token_b, "no-such-run")]:
+            stranger = new_client(url, tmp_path / "s")
+            model, *_ = init(stranger, token, kept)
+            assert model["choices"][0][0].startswith("default") and model["value"] == model["choices"][0][1], kept
+            assert labels(stranger, image) == set(CLASSES), (token, kept)
+    with running_app(root, None) as (demo, url):  # a restart on the same folders
+        after = new_client(url, tmp_path / "b3")
+        init(after, token_b, run)
+        assert labels(after, image) == set(OTHER)
+        after.predict(run, api_name="/delete_run")
+        gone = new_client(url, tmp_path / "b4")
+        init(gone, token_b, run)  # deleted (or pruned) since: the default, with a warning
+        assert labels(gone, image) == set(CLASSES)
 
 
 def test_a_share_code_lets_another_visitor_use_but_not_download_a_model(tiny, tmp_path):

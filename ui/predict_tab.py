@@ -207,7 +207,7 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
                                          min_width=220, elem_id="predict-method")
                     target = gr.Dropdown([PREDICTED], value=PREDICTED, label="Explain class", scale=2, min_width=220)
                 alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Heatmap opacity", elem_id="predict-alpha")
-                model = gr.Dropdown([], label="Active model",
+                model = gr.Dropdown([], label="Active model", elem_id="predict-model",
                                     info="The server's default model first, then yours (and shared ones)")
                 button = gr.Button("Classify", variant="primary")
                 files, labels = example_files()

@@ -195,6 +195,19 @@ class AppContext:
         prune_files(self.settings.folder("review"), SCRATCH_KEEP_S)
         prune_files(self.settings.folder(IMAGES_FOLDER), 3600)  # a request's pictures live seconds; crashed ones
 
+    def remembered_run(self, name: Any, identity: str) -> Path | None:
+        """The run a browser remembered as its active model (its folder name, kept in the browser's storage
+        across reloads), if it is still here and this visitor may still use it; else None (the default)."""
+        from flowerdemo.models.checkpoints import WEIGHTS
+        from flowerdemo.serve.owners import may_use
+
+        if not isinstance(name, str) or not name or name != Path(name).name or name.startswith("."):
+            return None  # a folder name of the checkpoint folder, nothing else
+        run = self.settings.checkpoint_dir / name
+        if not (run / WEIGHTS).is_file() or not may_use(run, identity, self.settings.share_runs):
+            return None
+        return run
+
     def adopt(self, run: str | Path, identity: str, kind: str) -> None:
         """A visitor's new run (`kind`: trained or uploaded) is theirs: record it, then keep their newest
         runs of that kind within the per-visitor limit, and all runs within the global bounds."""

@@ -156,6 +156,14 @@ def may_download(run: str | Path, identity: str) -> bool:
     return record is None or record.owner == owner_key(identity)
 
 
+def may_use(run: str | Path, identity: str, share_all: bool) -> bool:
+    """Whether `identity` may predict with `run`: the operator's runs, their own, everyone's when the operator
+    shares all runs, and a run its owner handed out a share code for (whoever was given the code)."""
+    record = read_owner(run)
+    return (record is None or share_all or record.owner == owner_key(identity)
+            or (bool(record.share) and record.owner != "?"))
+
+
 def visible_runs(root: str | Path, identity: str, share_all: bool) -> list[tuple[Path, Owner | None]]:
     """Runs `identity` may list, newest first, with their records (None: the operator's)."""
     out = []
