@@ -177,8 +177,9 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
         return (text, gr.update(open=True), pics, table, gr.update(value=skipped_df, visible=len(skipped_df) > 0), held,
                 ready)
 
+    # progress and a refusal show on one box each (not an "Error" badge on every output): the check's by its button
     gr.on([scan_btn.click, zip_file.upload, folder.submit], check, [source, zip_file, folder, held],
-          [found, found_box, thumbs, counts, skipped, held, status], api_name="scan_dataset")
+          [found, found_box, thumbs, counts, skipped, held, status], api_name="scan_dataset", show_progress_on=[found])
     made_here.wire_check(scan_btn, source)  # the builder's photos: the dataset check's findings, to act on
 
     outputs = {"status": status, "progress": progress, "loss": loss_plot, "acc": acc_plot, "lr": lr_plot,
@@ -257,7 +258,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
     train_inputs = [source, zip_file, folder, backbone, mode, epochs, batch_size, lr, optimizer, schedule, warmup,
                     freeze, frozen_stages, image_size, augment, seed, held, active]
     start_btn.click(start_training, train_inputs, [*outputs.values(), *review.outputs], api_name="train",
-                    concurrency_limit=None).then(predict.refresh, active, predict.refresh_outputs,
+                    concurrency_limit=None, show_progress_on=[status]).then(predict.refresh, active, predict.refresh_outputs,
                                                  api_name="refresh_after_train")
 
     def stop_training(request: gr.Request = None) -> str:
