@@ -132,4 +132,41 @@ CSS = """
   .row:has(> .column > #predict-verdict) > .column > .row:has(#predict-overlay) {order: 4}
   .row:has(> .column > #predict-verdict) > .column > #predict-timing {order: 5}
 }
+/* Gradio floats a block's label over the content: over a File's drop-zone icon and text (on a phone its long label
+   wraps to three lines and hides them), over an Image's picture (the reliability diagram's title), over a
+   Gallery's top row. Put it in the flow above the content, clear of the icon buttons in the top corner (now the
+   block's corner, not the picture's); a picture shrinks to the rest of the block's height. */
+.block:has(> button.upload-container, > .image-container, > .gallery-container) {
+  display: flex; flex-direction: column; flex-wrap: nowrap}
+.block:has(> button.upload-container, > .image-container, > .gallery-container) > label[data-testid="block-label"].float {
+  position: static; flex: none; align-self: flex-start; margin: var(--block-label-margin) 0 0 var(--block-label-margin)}
+.block:has(> .icon-button-wrapper.top-panel, > .image-container > .icon-button-wrapper.top-panel,
+           > .gallery-container > .grid-wrap > .icon-button-wrapper.top-panel) > label[data-testid="block-label"] {
+  margin-right: calc(var(--size-16) + var(--block-label-margin))}
+label[data-testid="block-label"] > span {flex: none}  /* its icon, squeezed to a dot beside a wrapped label */
+.block > .image-container {flex: 1 1 auto; min-height: 0; position: static}
+.block:has(> .gallery-container) {height: auto !important}  /* a gallery keeps its height= below the label */
+.block > .gallery-container {flex: none; height: auto; position: static}
+.block > .gallery-container > .grid-wrap {position: static}
+.block > .gallery-container > .preview {top: 0; left: 0}  /* a photo opened: over the whole block, as before */
+.block:has(> label[data-testid="block-label"]) > .gallery-container > .grid-wrap > .grid-container.pt-6 {padding-top: 0}
+.icon-button-wrapper.top-panel:not(:has(*)) {display: none}  /* an empty one: a stray mark in the corner */
+/* the drop zone's text is 240 px tall at least, centred in a shorter zone (height=90..140): its icon and last
+   line were cut off; now as tall as asked, or as its text */
+.block > button.upload-container {min-height: min-content; flex: 1 1 auto}
+.block > button.upload-container > [data-testid="upload-text"] {min-height: 0; padding: var(--spacing-lg) 0}
+/* a dropdown's text ran on under its arrow (the arrow is drawn over the input's right end) */
+.secondary-wrap > input[role="combobox"] {padding-right: calc(var(--size-5) * 2 + var(--size-2)); text-overflow: ellipsis}
+/* tables a little tighter where they are narrow, so a few columns fit instead of the last being cut off (wider
+   ones still scroll inside their own box): every table on a phone, the per-class table beside its pictures;
+   a gallery's thumbnails as many to a row as fit a phone (6 columns of 100 px were cut off at the right) */
+@media (max-width: 640px) {
+  .table-container {--input-text-size: var(--text-sm)}
+  .table-container .sizing-body td {padding-left: 0; padding-right: 0}
+  .table-container .cell-wrap {padding-left: var(--size-1-5); padding-right: var(--size-1-5)}
+  .block > .gallery-container > .grid-wrap > .grid-container {grid-template-columns: repeat(auto-fill, minmax(88px, 1fr))}
+}
+#train-per-class .table-container {--input-text-size: var(--text-sm)}
+#train-per-class .table-container .sizing-body td {padding-left: 0; padding-right: 0}
+#train-per-class .table-container .cell-wrap {padding-left: var(--size-1-5); padding-right: var(--size-1-5)}
 """

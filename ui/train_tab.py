@@ -146,7 +146,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
             with gr.Row():
                 per_class = gr.Dataframe(label="Each class on the photos kept for checking: precision (when it says "
                                          "X, how often it is X), recall (how many X it finds), F1 (both together)",
-                                         interactive=False)
+                                         interactive=False, elem_id="train-per-class")
                 confusion = gr.Image(label="Confusion matrix (rows: true class)", type="pil", interactive=False,
                                      buttons=["download"], height=340, elem_id="train-confusion")
                 reliability = gr.Image(label="Reliability: share right vs confidence (validation), before → after "
