@@ -27,6 +27,10 @@ log = logging.getLogger("flowerdemo.app")
 INTRO = ("# Flower classifier\nFine-tune an ImageNet CNN on your own labelled photos, classify new ones, "
          "and see where the model looked (Grad-CAM).")
 THEME = gr.themes.Soft(primary_hue="rose", secondary_hue="emerald", neutral_hue="slate")
+# what the browser keeps when the visitor's model is the operator's default: Gradio's front end leaves a BrowserState
+# as it was when a function returns None or "" for it, so forgetting a run needs a value (not a folder name: the
+# parentheses are never in one the app makes)
+DEFAULT_MODEL = "(default)"
 _BUILDING = threading.Lock()  # two first reads of `demo` at once still build one
 
 
@@ -62,18 +66,19 @@ def create_demo(ctx: AppContext | None = None) -> gr.Blocks:
             shared = find_shared(ctx.settings.checkpoint_dir, code) if code else None
             if code and shared is None:
                 gr.Warning("That share link's model is not on this server any more; showing the default model.")
-            chosen = str(shared) if shared else active
-            if chosen is None and kept:
+            chosen, keep = (str(shared) if shared else active), gr.skip()
+            if chosen is None and kept and kept != DEFAULT_MODEL:
                 last = ctx.remembered_run(kept, ctx.visitors.identity(request))
                 default = ctx.models.default
-                if last is None:
+                if last is None:  # said once: the browser forgets it
                     gr.Warning("The model you used last is not on this server any more; showing the default model.")
+                    keep = DEFAULT_MODEL
                 elif default is None or last.resolve() != default.resolve():  # the default stays None: no
                     chosen = str(last)  # active.change, so no extra /predict at the load
-            return (*predict.refresh(chosen, request), *show_models(chosen, request), token, session_hash)
+            return (*predict.refresh(chosen, request), *show_models(chosen, request), keep, token, session_hash)
 
-        demo.load(init, [active, visitor, remembered], [*predict.refresh_outputs, *models_outputs, visitor, session],
-                  api_name="init")
+        demo.load(init, [active, visitor, remembered],
+                  [*predict.refresh_outputs, *models_outputs, remembered, visitor, session], api_name="init")
         # every change of the visitor's model (picked, trained, uploaded, opened, deleted) is remembered by the browser
         active.change(remember, active, remembered, api_visibility="private", show_progress="hidden", queue=False)
         demo.load(on_load, None, load_outputs, api_name="backbones")
@@ -83,11 +88,11 @@ def create_demo(ctx: AppContext | None = None) -> gr.Blocks:
     return demo
 
 
-def remember(active: str | None) -> str | None:
-    """What the browser keeps of the visitor's model: the run folder's name (never a path), None for the default."""
+def remember(active: str | None) -> str:
+    """What the browser keeps of the visitor's model: the run folder's name (never a path), or DEFAULT_MODEL."""
     from pathlib import Path
 
-    return Path(active).name if active else None
+    return Path(active).name if active else DEFAULT_MODEL
 
 
 def ping() -> str:

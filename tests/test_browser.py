@@ -255,6 +255,7 @@ def test_the_model_a_visitor_picked_is_still_theirs_after_a_reload(page, app_url
         tab.get_by_role("option", name=re.compile(r"^second-shapes")).click()
         sync_api.expect(chooser).to_have_value(re.compile(r"^second-shapes"))
         tab.wait_for_function(f"(before) => ({stored})() !== before", arg=before)  # the browser has stored it
+        picked = tab.evaluate(stored)
         tab.reload()
         sync_api.expect(chooser).to_have_value(re.compile(r"^second-shapes"))
         other = theirs.new_page()
@@ -263,8 +264,14 @@ def test_the_model_a_visitor_picked_is_still_theirs_after_a_reload(page, app_url
         sync_api.expect(other.locator("#predict-model input")).to_have_value(re.compile(r"^default"))
         shutil.rmtree(second)
         tab.reload()
-        sync_api.expect(tab.get_by_text("The model you used last is not on this server")).to_be_visible()
+        gone = tab.get_by_text("The model you used last is not on this server")
+        sync_api.expect(gone).to_be_visible()
         sync_api.expect(chooser).to_have_value(re.compile(r"^default"))
+        tab.wait_for_function(f"(picked) => ({stored})() !== picked", arg=picked)  # forgotten
+        tab.reload()  # said once, not on every load
+        sync_api.expect(chooser).to_have_value(re.compile(r"^default"))
+        tab.wait_for_timeout(1500)
+        assert gone.count() == 0
     finally:
         mine.close()
         theirs.close()

@@ -115,7 +115,7 @@ def test_a_browser_gets_its_model_back_after_a_reload_and_a_restart_and_no_one_e
         # what the server accepts from a browser's storage: a run this visitor may use, by folder name only
         elsewhere = str(root / "checkpoints" / run)  # a path, not a name
         for token, kept in [("c" * 32, run), (token_b, f"../checkpoints/{run}"), (token_b, elsewhere),
-                            (token_b, ".owner.json"), (token_b, "no-such-run")]:
+                            (token_b, ".owner.json"), (token_b, "no-such-run"), (token_b, "(default)")]:
             stranger = new_client(url, tmp_path / "s")
             model, *_ = init(stranger, token, kept)
             assert model["choices"][0][0].startswith("default") and model["value"] == model["choices"][0][1], kept
@@ -126,7 +126,8 @@ def test_a_browser_gets_its_model_back_after_a_reload_and_a_restart_and_no_one_e
         assert labels(after, image) == set(OTHER)
         after.predict(run, api_name="/delete_run")
         gone = new_client(url, tmp_path / "b4")
-        init(gone, token_b, run)  # deleted (or pruned) since: the default, with a warning
+        outputs = init(gone, token_b, run)  # deleted (or pruned) since: the default, with a warning, and the
+        assert outputs[-2] == "(default)"  # browser forgets the run (a None would leave its storage as it was)
         assert labels(gone, image) == set(CLASSES)
 
 
