@@ -337,6 +337,8 @@ def test_bad_datasets_get_clear_errors_and_leave_nothing_behind(served, client, 
 
     cases = [
         (("zip", handle_file(str(loose)), ""), "no class folders found in loose.zip;"),  # not a server path
+        # the layout in words the browser's toast shows (it reads the text as HTML: <class> vanished as a tag)
+        (("zip", handle_file(str(loose)), ""), "expected the layout root/‹class›/‹image›"),
         (("zip", handle_file(str(escape)), ""), "outside the extraction folder"),
         (("zip", handle_file(str(not_zip)), ""), "not a readable .zip"),
         (("zip", None, ""), "Upload a .zip"),

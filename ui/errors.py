@@ -58,6 +58,8 @@ def _sentence(text: str) -> str:
     # a library's message as a visitor can read it: no terminal colour codes, and its first paragraph only (torch's
     # export errors go on for a page of advice to file bugs against torch)
     text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text).strip().split("\n\n")[0].strip()
+    # the browser's toast reads the text as HTML: a placeholder like root/<class>/<image> vanished as a tag
+    text = re.sub(r"<(\w[\w .-]*)>", r"‹\1›", text)
     if len(text) > MAX_MESSAGE:
         text = text[:MAX_MESSAGE].rsplit(" ", 1)[0] + " … (the rest is in the server's log)"
     text = text or "Something went wrong"
