@@ -313,8 +313,9 @@ def test_on_a_phone_the_answer_is_visible_after_an_upload(page, app_url, model, 
 
 
 def test_a_refused_training_marks_one_box_not_every_output(page, app_url):
-    """A training that is refused (busy, or here a folder that does not exist) says why in a toast and marks the
-    Progress box: Gradio put an "Error" badge on each of the event's outputs (every plot, table and picture)."""
+    """A training that is refused (busy, or here a folder that does not exist) says why in a toast and in the
+    Progress box, and marks the progress bar under it: Gradio put an "Error" badge on each of the event's outputs
+    (every plot, table and picture), and one on the Progress box hid its words."""
     page.get_by_role("tab", name="Train").click()
     page.get_by_label("Folder on this server").check()
     page.locator("#train-folder textarea, #train-folder input").first.fill(str(app_url[1] / "data" / "no-such-folder"))
@@ -322,7 +323,9 @@ def test_a_refused_training_marks_one_box_not_every_output(page, app_url):
     try:
         page.locator("#train-start").click()
         sync_api.expect(page.get_by_text("no-such-folder is not an existing folder").first).to_be_visible()
-        sync_api.expect(page.locator("#train-status").get_by_text("Error", exact=True)).to_be_visible()
+        sync_api.expect(page.locator("#train-status")).to_contain_text("Not started. ")
+        sync_api.expect(page.locator("#train-status")).to_contain_text("no-such-folder is not an existing folder")
+        sync_api.expect(page.locator("#train-progress").get_by_text("Error", exact=True)).to_be_visible()
         page.wait_for_timeout(500)
         assert badges.count() == 1, f"{badges.count()} error badges"
     finally:

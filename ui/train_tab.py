@@ -130,7 +130,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
         gr.Markdown("### 3 · Progress")
         status = gr.Markdown("Add your photos, then press **Start training**.", elem_classes="fd-note",
                              elem_id="train-status")
-        progress = gr.HTML(plots.progress_html(0, "idle"))
+        progress = gr.HTML(plots.progress_html(0, "idle"), elem_id="train-progress")
 
         def curve(key: str, title: str, y_title: str, **extra) -> gr.LinePlot:
             # no fixed height: with one, the block's label pushes the legend out of view
@@ -202,10 +202,10 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
                     train_data.opened(ctx, source, zip_file, folder, held, cfg.val_fraction, cfg.seed,
                                       draft=builder.draft_for(ctx, request)) as (split, held):
                 run = slot.start(split, ctx.settings.checkpoint_dir)
-        except Busy as exc:
-            raise ui_error(exc, "Starting training", title="Busy") from None
-        except Exception as exc:
-            raise ui_error(exc, "Starting training", title="Cannot start training") from None
+        except Exception as exc:  # said in the Progress box too: the toast fades after a few seconds
+            error = ui_error(exc, "Starting training", title="Busy" if isinstance(exc, Busy) else "Cannot start training")
+            yield {status: f"**Not started.** {error.message}"}
+            raise error from None
         view = TrainView(cfg.epochs)
         first = {"status": "Starting…", "results": gr.update(visible=False), "held": held,
                  "loss": plots.EMPTY_PLOT, "acc": plots.EMPTY_PLOT, "lr": plots.EMPTY_PLOT}
@@ -258,7 +258,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
     train_inputs = [source, zip_file, folder, backbone, mode, epochs, batch_size, lr, optimizer, schedule, warmup,
                     freeze, frozen_stages, image_size, augment, seed, held, active]
     start_btn.click(start_training, train_inputs, [*outputs.values(), *review.outputs], api_name="train",
-                    concurrency_limit=None, show_progress_on=[status]).then(predict.refresh, active, predict.refresh_outputs,
+                    concurrency_limit=None, show_progress_on=[progress]).then(predict.refresh, active, predict.refresh_outputs,
                                                  api_name="refresh_after_train")
 
     def stop_training(request: gr.Request = None) -> str:
