@@ -59,6 +59,10 @@ def test_the_sentence_and_verdict_follow_the_numbers():
     unfaithful = dataclasses.replace(f, after_top=0.93)
     assert unfaithful.verdict == "not faithful" and "raises 'rose' from 91% to 93%" in unfaithful.text
     assert "any better than chance" in unfaithful.text
+    sure = Faithfulness("sunflower", before=1.0, after_top=0.99, after_random=0.995, area=0.2)  # a walkthrough's
+    assert sure.verdict == "still sure" and "cannot tell" in sure.text and "chance" not in sure.text  # sunflower
+    assert dataclasses.replace(sure, after_top=0.6).verdict == "faithful"  # sure, but not without that region
+    assert dataclasses.replace(sure, after_random=0.7).verdict == "not faithful"  # a random fifth mattered more
     low = Faithfulness("tulip", 0.04, 0.01, 0.03, 0.2)
     assert low.verdict == "inconclusive" and "'tulip' is only 4%" in low.text
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -31,6 +31,7 @@ RANDOM_REGIONS = 3  # random regions averaged for the baseline: one is noisy, ea
 LOW_PROBABILITY = 0.10  # below this, removing parts of the photo cannot show much of a fall
 CLEAR_MARGIN = 0.10  # the highlighted region's fall beats the random one's by this much: points at the evidence
 SOME_MARGIN = 0.03  # above this but below CLEAR_MARGIN: only weakly
+STILL_SURE = 0.90  # the class this likely without the highlighted region: the model found it elsewhere too
 
 
 @dataclass(frozen=True)
@@ -54,11 +55,16 @@ class Faithfulness:
 
     @property
     def verdict(self) -> str:
-        """'faithful', 'weak', 'not faithful' or 'inconclusive' (the class was unlikely to begin with)."""
+        """'faithful', 'weak', 'not faithful', 'inconclusive' (the class was unlikely to begin with) or 'still sure'
+        (without the highlighted region the model is still sure of the class: this check cannot tell)."""
         if self.before < LOW_PROBABILITY:
             return "inconclusive"
         margin = self.drop_top - self.drop_random
-        return "faithful" if margin >= CLEAR_MARGIN else "weak" if margin >= SOME_MARGIN else "not faithful"
+        if margin >= CLEAR_MARGIN:
+            return "faithful"
+        if min(self.after_top, self.after_random) >= STILL_SURE:  # a sunflower at 100 % is still one at 99 %
+            return "still sure"  # without any fifth of it: neither removal shows anything
+        return "weak" if margin >= SOME_MARGIN else "not faithful"
 
     @property
     def text(self) -> str:
@@ -69,7 +75,9 @@ class Faithfulness:
                     "whether the heatmap points at what the model used.")
         ending = {"faithful": "the heatmap points at what the model used.",
                   "weak": "the heatmap points only weakly at what the model used.",
-                  "not faithful": "the heatmap does not point at what the model used any better than chance."}
+                  "not faithful": "the heatmap does not point at what the model used any better than chance.",
+                  "still sure": "the model finds enough of it in the rest of the photo, so this check cannot tell "
+                                "whether the heatmap points at what it used."}
         return (f"Removing the highlighted {pct} of the photo {_change(self.before, self.after_top, name, True)}; "
                 f"removing a random {pct} {_change(self.before, self.after_random, 'it', False)}: {ending[self.verdict]}")
 
