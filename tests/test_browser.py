@@ -208,7 +208,7 @@ def test_a_photo_given_as_the_page_loads_is_classified_once(page, app_url, model
     try:
         page.goto(app_url[0])
         timing = page.locator("#predict-timing")
-        sync_api.expect(timing).to_contain_text("then press Classify")  # before any photo, without a run
+        sync_api.expect(timing).to_contain_text("it is classified at once")  # before any photo, without a run
         page.locator("#predict-image input[type=file]").set_input_files(str(image))
         sync_api.expect(timing).to_contain_text("Heatmap check")
         page.wait_for_timeout(1500)  # a second run would have been sent by now
@@ -291,7 +291,7 @@ def test_on_a_phone_the_answer_is_visible_after_an_upload(page, app_url, model, 
         # says it where the visitor looks, once (when the page's load still ran /predict, the press and the
         # load's run shared one queued trigger: the toast came twice in one run and not at all in another)
         page.get_by_role("button", name="Classify").click()
-        toast = page.get_by_text("first, then press Classify")
+        toast = page.get_by_text("There is no photo yet")
         sync_api.expect(toast).to_be_in_viewport()
         page.wait_for_timeout(1000)
         assert toast.count() == 1

@@ -34,7 +34,7 @@ PREDICT_CONCURRENCY = 64
 # the keys of flowerdemo.models.unknown.STRICTNESS plus "off" (tests/test_app.py checks that they agree)
 STRICTNESS_CHOICES = [("Strict (accepts 90% of real photos of its classes)", "strict"),
                       ("Normal (95%)", "normal"), ("Lenient (99%)", "lenient"), ("Off (always answer a class)", "off")]
-NO_PHOTO = "Upload a photo (or take one with the webcam), then press **Classify**."
+NO_PHOTO = "Upload a photo, take one with the webcam or pick an example: it is classified at once."
 NO_MODEL = ("### No model yet\nThis server has no trained model to classify with. Either\n"
             "- **train one** in the *Train* tab — pick the built-in flowers or upload a .zip of class folders, "
             "then press Start (a few minutes on a CPU in fast mode), or\n"
@@ -236,7 +236,8 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
         if image is None:
             if getattr(event, "target", None) is button:  # pressed: a toast too, since on a phone the text
                 # below lands far above the button, out of sight
-                gr.Warning("Upload a photo (or take one with the webcam) first, then press Classify.")
+                gr.Warning("There is no photo yet: upload one, take one with the webcam or pick an example below, "
+                           "and it is classified at once.")
             yield None, None, None, NO_PHOTO, "", None
             return
         source, name = image_source(image)
