@@ -434,7 +434,7 @@ def test_the_dataset_preview_says_what_it_found_about_near_duplicates_even_when_
     assert none.duplicates_text() == "No identical or near-identical photos found."
     some = dataclasses.replace(split, near_duplicate_groups=3, groups_kept_together=2, groups_left_split=1)
     text = some.duplicates_text()
-    assert text.startswith("3 group(s) of identical or near-identical photos found; 2 kept on one side")
+    assert text.startswith("3 groups of identical or near-identical photos found; 2 kept on one side")
     assert "1 on both sides" in text and "flowerdemo check" in text
 
 

@@ -339,8 +339,9 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
     onnx_btn.click(download_onnx, active, download, api_name="download_onnx")
     onnx_int8_btn.click(download_onnx_int8, active, download, api_name="download_onnx_int8")
     mine.change(current_name, mine, new_name, api_name="model_name")
-    rename_btn.click(rename_run, [mine, new_name], [mine, runs, mine_status], api_name="rename_run").success(
-        predict.refresh, active, predict.refresh_outputs, api_name="refresh_after_rename")
+    renamed = rename_btn.click(rename_run, [mine, new_name], [mine, runs, mine_status], api_name="rename_run")
+    renamed.success(predict.refresh, active, predict.refresh_outputs, api_name="refresh_after_rename")
+    renamed.success(lambda chosen: details(ctx, chosen), active, info, api_visibility="private")  # its new name
     delete_btn.click(delete_run, [mine, active], [mine, runs, mine_status, active], api_name="delete_run").success(
         predict.refresh, active, predict.refresh_outputs, api_name="refresh_after_delete")
     share_btn.click(share_run, mine, mine_status, api_name="share_run")

@@ -34,8 +34,8 @@ def curves(rows: list[dict[str, float]]) -> tuple[pd.DataFrame, pd.DataFrame, pd
 
 
 def per_class_table(report: dict) -> pd.DataFrame:
-    rows = [{"class": name, "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
-             "support": m["support"]} for name, m in report.get("per_class", {}).items()]
+    rows = [{"class": name, "precision": round(m["precision"], 3), "recall": round(m["recall"], 3),
+             "f1": round(m["f1"], 3), "support": m["support"]} for name, m in report.get("per_class", {}).items()]
     return pd.DataFrame(rows, columns=["class", "precision", "recall", "f1", "support"])
 
 

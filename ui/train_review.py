@@ -87,9 +87,13 @@ def issues_view(state: dict[str, Any] | None) -> tuple[str, list[tuple], list[st
     head = f"**{total} photo{'s' if total != 1 else ''} may be labelled wrong**{listed}."
     if len(shown) < len(state["issues"]):
         head += f" {len(state['issues']) - len(shown)} of them are no longer there (moved or removed since)."
-    how = ("Click one, then move it to the class it looks like or remove it; then press **Start training** again."
-           if state["builder"] else "They are in the photos you gave (the .zip or folder): fix them there, then "
-           "train again. (Photos made here, in the builder, can be fixed with one click.)")
+    one = total == 1
+    if state["builder"]:
+        how = (f"Click {'it' if one else 'one'}, then move it to the class it looks like or remove it; then press "
+               "**Start training** again.")
+    else:
+        how = (f"{'It is' if one else 'They are'} in the photos you gave (the .zip or folder): fix {'it' if one else 'them'} "
+               "there, then train again. (Photos made here, in the builder, can be fixed with one click.)")
     return f"{head} {how}\n\n{EXPLAINED}", pics, shown, table
 
 

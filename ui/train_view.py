@@ -62,7 +62,7 @@ class TrainView:
         if isinstance(ev, Stopped):
             if ev.epoch == 0:  # before anything was trained: the reason says it all
                 return {"status": f"**Stopped**: {ev.reason}; finishing up…"}
-            return {"status": f"**Stopped** after epoch {ev.epoch} ({ev.reason}); finishing up…"}
+            return {"status": f"**Stopped** during epoch {ev.epoch} ({ev.reason}); finishing up…"}
         if isinstance(ev, Finished):
             return self.finished(ev)
         return None

@@ -82,8 +82,9 @@ class DatasetCheck:
         for f in self.findings:
             lines.append(f"[{f.severity}] {f.message}")
         if self.groups_kept_together:
-            lines.append(f"Training keeps {self.groups_kept_together} group(s) of near-identical photos on one side of the "
-                         "split that a plain random split would have cut in two.")
+            kept = self.groups_kept_together
+            lines.append(f"Training keeps {kept} group{'s' if kept != 1 else ''} of near-identical photos on one side of "
+                         "the split that a plain random split would have cut in two.")
         return "\n".join(lines)
 
 

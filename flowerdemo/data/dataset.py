@@ -63,7 +63,8 @@ class DatasetSplit:
         with `keep_groups`, which looks for them; 0 groups otherwise also means "not looked for")."""
         if not self.near_duplicate_groups:
             return "No identical or near-identical photos found."
-        text = f"{self.near_duplicate_groups:,} group(s) of identical or near-identical photos found"
+        groups = self.near_duplicate_groups
+        text = f"{groups:,} group{'s' if groups != 1 else ''} of identical or near-identical photos found"
         if self.groups_kept_together:
             text += (f"; {self.groups_kept_together:,} kept on one side of the split, so that no photo is validated "
                      "against its own copy")
