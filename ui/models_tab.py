@@ -162,7 +162,10 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
                 with gr.Row():
                     onnx_btn = gr.Button("Download as ONNX", size="sm")
                     onnx_int8_btn = gr.Button("Download as ONNX int8 (about a third smaller)", size="sm")
-                download = gr.File(label="Checkpoint", interactive=False, height=90)
+                # not a drop zone: it looked like a second one above the upload's (a walkthrough)
+                download = gr.File(label="Your download appears here (press a Download button above)",
+                                   interactive=False, height=90)
+                gr.Markdown("### Load a model file")
                 upload = gr.File(label="Load a checkpoint file (.zip of a run folder, or model.safetensors)",
                                  file_types=[".zip", ".safetensors"], type="filepath", height=140)
             with gr.Column():
