@@ -34,7 +34,8 @@ def ui_error(exc: BaseException, doing: str, *, title: str | None = None, messag
         text = message or (str(exc) if isinstance(exc, EXPECTED) else f"{doing} failed: {exc}")
     else:
         text = f"{doing} failed because of an error in the server ({type(exc).__name__}); the details are in its log."
-    return gr.Error(_sentence(text), title=title)
+    # logged above (one line for the visitor's mistakes, a traceback for failures): Gradio need not print it again
+    return gr.Error(_sentence(text), title=title, print_exception=False)
 
 
 def log_failure(exc: BaseException, doing: str) -> bool:
