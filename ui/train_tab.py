@@ -149,8 +149,8 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
                                          interactive=False, elem_id="train-per-class")
                 confusion = gr.Image(label="Confusion matrix (rows: true class)", type="pil", interactive=False,
                                      buttons=["download"], height=340, elem_id="train-confusion")
-                reliability = gr.Image(label="Reliability: share right vs confidence (validation), before → after "
-                                       "calibration", type="pil", interactive=False, buttons=["download"],
+                reliability = gr.Image(label="Reliability: how often the model is right at each confidence "
+                                       "(validation photos)", type="pil", interactive=False, buttons=["download"],
                                        height=340, elem_id="train-reliability")
             mistakes = gr.Gallery(label="Validation images the model got most wrong (true → predicted)",
                                   columns=6, height=240, object_fit="contain", interactive=False, fit_columns=False)
