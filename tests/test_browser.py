@@ -278,6 +278,35 @@ def test_the_model_a_visitor_picked_is_still_theirs_after_a_reload(page, app_url
         shutil.rmtree(second, ignore_errors=True)
 
 
+def test_deleting_ones_model_asks_first(page, app_url, model):
+    """Delete cannot be undone: it asks (naming the model), Keep leaves it, Yes deletes it."""
+    checkpoints = app_url[1] / "checkpoints"
+    before = {p.name for p in checkpoints.iterdir()}
+    context = page.context.browser.new_context()
+    try:
+        tab = context.new_page()
+        tab.set_default_timeout(TIMEOUT_MS)
+        tab.goto(app_url[0])
+        tab.get_by_role("tab", name="Models").click()
+        tab.locator("#models-upload input[type=file]").set_input_files(str(model / "model.safetensors"))
+        sync_api.expect(tab.get_by_text("it is yours and now active")).to_be_visible()
+        (run,) = {p.name for p in checkpoints.iterdir()} - before
+        question = tab.locator("#models-delete-question")
+        tab.locator("#models-delete").click()
+        sync_api.expect(question).to_contain_text("cannot be undone")
+        tab.locator("#models-delete-no").click()
+        sync_api.expect(question).to_be_hidden()
+        tab.wait_for_timeout(500)
+        assert (checkpoints / run).is_dir()  # kept
+        tab.locator("#models-delete").click()
+        tab.locator("#models-delete-yes").click()
+        sync_api.expect(tab.locator("#models-mine-status")).to_contain_text("Deleted")
+        sync_api.expect(question).to_be_hidden()
+        assert not (checkpoints / run).exists()
+    finally:
+        context.close()
+
+
 def test_on_a_phone_the_answer_is_visible_after_an_upload(page, app_url, model, tmp_path):
     """390x844, the issue's phone: after an upload the verdict and the probabilities are on screen
     without scrolling."""

@@ -167,7 +167,8 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
                                    interactive=False, height=90)
                 gr.Markdown("### Load a model file")
                 upload = gr.File(label="Load a checkpoint file (.zip of a run folder, or model.safetensors)",
-                                 file_types=[".zip", ".safetensors"], type="filepath", height=140)
+                                 file_types=[".zip", ".safetensors"], type="filepath", height=140,
+                                 elem_id="models-upload")
             with gr.Column():
                 gr.Markdown("### Hugging Face Hub")
                 repo = gr.Textbox(label="Repo id", placeholder="your-name/flowers-lite0")
@@ -194,7 +195,12 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
                     rename_btn = gr.Button("Rename", size="sm", scale=1)
                 with gr.Row():
                     share_btn = gr.Button("Share (code and link)", size="sm")
-                    delete_btn = gr.Button("Delete", variant="stop", size="sm")
+                    delete_btn = gr.Button("Delete…", variant="stop", size="sm", elem_id="models-delete")
+                # deleting cannot be undone: asked first (one click deleted a trained model, a walkthrough found)
+                with gr.Row(visible=False) as confirm_row:
+                    confirm_text = gr.Markdown(elem_id="models-delete-question")
+                    confirm_btn = gr.Button("Yes, delete it", variant="stop", size="sm", elem_id="models-delete-yes")
+                    keep_btn = gr.Button("Keep it", size="sm", elem_id="models-delete-no")
                 mine_status = gr.Markdown(elem_id="models-mine-status")
             with gr.Column():
                 gr.Markdown("### A model shared with you")
@@ -291,6 +297,15 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
         return (*listing(identity), f"Deleted **{shown}**." + (" You now use the default model." if gone else ""),
                 None if gone else active)
 
+    def ask_delete(run: str | None = None, request: gr.Request = None):
+        """The question before a delete: which model, and that it cannot be undone (only the owner's models)."""
+        from flowerdemo.serve.owners import display_name, is_owner
+
+        path = _my_run(ctx, run)
+        if not is_owner(path, ctx.visitors.identity(request)):
+            raise gr.Error("Only the visitor who made a model can delete it.", title="Not yours")
+        return gr.update(visible=True), f"Delete **{display_name(path)}** for good? This cannot be undone."
+
     def share_run(run: str | None = None, request: gr.Request = None) -> str:
         from flowerdemo.serve.owners import display_name, share_code
 
@@ -345,8 +360,12 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
     renamed = rename_btn.click(rename_run, [mine, new_name], [mine, runs, mine_status], api_name="rename_run")
     renamed.success(predict.refresh, active, predict.refresh_outputs, api_name="refresh_after_rename")
     renamed.success(lambda chosen: details(ctx, chosen), active, info, api_visibility="private")  # its new name
-    delete_btn.click(delete_run, [mine, active], [mine, runs, mine_status, active], api_name="delete_run").success(
-        predict.refresh, active, predict.refresh_outputs, api_name="refresh_after_delete")
+    delete_btn.click(ask_delete, mine, [confirm_row, confirm_text], api_visibility="private")
+    keep_btn.click(lambda: gr.update(visible=False), None, confirm_row, api_visibility="private", queue=False)
+    mine.change(lambda: gr.update(visible=False), None, confirm_row, api_visibility="private", queue=False)
+    deleted = confirm_btn.click(delete_run, [mine, active], [mine, runs, mine_status, active], api_name="delete_run")
+    deleted.then(lambda: gr.update(visible=False), None, confirm_row, api_visibility="private", queue=False)
+    deleted.success(predict.refresh, active, predict.refresh_outputs, api_name="refresh_after_delete")
     share_btn.click(share_run, mine, mine_status, api_name="share_run")
     gr.on([open_btn.click, code.submit], open_shared, code, [active, mine_status], api_name="open_shared").success(
         predict.refresh, active, predict.refresh_outputs, api_name="refresh_after_open")
