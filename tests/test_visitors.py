@@ -145,6 +145,8 @@ def test_a_share_code_lets_another_visitor_use_but_not_download_a_model(tiny, tm
             friend.predict("not-a-code-at-all", api_name="/open_shared")
         friend.predict(code, api_name="/open_shared")
         assert labels(friend, image) == set(OTHER)
+        _, table, _ = friend.predict(api_name="/model_details")  # listed among what they can use, as shared
+        assert [row[1] for row in table["data"] if row[-1] == run] == ["shared with you"]
         with pytest.raises(AppError, match="only the visitor who made it can download"):
             friend.predict(api_name="/download_checkpoint")
         assert Path(owner.predict(api_name="/download_checkpoint")).name.endswith(".zip")

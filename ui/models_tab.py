@@ -129,22 +129,27 @@ def readable_time(stamp: object) -> str:
     return when.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def runs_table(ctx: AppContext, identity: str = "anonymous") -> pd.DataFrame:
-    """The runs this visitor may use (predict_tab.model_choices' rule), and whose each is."""
+def runs_table(ctx: AppContext, identity: str = "anonymous", active: str | None = None) -> pd.DataFrame:
+    """The runs this visitor may use (predict_tab.model_choices' rule: with the active one if it came by a share
+    code), and whose each is."""
     from flowerdemo.models.checkpoints import read_meta
-    from flowerdemo.serve.owners import display_name, owner_key, visible_runs
+    from flowerdemo.serve.owners import display_name, owner_key, read_owner, visible_runs
     from flowerdemo.serve.runs import is_pinned
 
     default = ctx.models.default.resolve() if ctx.models.default is not None else None
     rows, key = [], owner_key(identity)
-    for run, record in visible_runs(ctx.settings.checkpoint_dir, identity, ctx.settings.share_runs):
+    runs = visible_runs(ctx.settings.checkpoint_dir, identity, ctx.settings.share_runs)
+    active_run = Path(active).resolve() if active else None
+    if active_run is not None and active_run.is_dir() and active_run not in {r.resolve() for r, _ in runs}:
+        runs.append((active_run, read_owner(active_run)))  # only server code sets `active`
+    for run, record in runs:
         try:
             meta = read_meta(run)
         except (ValueError, OSError):
             continue
         acc = checkpoint_accuracy(meta.get("metrics", {}))
         whose = ("default" if run.resolve() == default else "server" if record is None else
-                 "yours" if record.owner == key else "another visitor")
+                 "yours" if record.owner == key else "shared with you" if run.resolve() == active_run else "another visitor")
         rows.append({"name": display_name(run, record), "whose": whose, "model": meta.get("architecture"),
                      "classes": len(meta.get("classes", [])), "val acc": acc or "", "created": meta.get("created", ""),
                      "pinned": "yes" if is_pinned(run) or whose == "default" else "", "run": run.name})
@@ -209,14 +214,14 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
         gr.Markdown("### Checkpoints you can use")
         runs = gr.Dataframe(value=pd.DataFrame(columns=RUN_COLUMNS), interactive=False, max_height=260)
 
-    def listing(identity: str, chosen: str | None = None) -> tuple:
+    def listing(identity: str, chosen: str | None = None, active: str | None = None) -> tuple:
         choices = my_choices(ctx, identity)
         value = chosen if chosen in {v for _, v in choices} else (choices[0][1] if choices else None)
-        return gr.update(choices=choices, value=value), runs_table(ctx, identity)
+        return gr.update(choices=choices, value=value), runs_table(ctx, identity, active)
 
     def show(active: str | None = None, request: gr.Request = None):
         """The active model's details, the runs this visitor may use, and their own models."""
-        mine_update, table = listing(ctx.visitors.identity(request))
+        mine_update, table = listing(ctx.visitors.identity(request), active=active)
         return details(ctx, active), table, mine_update
 
     def download_checkpoint(active: str | None = None, request: gr.Request = None) -> str:
