@@ -45,7 +45,7 @@ def create_demo(ctx: AppContext | None = None) -> gr.Blocks:
         secret = browser_secret(ctx.settings)
         visitor = gr.BrowserState(None, storage_key="flowerdemo-visitor", secret=secret)
         # the visitor's model across reloads: its run folder's name, checked on every load (still there, still
-        # theirs to use); None = the operator's default
+        # theirs to use); None (never stored) or DEFAULT_MODEL = the operator's default
         remembered = gr.BrowserState(None, storage_key="flowerdemo-model", secret=secret)
         session = gr.State(None, delete_callback=ctx.visitors.forget)  # forgets the token when the tab goes
         with gr.Tabs():
