@@ -150,6 +150,9 @@ label[data-testid="block-label"] > span {flex: none}  /* its icon, squeezed to a
 .block > .gallery-container > .grid-wrap {position: static}
 .block > .gallery-container > .preview {top: 0; left: 0}  /* a photo opened: over the whole block, as before */
 .block:has(> label[data-testid="block-label"]) > .gallery-container > .grid-wrap > .grid-container.pt-6 {padding-top: 0}
+/* a thumbnail's caption ("sunflower → daisy · 61%") on as many lines as it needs: one line cut it to "sunflo…" */
+.block > .gallery-container .caption-label {white-space: normal; overflow-wrap: anywhere; left: var(--block-label-margin);
+  max-width: none; font-size: var(--text-sm); line-height: 1.25}
 .icon-button-wrapper.top-panel:not(:has(*)) {display: none}  /* an empty one: a stray mark in the corner */
 /* the drop zone's text is 240 px tall at least, centred in a shorter zone (height=90..140): its icon and last
    line were cut off; now as tall as asked, or as its text */
