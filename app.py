@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import threading
+from pathlib import Path
 
 import gradio as gr
 
@@ -90,8 +91,6 @@ def create_demo(ctx: AppContext | None = None) -> gr.Blocks:
 
 def remember(active: str | None) -> str:
     """What the browser keeps of the visitor's model: the run folder's name (never a path), or DEFAULT_MODEL."""
-    from pathlib import Path
-
     return Path(active).name if active else DEFAULT_MODEL
 
 

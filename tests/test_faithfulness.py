@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 from pytorch_grad_cam.utils.image import show_cam_on_image
 
-from flowerdemo.infer.explain import CAM_METHODS, CAM_SECONDS, CROP_NOTE, DEFAULT_CAM, BoundedScoreCAM, best_cam_method, explain
+from flowerdemo.infer.cam_times import CAM_SECONDS
+from flowerdemo.infer.explain import CAM_METHODS, CROP_NOTE, DEFAULT_CAM, BoundedScoreCAM, best_cam_method, explain
 from flowerdemo.infer.faithfulness import Faithfulness, check_faithfulness, random_regions, top_region
 from flowerdemo.infer.preprocess import prepare_image
 from flowerdemo.models.checkpoints import load_checkpoint
@@ -164,7 +165,8 @@ def test_bounded_scorecam_scores_only_its_channels_in_batches(clf):
 
 def test_best_cam_method_reads_the_ranking_and_falls_back():
     assert DEFAULT_CAM == "gradcam"
-    assert list(CAM_SECONDS) == list(CAM_METHODS) and all(v > 0 for v in CAM_SECONDS.values())  # the UI shows one per method
+    assert list(CAM_SECONDS) == list(CAM_METHODS) and all(v > 0 for v in CAM_SECONDS.values())  # a time per method
+    assert CAM_METHODS["scorecam"] is BoundedScoreCAM and CAM_METHODS["gradcam"].__name__ == "GradCAM"  # names right
     for meta in (None, {}, {"cam_ranking": None}, {"cam_ranking": "eigencam"}, {"cam_ranking": ["random", 3]}):
         assert best_cam_method(meta) == "gradcam"
     assert best_cam_method({"cam_ranking": ["random", "no-such-cam", "eigencam", "gradcam"]}) == "eigencam"

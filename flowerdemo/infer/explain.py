@@ -15,7 +15,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from flowerdemo.device import COMPUTE
 from flowerdemo.infer.batching import STAGES, batcher_for
-from flowerdemo.infer.cam_times import CAM_SECONDS  # noqa: F401 (re-exported; the names' order is tested)
+from flowerdemo.infer.cam_times import CAM_NAMES
 from flowerdemo.infer.faithfulness import Faithfulness, check_faithfulness
 from flowerdemo.infer.preprocess import PreparedImage, prepare_image
 from flowerdemo.infer.replicas import gradients_at, replica
@@ -55,8 +55,9 @@ class BoundedScoreCAM(ScoreCAM):
             return weights.numpy()
 
 
-CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "scorecam": BoundedScoreCAM,
-               "eigencam": EigenCAM, "layercam": LayerCAM, "xgradcam": XGradCAM}
+# the names (and their order in the UI) are cam_times.CAM_NAMES': one list for the core and the UI
+CAM_METHODS = dict(zip(CAM_NAMES, (GradCAM, GradCAMPlusPlus, HiResCAM, BoundedScoreCAM, EigenCAM, LayerCAM, XGradCAM),
+                       strict=True))
 DEFAULT_CAM = "gradcam"  # for a model without a measured ranking (best_cam_method)
 
 CROP_NOTE = ("The model sees only the square marked on the photo; the parts outside it were not used, "
