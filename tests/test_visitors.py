@@ -178,3 +178,31 @@ def test_start_up_removes_what_a_crash_left_and_nothing_else(tiny, tmp_path):
         after = set(root.rglob("*"))
         assert before <= after, before - after  # nothing else went
         assert labels(new_client(url, tmp_path / "v"), photo(tmp_path / "c.png")) == set(CLASSES)
+
+
+def test_a_model_gone_since_it_was_picked_sends_the_page_back_to_the_default_once(tiny, tmp_path):
+    """The owner deleted a model another visitor was using: after the next prediction (answered by the default,
+    with a warning) the page's model list, classes and active model go back to the default, so the warning is
+    not repeated with every photo; a model still there changes nothing."""
+    import shutil
+
+    import app
+    from ui.state import AppContext, Settings
+
+    root = tmp_path / "server"
+    settings = Settings(checkpoint_dir=root / "checkpoints", work_dir=root / "work", cache_dir=root / "cache")
+    default = Path(shutil.copytree(tiny, settings.checkpoint_dir / tiny.name))
+    theirs = settings.checkpoint_dir / "20250101-000000-theirs"
+    relabelled(tiny, theirs)
+    demo = app.create_demo(AppContext.create(settings))
+    (forget,) = [f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "forget_gone"]
+
+    kept = forget(str(theirs))
+    assert all(isinstance(v, dict) and v.get("__type__") == "update" and len(v) == 1 for v in kept)  # all skipped
+    assert all(isinstance(v, dict) and v.get("__type__") == "update" and len(v) == 1 for v in forget(None))
+    shutil.rmtree(theirs)
+    model, target, notice, active, known, _ = forget(str(theirs))
+    assert active is None  # the default; the browser then stores it
+    assert model["value"] == str(default.resolve()) and str(theirs) not in {v for _, v in model["choices"]}
+    assert target["choices"][1:] == list(CLASSES) and all(c in known for c in CLASSES)
+    assert notice["visible"] is False

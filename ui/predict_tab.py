@@ -303,8 +303,8 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
     # .change fired twice when a photo replaced another (two identical runs)
     inputs, outputs = [image, method, target, alpha, active, strictness], [label, overlay, heatmap, timing, verdict, details]
     run = dict(preprocess=False, trigger_mode="always_last", concurrency_limit=PREDICT_CONCURRENCY, concurrency_id="predict")
-    gr.on([button.click, image.input, method.select, target.select, active.change, strictness.input],
-          predict, inputs, outputs, api_name="predict", **run)
+    predicted = gr.on([button.click, image.input, method.select, target.select, active.change, strictness.input],
+                      predict, inputs, outputs, api_name="predict", **run)
     if examples is not None:
         examples.load_input_event.then(predict, inputs, outputs, api_visibility="undocumented", **run)
 
@@ -352,6 +352,19 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
                 default_method(clf))
 
     refresh_outputs = [model, target, notice, active, known, method]
+    active_at = 3  # where refresh_outputs has the visitor's model
+
+    def forget_gone(active: str | None = None, request: gr.Request = None):
+        """After a prediction: when the visitor's model has gone since (its owner deleted it, housekeeping
+        pruned it, it no longer loads), the page goes back to the default model (list, classes, active), so
+        the warning comes once, not with every photo and beside a stale model list."""
+        if not active or not ctx.models.resolve(active)[1]:
+            return tuple(gr.skip() for _ in refresh_outputs)
+        shown = list(refresh(None, request))
+        shown[active_at] = None  # the default: the browser forgets the run too
+        return tuple(shown)
+
+    predicted.then(forget_gone, active, refresh_outputs, api_visibility="private", show_progress="hidden", queue=False)
 
     def select(path: str | None, active: str | None = None, request: gr.Request = None):
         default = ctx.models.default

@@ -207,8 +207,10 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
             yield {status: f"**Not started.** {error.message}"}
             raise error from None
         view = TrainView(cfg.epochs)
+        # the x axis spans the whole run from the start: fitted to the epochs so far, Vega drew ticks at 1.5, 2.5…
+        axis = gr.update(value=plots.EMPTY_PLOT, x_lim=[1, max(2, cfg.epochs)])
         first = {"status": "Starting…", "results": gr.update(visible=False), "held": held,
-                 "loss": plots.EMPTY_PLOT, "acc": plots.EMPTY_PLOT, "lr": plots.EMPTY_PLOT}
+                 "loss": axis, "acc": axis, "lr": axis}
         yield {**{outputs[k]: v for k, v in first.items()}, review.state: None}  # the last run's review goes
         kept = False  # the run's extracted .zip, kept for its review (train_data.keep)
         try:
