@@ -93,6 +93,15 @@ def limit_split(split, per_class: int | None, val_fraction: float = 0.2):
     return replace(split, train=tuple(train), val=tuple(val))
 
 
+def keep_temp_files_in(folder: Path) -> None:
+    """This process's temp files under `folder` (removed with it): gradio_client leaves an empty folder in the
+    temp dir for every file it downloads (it moves the file out, not its folder), thousands per serving run."""
+    import tempfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tempfile.tempdir = str(folder)
+
+
 def warm_page_cache(paths: Sequence[Path]) -> float:
     """Read every file once so no variant pays (or is spared) the cold-disk cost alone."""
     t0 = time.perf_counter()

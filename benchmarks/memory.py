@@ -293,6 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.model / "model.safetensors").is_file() and not any(args.model.glob("*.safetensors")):
         sys.exit(f"error: {args.model} is not a run directory with a checkpoint; pass --model RUN")
     root = Path(tempfile.mkdtemp(prefix="flowerdemo-memory-"))
+    common.keep_temp_files_in(root / "temp")
     try:
         result = run(args, root)
     finally:

@@ -354,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     info = common.machine_info()
     with tempfile.TemporaryDirectory(prefix="flowerdemo-serving-") as tmp:
         root = Path(tmp)
+        common.keep_temp_files_in(root / "temp")
         small = first_photo(data)
         big = root / "big-4000x3000.jpg"
         with Image.open(small) as img:

@@ -23,6 +23,20 @@ class TrainedRun:
     config: TrainConfig
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_temp_dir(tmp_path_factory):
+    """The temp dir is pytest's base temp: gradio_client leaves an empty folder in the temp dir for every file it
+    downloads (it moves the file out, not its folder), ~60,000 of them in /tmp after a day of test runs. Not a
+    folder beside the tests' own: an in-process app's pictures under tmp_path must stay inside the temp dir, where
+    Gradio accepts them."""
+    import tempfile
+
+    before = tempfile.tempdir
+    tempfile.tempdir = str(tmp_path_factory.getbasetemp())
+    yield
+    tempfile.tempdir = before
+
+
 @pytest.fixture(autouse=True)
 def _private_feature_cache(tmp_path_factory, monkeypatch):
     """Fast mode caches features under $FLOWERDEMO_CACHE: never in the home directory during tests."""
