@@ -118,6 +118,21 @@ def test_the_confusion_picture_maps_pixels_to_cells():
     assert confusion_cell_at(report, 2, 2) is None
 
 
+def test_short_runs_plot_one_category_per_epoch_and_long_ones_a_number_axis_over_the_run():
+    """Vega put ticks at 1.5, 2.5 on a number axis of up to 6 epochs (checked in Chromium): short runs get one
+    category per epoch (as text, in order), longer ones numbers over the whole run from the start."""
+    from ui.plots import EPOCHS_AS_CATEGORIES, curves, x_lim_for
+
+    rows = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1 / e, "train_acc": 0.5, "val_acc": 0.5, "lr": 0.1}
+            for e in (1, 2, 3)]
+    loss, acc, lr = curves(rows, 3)
+    assert list(loss["epoch"]) == ["1", "1", "2", "2", "3", "3"] and list(lr["epoch"]) == ["1", "2", "3"]
+    assert x_lim_for(3) is None and x_lim_for(EPOCHS_AS_CATEGORIES) is None
+    loss, _, _ = curves(rows, 20)
+    assert loss["epoch"].dtype == "int64" and list(loss["epoch"])[:2] == [1, 1]
+    assert x_lim_for(20) == [1, 20] and x_lim_for(EPOCHS_AS_CATEGORIES + 1) == [1, EPOCHS_AS_CATEGORIES + 1]
+
+
 def test_an_uploads_photos_are_kept_for_the_review_until_released(tmp_path):
     from ui import train_data
     from ui.state import Settings

@@ -182,8 +182,9 @@ def test_start_up_removes_what_a_crash_left_and_nothing_else(tiny, tmp_path):
 
 def test_a_model_gone_since_it_was_picked_sends_the_page_back_to_the_default_once(tiny, tmp_path):
     """The owner deleted a model another visitor was using: after the next prediction (answered by the default,
-    with a warning) the page's model list, classes and active model go back to the default, so the warning is
-    not repeated with every photo; a model still there changes nothing."""
+    with a warning) the page's model list, classes, active model, Models tab and the browser's remembered model
+    go back to the default, so the warning is not repeated with every photo nor at the next page load; a model
+    still there changes nothing."""
     import shutil
 
     import app
@@ -201,8 +202,9 @@ def test_a_model_gone_since_it_was_picked_sends_the_page_back_to_the_default_onc
     assert all(isinstance(v, dict) and v.get("__type__") == "update" and len(v) == 1 for v in kept)  # all skipped
     assert all(isinstance(v, dict) and v.get("__type__") == "update" and len(v) == 1 for v in forget(None))
     shutil.rmtree(theirs)
-    model, target, notice, active, known, _ = forget(str(theirs))
-    assert active is None  # the default; the browser then stores it
+    model, target, notice, active, known, _, info, _, _, kept = forget(str(theirs))
+    assert active is None and kept == app.DEFAULT_MODEL  # the default, and the browser forgets the run
+    assert tiny.name in info  # the Models tab's active model too
     assert model["value"] == str(default.resolve()) and str(theirs) not in {v for _, v in model["choices"]}
     assert target["choices"][1:] == list(CLASSES) and all(c in known for c in CLASSES)
     assert notice["visible"] is False

@@ -21,10 +21,25 @@ def fmt_seconds(seconds: float) -> str:
 EMPTY_PLOT = None
 
 
-def curves(rows: list[dict[str, float]]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Long-format frames (epoch, value, series) for the loss, accuracy and learning-rate plots."""
+# up to this many epochs the curves' x axis is a category per epoch: on a number axis from 1 to 6 or fewer, Vega put
+# ticks at 1.5, 2.5 (or 1.2, 1.4), whole epochs only from 7 on (x_lim_for); as text, "1" to "9" also sort right
+EPOCHS_AS_CATEGORIES = 9
+
+
+def x_lim_for(epochs: int) -> list[float] | None:
+    """The curves' x range for a run of `epochs`: the whole run from its first epoch on, for a number axis."""
+    return None if epochs <= EPOCHS_AS_CATEGORIES else [1, epochs]
+
+
+def curves(rows: list[dict[str, float]], epochs: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Long-format frames (epoch, value, series) for the loss, accuracy and learning-rate plots of a run of
+    `epochs`: its epochs as text (one category each) up to EPOCHS_AS_CATEGORIES, else as numbers."""
+    as_text = 0 < epochs <= EPOCHS_AS_CATEGORIES
+
     def frame(pairs: list[tuple[str, str]]) -> pd.DataFrame:
-        return pd.DataFrame({"epoch": pd.Series([int(r["epoch"]) for r in rows for _ in pairs], dtype="int64"),
+        numbers = [int(r["epoch"]) for r in rows for _ in pairs]
+        return pd.DataFrame({"epoch": pd.Series([str(n) for n in numbers], dtype="str") if as_text else
+                             pd.Series(numbers, dtype="int64"),
                              "value": pd.Series([float(r[k]) for r in rows for k, _ in pairs], dtype="float64"),
                              "series": pd.Series([n for _ in rows for _, n in pairs], dtype="str")})
 

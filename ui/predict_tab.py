@@ -71,10 +71,12 @@ class ImageFiles:
 
 @dataclass
 class PredictRefs:
-    """What other tabs need: refresh the model list after a new model arrives."""
+    """What other tabs need: refresh the model list after a new model arrives, or after the visitor's model went."""
 
     refresh: Callable[..., Any]
     refresh_outputs: list
+    predicted: Any  # the /predict event (its dependency), for what follows a prediction
+    forget_gone: Callable[..., tuple | None]
 
 
 def describe(meta: dict, path: Path, whose: str = "") -> str:
@@ -354,17 +356,15 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
     refresh_outputs = [model, target, notice, active, known, method]
     active_at = 3  # where refresh_outputs has the visitor's model
 
-    def forget_gone(active: str | None = None, request: gr.Request = None):
-        """After a prediction: when the visitor's model has gone since (its owner deleted it, housekeeping
-        pruned it, it no longer loads), the page goes back to the default model (list, classes, active), so
-        the warning comes once, not with every photo and beside a stale model list."""
+    def forget_gone(active: str | None = None, request: gr.Request = None) -> tuple | None:
+        """refresh's outputs for the default model when the visitor's model has gone since they picked it (its
+        owner deleted it, housekeeping pruned it, it no longer loads), the visitor's model set to None; else
+        None. After a prediction (app.py), so that the warning comes once, not with every photo."""
         if not active or not ctx.models.resolve(active)[1]:
-            return tuple(gr.skip() for _ in refresh_outputs)
+            return None
         shown = list(refresh(None, request))
-        shown[active_at] = None  # the default: the browser forgets the run too
+        shown[active_at] = None  # the default
         return tuple(shown)
-
-    predicted.then(forget_gone, active, refresh_outputs, api_visibility="private", show_progress="hidden", queue=False)
 
     def select(path: str | None, active: str | None = None, request: gr.Request = None):
         default = ctx.models.default
@@ -384,7 +384,7 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
                 default_method(clf))
 
     model.input(select, [model, active], [active, target, model, known, method], api_name="select_model")
-    return PredictRefs(refresh, refresh_outputs)
+    return PredictRefs(refresh, refresh_outputs, predicted, forget_gone)
 
 
 def opacity(value: Any) -> float:

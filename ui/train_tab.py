@@ -208,7 +208,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
             raise error from None
         view = TrainView(cfg.epochs)
         # the x axis spans the whole run from the start: fitted to the epochs so far, Vega drew ticks at 1.5, 2.5…
-        axis = gr.update(value=plots.EMPTY_PLOT, x_lim=[1, max(2, cfg.epochs)])
+        axis = gr.update(value=plots.EMPTY_PLOT, x_lim=plots.x_lim_for(cfg.epochs))
         first = {"status": "Starting…", "results": gr.update(visible=False), "held": held,
                  "loss": axis, "acc": axis, "lr": axis}
         yield {**{outputs[k]: v for k, v in first.items()}, review.state: None}  # the last run's review goes

@@ -54,7 +54,7 @@ class TrainView:
         if isinstance(ev, EpochEnd):
             self.rows.append(ev.as_row())
             self.best, self.epoch_t0 = ev.best_val_acc, now
-            loss, acc, lr = plots.curves(self.rows)
+            loss, acc, lr = plots.curves(self.rows, self.epochs)
             return {"status": self.status(None, now), "loss": loss, "acc": acc, "lr": lr,
                     "progress": plots.progress_html(ev.epoch / ev.epochs, f"{ev.epoch} of {ev.epochs} epochs done")}
         if isinstance(ev, CheckpointSaved):
