@@ -22,6 +22,7 @@ from flowerdemo.models.checkpoints import read_meta
 from flowerdemo.serve.runs import DEFAULT_RUN
 from tests.synth import draw_sample, make_dataset
 from tests.test_app import running_app, tiny_model
+from ui.predict_tab import PREDICTED
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 
@@ -133,6 +134,16 @@ def test_predict_shows_the_label_and_the_heatmap(page, model, tmp_path):
     sync_api.expect(page.locator("#predict-overlay img")).not_to_have_attribute("src", reblended)
     page.wait_for_timeout(1000)
     assert ids["reblend"] & set(sent) and not ids["predict"] & set(sent), sent
+
+    # a class picked to explain is explained for this photo; a new photo is explained for its own answer
+    other = next(c for c in classes if c != top)
+    page.locator("#predict-target input").click()
+    page.get_by_role("option", name=other, exact=True).click()
+    sync_api.expect(timing).to_contain_text(f"for {other}")
+    sync_api.expect(timing).to_contain_text("Heatmap check")
+    page.locator("#predict-image input[type=file]").set_input_files(str(image))
+    sync_api.expect(timing).to_contain_text(f"for {top}")
+    sync_api.expect(page.locator("#predict-target input")).to_have_value(PREDICTED)
 
 
 def _dependency_ids(url: str) -> dict[str, set[int]]:

@@ -207,7 +207,8 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
                     # min_width: side by side on a desktop, one per line on a phone (else both labels were cut)
                     method = gr.Dropdown(cam_choices(), value="gradcam", label="CAM method (time on an idle server)", scale=2,
                                          min_width=220, elem_id="predict-method")
-                    target = gr.Dropdown([PREDICTED], value=PREDICTED, label="Explain class", scale=2, min_width=220)
+                    target = gr.Dropdown([PREDICTED], value=PREDICTED, label="Explain class", scale=2, min_width=220,
+                                         elem_id="predict-target")
                 alpha = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Heatmap opacity", elem_id="predict-alpha")
                 model = gr.Dropdown([], label="Active model", elem_id="predict-model",
                                     info="The server's default model first, then yours (and shared ones)")
@@ -243,6 +244,8 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
             yield None, None, None, NO_PHOTO, "", None
             return
         source, name = image_source(image)
+        if getattr(event, "target", None) is image_box:  # a new photo: its own answer explained (new_photo)
+            target = PREDICTED
         clf, note = ctx.models.resolve(active)
         if clf is None:
             raise gr.Error("No model is loaded yet: train one in the Train tab or load one from the Hub "
@@ -307,8 +310,14 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
     run = dict(preprocess=False, trigger_mode="always_last", concurrency_limit=PREDICT_CONCURRENCY, concurrency_id="predict")
     predicted = gr.on([button.click, image.input, method.select, target.select, active.change, strictness.input],
                       predict, inputs, outputs, api_name="predict", **run)
+    # a new photo (an upload, the webcam, a paste, an example) is explained for its own predicted class: a class
+    # picked for the photo before stayed, and the next photo's heatmap explained that class
+    image_box = image
+    image.input(lambda: PREDICTED, None, target, api_visibility="private", show_progress="hidden", queue=False)
     if examples is not None:
-        examples.load_input_event.then(predict, inputs, outputs, api_visibility="undocumented", **run)
+        examples.load_input_event.then(lambda: PREDICTED, None, target, api_visibility="private",
+                                       show_progress="hidden", queue=False).then(
+            predict, inputs, outputs, api_visibility="undocumented", **run)
 
     def reblend(image: Any, shown: Any, alpha: float = 0.5, active: str | None = None):
         """The overlay again at a new opacity, from the photo and the heatmap on screen: no model run (it re-ran
