@@ -83,18 +83,6 @@ def create_demo(ctx: AppContext | None = None) -> gr.Blocks:
         # every change of the visitor's model (picked, trained, uploaded, opened, deleted) is remembered by the browser
         active.change(remember, active, remembered, api_visibility="private", show_progress="hidden", queue=False)
 
-        def forget_gone(active: str | None = None, request: gr.Request = None):
-            """After a prediction: when the visitor's model has gone since they picked it, the page goes back to
-            the default (model list, classes, the Models tab) and the browser forgets it. Set here, not through
-            active.change: an unqueued call's state changes fire no .change events in the browser."""
-            shown = predict.forget_gone(active, request)
-            if shown is None:
-                return tuple(gr.skip() for _ in gone_outputs)
-            return (*shown, *show_models(None, request), DEFAULT_MODEL)
-
-        gone_outputs = [*predict.refresh_outputs, *models_outputs, remembered]
-        predict.predicted.then(forget_gone, active, gone_outputs, api_visibility="private", show_progress="hidden",
-                               queue=False)
         demo.load(on_load, None, load_outputs, api_name="backbones")
         # does nothing: the floor of a round trip through the queue (benchmarks/serving.py); never waits for a slot
         gr.api(ping, api_name="ping", concurrency_limit=None)

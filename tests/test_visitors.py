@@ -181,13 +181,14 @@ def test_start_up_removes_what_a_crash_left_and_nothing_else(tiny, tmp_path):
 
 
 def test_a_model_gone_since_it_was_picked_sends_the_page_back_to_the_default_once(tiny, tmp_path):
-    """The owner deleted a model another visitor was using: after the next prediction (answered by the default,
-    with a warning) the page's model list, classes, active model, Models tab and the browser's remembered model
-    go back to the default, so the warning is not repeated with every photo nor at the next page load; a model
-    still there changes nothing."""
+    """The owner deleted a model another visitor was using: their next prediction is answered by the default
+    (with a warning) and sets their model to the default (a State output of /predict, so the browser forgets
+    the run and the tabs show the default: the warning is not repeated with every photo nor at the next page
+    load); then the Predict tab's list and classes are the default's. A model still there changes nothing."""
     import shutil
 
     import app
+    from ui.predict_tab import PREDICTED
     from ui.state import AppContext, Settings
 
     root = tmp_path / "server"
@@ -196,15 +197,27 @@ def test_a_model_gone_since_it_was_picked_sends_the_page_back_to_the_default_onc
     theirs = settings.checkpoint_dir / "20250101-000000-theirs"
     relabelled(tiny, theirs)
     demo = app.create_demo(AppContext.create(settings))
-    (forget,) = [f.fn for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "forget_gone"]
+    fns = {getattr(f.fn, "__name__", ""): f.fn for f in demo.fns.values()}
+    image = str(photo(tmp_path / "c.png"))
 
-    kept = forget(str(theirs))
-    assert all(isinstance(v, dict) and v.get("__type__") == "update" and len(v) == 1 for v in kept)  # all skipped
-    assert all(isinstance(v, dict) and v.get("__type__") == "update" and len(v) == 1 for v in forget(None))
+    def predicted(active: str | None) -> list[tuple]:
+        return list(fns["predict"](image, "gradcam", PREDICTED, 0.5, active, "normal"))
+
+    def skipped(value) -> bool:
+        return isinstance(value, dict) and value.get("__type__") == "update" and len(value) == 1
+
+    outputs = predicted(str(theirs))
+    assert set(outputs[-1][0]) == set(OTHER)  # theirs (class -> probability), while it is there
+    assert all(skipped(out[-1]) for out in outputs)
     shutil.rmtree(theirs)
-    model, target, notice, active, known, _, info, _, _, kept = forget(str(theirs))
-    assert active is None and kept == app.DEFAULT_MODEL  # the default, and the browser forgets the run
-    assert tiny.name in info  # the Models tab's active model too
+    with pytest.warns(UserWarning, match="removed from the server"):  # gr.Warning outside a page: a warning
+        outputs = predicted(str(theirs))
+    assert set(outputs[-1][0]) == set(CLASSES)  # the default's answer
+    assert outputs[0][-1] is None and all(skipped(out[-1]) for out in outputs[1:])  # the model: the default
+
+    back = fns["back_to_default"]
+    assert all(skipped(v) for v in back(str(default)))  # a model picked: whoever picked it set the tab
+    model, target, notice, known, _ = back(None)
     assert model["value"] == str(default.resolve()) and str(theirs) not in {v for _, v in model["choices"]}
     assert target["choices"][1:] == list(CLASSES) and all(c in known for c in CLASSES)
     assert notice["visible"] is False

@@ -71,12 +71,10 @@ class ImageFiles:
 
 @dataclass
 class PredictRefs:
-    """What other tabs need: refresh the model list after a new model arrives, or after the visitor's model went."""
+    """What other tabs need: refresh the model list after a new model arrives."""
 
     refresh: Callable[..., Any]
     refresh_outputs: list
-    predicted: Any  # the /predict event (its dependency), for what follows a prediction
-    forget_gone: Callable[..., tuple | None]
 
 
 def describe(meta: dict, path: Path, whose: str = "") -> str:
@@ -241,7 +239,7 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
                 # below lands far above the button, out of sight
                 gr.Warning("There is no photo yet: upload one, take one with the webcam or pick an example below, "
                            "and it is classified at once.")
-            yield None, None, None, NO_PHOTO, "", None
+            yield None, None, None, NO_PHOTO, "", None, gr.skip()
             return
         source, name = image_source(image)
         if getattr(event, "target", None) is image_box:  # a new photo: its own answer explained (new_photo)
@@ -250,8 +248,12 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
         if clf is None:
             raise gr.Error("No model is loaded yet: train one in the Train tab or load one from the Hub "
                            "in the Models tab.", title="No model")
+        # a model gone since the visitor picked it (deleted by its owner, pruned, no longer loading): said once, and
+        # the visitor's model becomes the default (active.change: the browser forgets it, the tabs show the default)
+        forget = gr.skip()
         if note:
             gr.Warning(note)
+            forget = None
         if strictness not in {v for _, v in STRICTNESS_CHOICES}:
             raise gr.Error(f"Unknown strictness {strictness!r}; choose one of: "
                            f"{', '.join(v for _, v in STRICTNESS_CHOICES)}.", title="Bad option")
@@ -274,7 +276,7 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
         head = verdict_text(pred, clf.classes)
         info = {**pred.to_dict(), "model": clf.name}
         yield (probs, None, None, f"{answered * 1000:.0f} ms for the answer on {device} · heatmap ({method}) follows…",
-               head, info)
+               head, info, forget)
         try:
             ex = explain(clf, method=method, target=target if target in clf.classes else None,
                          alpha=opacity(alpha), prepared=prepared, answered=pred)
@@ -291,13 +293,13 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
             # the probabilities themselves rather than an update
             yield (pred.probabilities, overlay, shown, summary_text(ex, seconds, device, clf.name, answered,
                                                                     pred.rejected) + "\n\n*Checking the heatmap…*",
-                   head, info)
+                   head, info, gr.skip())
             try:  # the faithfulness check (one more batched forward) comes after the heatmap, never before it
                 ex = check_explanation(clf, ex, prepared)
             except Exception as exc:
                 raise ui_error(exc, "Checking the heatmap", title="Heatmap check failed") from None
             text = summary_text(ex, seconds, device, clf.name, answered, pred.rejected)
-            yield pred.probabilities, overlay, shown, text, head, info
+            yield pred.probabilities, overlay, shown, text, head, info, gr.skip()
         finally:  # Gradio copied them into its cache when each output was sent, before the generator went on
             images.remove()
 
@@ -306,10 +308,11 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
     # .select: a choice made with the mouse also fires .input when the list closes (two identical runs)
     # the photo on .input (an upload, the webcam, a paste, its clearing: once each) and after an example is loaded;
     # .change fired twice when a photo replaced another (two identical runs)
-    inputs, outputs = [image, method, target, alpha, active, strictness], [label, overlay, heatmap, timing, verdict, details]
+    inputs = [image, method, target, alpha, active, strictness]
+    outputs = [label, overlay, heatmap, timing, verdict, details, active]  # active: a State, not in the API's outputs
     run = dict(preprocess=False, trigger_mode="always_last", concurrency_limit=PREDICT_CONCURRENCY, concurrency_id="predict")
-    predicted = gr.on([button.click, image.input, method.select, target.select, active.change, strictness.input],
-                      predict, inputs, outputs, api_name="predict", **run)
+    gr.on([button.click, image.input, method.select, target.select, active.change, strictness.input],
+          predict, inputs, outputs, api_name="predict", **run)
     # a new photo (an upload, the webcam, a paste, an example) is explained for its own predicted class: a class
     # picked for the photo before stayed, and the next photo's heatmap explained that class
     image_box = image
@@ -365,15 +368,16 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
     refresh_outputs = [model, target, notice, active, known, method]
     active_at = 3  # where refresh_outputs has the visitor's model
 
-    def forget_gone(active: str | None = None, request: gr.Request = None) -> tuple | None:
-        """refresh's outputs for the default model when the visitor's model has gone since they picked it (its
-        owner deleted it, housekeeping pruned it, it no longer loads), the visitor's model set to None; else
-        None. After a prediction (app.py), so that the warning comes once, not with every photo."""
-        if not active or not ctx.models.resolve(active)[1]:
-            return None
-        shown = list(refresh(None, request))
-        shown[active_at] = None  # the default
-        return tuple(shown)
+    def back_to_default(active: str | None = None, request: gr.Request = None):
+        """The model list, classes and CAM method of the default model when the visitor's model became the default
+        (a prediction found theirs gone; they deleted it); nothing otherwise (who changed it set them)."""
+        if active:
+            return tuple(gr.skip() for _ in refresh_outputs[:active_at] + refresh_outputs[active_at + 1:])
+        shown = refresh(None, request)
+        return shown[:active_at] + shown[active_at + 1:]
+
+    active.change(back_to_default, active, refresh_outputs[:active_at] + refresh_outputs[active_at + 1:],
+                  api_visibility="private", show_progress="hidden", queue=False)
 
     def select(path: str | None, active: str | None = None, request: gr.Request = None):
         default = ctx.models.default
@@ -393,7 +397,7 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
                 default_method(clf))
 
     model.input(select, [model, active], [active, target, model, known, method], api_name="select_model")
-    return PredictRefs(refresh, refresh_outputs, predicted, forget_gone)
+    return PredictRefs(refresh, refresh_outputs)
 
 
 def opacity(value: Any) -> float:
