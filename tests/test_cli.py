@@ -137,6 +137,7 @@ def test_bad_inputs_give_a_message_and_a_nonzero_exit(trained_run, tmp_path, cap
 
     assert main(["predict", str(broken), str(good), "--checkpoint", run, "--cam", "none"]) == 1
     assert "broken.png" in caplog.text and str(good) in capsys.readouterr().out  # the good one still printed
+    assert caplog.text.count(str(broken)) == 1  # named once ("x: x: not a recognised image" before)
 
     cases = [
         (["predict", str(good), "--checkpoint", str(tmp_path / "nowhere")], "no checkpoint at"),

@@ -155,6 +155,7 @@ def _calibration_note(meta: dict, root: Path, split: str) -> str | None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from flowerdemo.data.images import ImageError
     from flowerdemo.infer.explain import explain, heatmap_image
     from flowerdemo.infer.predict import classify
     from flowerdemo.models.unknown import UNAVAILABLE_NOTE
@@ -167,7 +168,11 @@ def run_predict(args: argparse.Namespace) -> int:
         try:
             pred = classify(clf, path, tta=args.tta, strictness=args.strictness)
         except ValueError as exc:
-            log.error("%s: %s", path, exc)
+            # an ImageError's message starts with the file already ("photo.jpg: file not found. Accepted: …")
+            if isinstance(exc, ImageError):
+                log.error("%s", exc)
+            else:
+                log.error("%s: %s", path, exc)
             if args.json:
                 print(json.dumps({"file": str(path), "error": str(exc)}))
             failures += 1
