@@ -322,6 +322,14 @@ def test_bad_images_get_clear_errors_and_the_app_keeps_answering(client, tmp_pat
 
     label, _, _, _ = classify(client, good)
     assert set(label["confidences"][0]) == {"label", "confidence"}
+    assert "px" not in answer(client, good)[4]  # the headline of a photo of a usable size: no size warning
+
+    # answered, with a warning in the headline that the answer means little, as the dataset check warns of them
+    from PIL import Image
+    for size in ((1, 1), (2000, 40)):
+        Image.new("RGB", size, (200, 40, 40)).save(tmp_path / "small.png")
+        verdict = answer(client, tmp_path / "small.png")[4]
+        assert f"This photo is {size[0]}×{size[1]} px" in verdict and "means little" in verdict, verdict
 
 
 def test_bad_datasets_get_clear_errors_and_leave_nothing_behind(served, client, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import random
 import re
@@ -138,6 +139,12 @@ def test_bad_inputs_give_a_message_and_a_nonzero_exit(trained_run, tmp_path, cap
     assert main(["predict", str(broken), str(good), "--checkpoint", run, "--cam", "none"]) == 1
     assert "broken.png" in caplog.text and str(good) in capsys.readouterr().out  # the good one still printed
     assert caplog.text.count(str(broken)) == 1  # named once ("x: x: not a recognised image" before)
+    tiny = tmp_path / "tiny.png"
+    draw_sample("square", 96, random.Random(0)).resize((40, 30)).save(tiny)
+    capsys.readouterr()
+    assert main(["predict", str(tiny), str(good), "--checkpoint", run, "--cam", "none", "--json"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert "40×30 px" in records[0]["warning"] and "warning" not in records[1]  # answered, with a warning
 
     cases = [
         (["predict", str(good), "--checkpoint", str(tmp_path / "nowhere")], "no checkpoint at"),

@@ -77,8 +77,9 @@ def render(draft: DatasetDraft, cls: str | None, note: str = "") -> tuple:
     more = f", newest {SHOWN} shown" if chosen and chosen.count > SHOWN else ""
     label = f"Photos of {cls}: {chosen.count}{more} · click one to select it" if chosen else "Photos"
     choices = [(f"{c.name} · {c.count}", c.name) for c in classes]
-    return (gr.update(choices=choices, value=cls), gr.update(value=pics, label=label), report(draft, note),
-            [p.name for p in photos], "")
+    # no photo selected after any change, on the screen too: a removed photo's frame stayed on its neighbour
+    return (gr.update(choices=choices, value=cls), gr.update(value=pics, label=label, selected_index=None),
+            report(draft, note), [p.name for p in photos], "")
 
 
 def report(draft: DatasetDraft, note: str = "") -> str:
@@ -282,11 +283,16 @@ def build(ctx: AppContext, tab: gr.Tab, visible: bool = True) -> BuilderRefs:
     def drop(which: str, cls: str | None = None, request: gr.Request = None):
         return fix(which, None, cls, request)
 
-    drop_btn.click(drop, [suspect, classes], [*outs, *check_outs], api_name="builder_remove_checked")
-    move_btn.click(fix, [suspect, move_to, classes], [*outs, *check_outs], api_name="builder_move_checked")
+    # progress, and a refusal's badge, on the line that says what happened (report_md, or the check's findings): on
+    # every output, a refused action (a photo removed before one was selected, a name taken) drew a red "Error"
+    # badge over the class list, the photos and the status, hiding them until each badge was closed
+    on_report, on_findings = dict(show_progress_on=[report_md]), dict(show_progress_on=[found_md])
+    drop_btn.click(drop, [suspect, classes], [*outs, *check_outs], api_name="builder_remove_checked", **on_findings)
+    move_btn.click(fix, [suspect, move_to, classes], [*outs, *check_outs], api_name="builder_move_checked",
+                   **on_findings)
 
     def wire_check(button: gr.Button, source: gr.Radio) -> None:
-        button.click(check, source, check_outs, api_name="builder_check")
+        button.click(check, source, check_outs, api_name="builder_check", **on_findings)
 
     def listing(request: gr.Request = None) -> dict:
         """This visitor's classes with their photos' names (newest first), and what is missing before training."""
@@ -298,15 +304,15 @@ def build(ctx: AppContext, tab: gr.Tab, visible: bool = True) -> BuilderRefs:
     gr.api(listing, api_name="builder_list")
     tab.select(show, classes, outs, api_name="builder_show", show_progress="hidden")
     classes.input(show, classes, outs, show_progress="hidden")
-    gr.on([add_btn.click, name.submit], add_class, name, [*outs, name], api_name="builder_add_class")
-    files.upload(add_files, [classes, files], [*outs, files], api_name="builder_add_photos")
-    snap_btn.click(add_frame, [classes, camera], [*outs, camera], api_name="builder_add_camera")
+    gr.on([add_btn.click, name.submit], add_class, name, [*outs, name], api_name="builder_add_class", **on_report)
+    files.upload(add_files, [classes, files], [*outs, files], api_name="builder_add_photos", **on_report)
+    snap_btn.click(add_frame, [classes, camera], [*outs, camera], api_name="builder_add_camera", **on_report)
     gallery.select(pick, shown, chosen, show_progress="hidden")
-    remove_btn.click(remove, [classes, chosen], outs, api_name="builder_remove_photo")
+    remove_btn.click(remove, [classes, chosen], outs, api_name="builder_remove_photo", **on_report)
     gr.on([rename_btn.click, new_name.submit], rename, [classes, new_name], [*outs, new_name],
-          api_name="builder_rename_class")
-    delete_btn.click(delete, classes, outs, api_name="builder_delete_class")
+          api_name="builder_rename_class", **on_report)
+    delete_btn.click(delete, classes, outs, api_name="builder_delete_class", **on_report)
     download_btn.click(download, None, zipped, api_name="builder_download")
     gr.on([load_zip.upload, load_folder.submit], load, [load_zip, load_folder], [*outs, load_zip],
-          api_name="builder_load")
+          api_name="builder_load", **on_report)
     return BuilderRefs(panel, wire_check)

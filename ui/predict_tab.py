@@ -233,6 +233,7 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
         from flowerdemo.infer.batching import STAGES
         from flowerdemo.infer.explain import check_explanation, explain, heatmap_image, prepare_for_explain
         from flowerdemo.infer.predict import classify
+        from flowerdemo.infer.preprocess import small_photo_note
 
         if image is None:
             if getattr(event, "target", None) is button:  # pressed: a toast too, since on a phone the text
@@ -274,6 +275,9 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
                                                            else "Class probabilities"),
                           elem_classes=["fd-rejected"] if pred.rejected else [])
         head = verdict_text(pred, clf.classes)
+        small = small_photo_note(*prepared.decoded_size, clf.preprocessing.input_size)
+        if small:
+            head += f"\n\n**{small}**"
         info = {**pred.to_dict(), "model": clf.name}
         yield (probs, None, None, f"{answered * 1000:.0f} ms for the answer on {device} · heatmap ({method}) follows…",
                head, info, forget)
@@ -310,7 +314,10 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
     # .change fired twice when a photo replaced another (two identical runs)
     inputs = [image, method, target, alpha, active, strictness]
     outputs = [label, overlay, heatmap, timing, verdict, details, active]  # active: a State, not in the API's outputs
-    run = dict(preprocess=False, trigger_mode="always_last", concurrency_limit=PREDICT_CONCURRENCY, concurrency_id="predict")
+    # progress (and a refused photo's one "Error" badge) on the probabilities: on every output, a photo that is not an
+    # image drew five badges over the verdict, the probabilities, both pictures and the timing line
+    run = dict(preprocess=False, trigger_mode="always_last", concurrency_limit=PREDICT_CONCURRENCY, concurrency_id="predict",
+               show_progress_on=[label])
     gr.on([button.click, image.input, method.select, target.select, active.change, strictness.input],
           predict, inputs, outputs, api_name="predict", **run)
     # a new photo (an upload, the webcam, a paste, an example) is explained for its own predicted class: a class

@@ -155,9 +155,12 @@ def _calibration_note(meta: dict, root: Path, split: str) -> str | None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from PIL import Image
+
     from flowerdemo.data.images import ImageError
     from flowerdemo.infer.explain import explain, heatmap_image
     from flowerdemo.infer.predict import classify
+    from flowerdemo.infer.preprocess import small_photo_note
     from flowerdemo.models.unknown import UNAVAILABLE_NOTE
 
     clf = _checkpoint(args.checkpoint)
@@ -178,6 +181,11 @@ def run_predict(args: argparse.Namespace) -> int:
             failures += 1
             continue
         record = {"file": str(path), **pred.to_dict()}
+        with Image.open(path) as img:  # the header only
+            small = small_photo_note(*img.size, clf.preprocessing.input_size)
+        if small:
+            log.warning("%s: %s", path, small)
+            record["warning"] = small
         if not args.json:
             print(f"{path}: {_prediction_line(pred, clf.classes, args.top_k)}")
         if args.cam != "none":

@@ -18,6 +18,9 @@ class PreparedImage:
     original: Image.Image  # RGB, EXIF-rotated; decoded at reduced scale when `max_side` allowed it
     tensor: torch.Tensor  # (1, 3, S, S) normalised model input
     box: tuple[int, int, int, int]  # the centre crop the model sees, in `original` coordinates
+    # as decoded, before the `max_side` cap: a small photo's own size (a JPEG's reduced scale keeps the short side
+    # at least the eval resize), what small_photo_note needs
+    decoded_size: tuple[int, int] = (0, 0)
 
 
 def crop_box(width: int, height: int, prep: Preprocessing) -> tuple[int, int, int, int]:
@@ -35,10 +38,22 @@ def prepare_image(image, prep: Preprocessing, max_side: int | None = None,
     (what an overlay is drawn on)."""
     want = max(prep.resize_size, min_side or 0)
     img = load_image(image, max_pixels=max_pixels, draft=(want, want))
+    decoded_size = img.size
     if max_side and max(img.size) > max_side:
         img.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
     box = crop_box(*img.size, prep)
     crop = img.resize((prep.input_size, prep.input_size), Image.Resampling.BILINEAR, box=box,
                       reducing_gap=None if img.width < 4 * prep.input_size else 2.0)
     x = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0)
-    return PreparedImage(img, normalize(x, prep.mean, prep.std), box)
+    return PreparedImage(img, normalize(x, prep.mean, prep.std), box, decoded_size)
+
+
+def small_photo_note(width: int, height: int, input_size: int) -> str | None:
+    """A plain warning for a photo too small to classify meaningfully (the dataset check's TINY_SIDE), else None."""
+    from flowerdemo.data.check import TINY_SIDE
+
+    if min(width, height) >= TINY_SIDE:
+        return None
+    return (f"This photo is {width}×{height} px: the model looks at {input_size}×{input_size} px, so from a side "
+            f"of {min(width, height)} px it sees mostly blur and the answer means little. Use a photo at least "
+            f"{TINY_SIDE} px on each side.")
