@@ -457,6 +457,22 @@ def test_on_a_phone_two_classes_made_here_from_files_and_the_camera_then_trained
         sync_api.expect(report).to_contain_text("Ready to train on 7 photos in 2 classes")
         assert phone.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than the phone
 
+        # a mistake (no photo selected) is said in a toast and marks the status line, not every box of the builder
+        badges = phone.get_by_role("tabpanel").get_by_text("Error", exact=True)
+        phone.locator("#builder-remove").click()
+        sync_api.expect(phone.get_by_text("click a photo first").first).to_be_visible()
+        sync_api.expect(phone.locator("#builder-report").get_by_text("Error", exact=True)).to_be_visible()
+        phone.wait_for_timeout(500)
+        assert badges.count() == 1, f"{badges.count()} error badges"
+        # deleting a class asks first; Keep keeps it
+        phone.get_by_text("Rename or delete this class").click()
+        phone.locator("#builder-delete").click()
+        sync_api.expect(phone.locator("#builder-delete-question")).to_contain_text(
+            "Delete square and its 4 photos for good?")
+        phone.locator("#builder-delete-no").click()
+        sync_api.expect(phone.locator("#builder-delete-question")).to_be_hidden()
+        sync_api.expect(phone.locator("#builder-classes")).to_contain_text("square · 4")
+
         set_number(phone, "#train-epochs", 2)
         phone.locator("#train-start").click()
         summary = phone.locator("#train-summary")

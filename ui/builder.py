@@ -164,7 +164,12 @@ def build(ctx: AppContext, tab: gr.Tab, visible: bool = True) -> BuilderRefs:
             with gr.Row(equal_height=True):
                 new_name = gr.Textbox(label="New name for this class", max_lines=1, scale=3)
                 rename_btn = gr.Button("Rename", size="sm", scale=1)
-            delete_btn = gr.Button("Delete this class and its photos", size="sm", variant="stop")
+            delete_btn = gr.Button("Delete this class and its photos", size="sm", variant="stop",
+                                   elem_id="builder-delete")
+            with gr.Row(visible=False) as confirm_row:  # asked first: the photos cannot be brought back
+                confirm_text = gr.Markdown(elem_id="builder-delete-question")
+                confirm_btn = gr.Button("Yes, delete them", variant="stop", size="sm", elem_id="builder-delete-yes")
+                keep_btn = gr.Button("Keep them", size="sm", elem_id="builder-delete-no")
             load_zip = gr.File(label="Load a .zip of class folders (replaces the photos here)", file_types=[".zip"],
                                type="filepath", height=90)
             load_folder = gr.Textbox(label="…or a folder on this server (replaces the photos here)", max_lines=1,
@@ -233,6 +238,17 @@ def build(ctx: AppContext, tab: gr.Tab, visible: bool = True) -> BuilderRefs:
         def go(d):
             n = d.delete_class(cls)
             return render(d, None, f"Deleted *{md(cls)}* and its {n} photo{'s' if n != 1 else ''}.")
+        return act("Deleting a class", go, request=request)
+
+    def ask_delete(cls: str | None, request: gr.Request = None):
+        """The question before a class goes: which class, how many photos, and that it cannot be undone."""
+        def go(d):
+            found = next((c for c in d.classes() if c.name == cls), None)
+            if found is None:
+                raise ValueError("pick the class to delete in the list first")
+            n = found.count
+            return gr.update(visible=True), (f"Delete *{md(cls)}* and its {n} photo{'s' if n != 1 else ''} for good? "
+                                             "This cannot be undone.")
         return act("Deleting a class", go, request=request)
 
     def download(request: gr.Request = None):
@@ -311,7 +327,12 @@ def build(ctx: AppContext, tab: gr.Tab, visible: bool = True) -> BuilderRefs:
     remove_btn.click(remove, [classes, chosen], outs, api_name="builder_remove_photo", **on_report)
     gr.on([rename_btn.click, new_name.submit], rename, [classes, new_name], [*outs, new_name],
           api_name="builder_rename_class", **on_report)
-    delete_btn.click(delete, classes, outs, api_name="builder_delete_class", **on_report)
+    delete_btn.click(ask_delete, classes, [confirm_row, confirm_text], api_visibility="private", **on_report)
+    hide = dict(fn=lambda: gr.update(visible=False), inputs=None, outputs=confirm_row, api_visibility="private",
+                queue=False)
+    keep_btn.click(**hide)
+    classes.change(**hide)  # another class picked: the question was about the one before
+    confirm_btn.click(delete, classes, outs, api_name="builder_delete_class", **on_report).then(**hide)
     download_btn.click(download, None, zipped, api_name="builder_download")
     gr.on([load_zip.upload, load_folder.submit], load, [load_zip, load_folder], [*outs, load_zip],
           api_name="builder_load", **on_report)
