@@ -199,6 +199,9 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
                     new_name = gr.Textbox(label="Name", placeholder="e.g. garden flowers, May", max_length=60, scale=3)
                     rename_btn = gr.Button("Rename", size="sm", scale=1)
                 with gr.Row():
+                    # picking a model here only chose what to rename, share or delete; using it meant the Predict
+                    # tab's list, which nothing here said (a walkthrough)
+                    use_btn = gr.Button("Use it", size="sm", variant="primary", elem_id="models-use")
                     share_btn = gr.Button("Share (code and link)", size="sm")
                     delete_btn = gr.Button("Delete…", variant="stop", size="sm", elem_id="models-delete")
                 # deleting cannot be undone: asked first (one click deleted a trained model, a walkthrough found)
@@ -311,6 +314,19 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
             raise gr.Error("Only the visitor who made a model can delete it.", title="Not yours")
         return gr.update(visible=True), f"Delete **{display_name(path)}** for good? This cannot be undone."
 
+    def use_run(run: str | None = None, request: gr.Request = None) -> tuple[str, str]:
+        """One of the visitor's own models as their active model (the Predict tab's, too)."""
+        from flowerdemo.serve.owners import display_name, is_owner
+
+        path = _my_run(ctx, run)
+        if not is_owner(path, ctx.visitors.identity(request)):
+            raise gr.Error("That model is not one of yours.", title="Not yours")
+        try:
+            ctx.models.get(path)
+        except Exception as exc:
+            raise ui_error(exc, "Loading the chosen model", title="Cannot use it") from None
+        return str(path.resolve()), f"Using **{display_name(path)}** now, here and in the Predict tab."
+
     def share_run(run: str | None = None, request: gr.Request = None) -> str:
         from flowerdemo.serve.owners import display_name, share_code
 
@@ -371,6 +387,8 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
     deleted = confirm_btn.click(delete_run, [mine, active], [mine, runs, mine_status, active], api_name="delete_run")
     deleted.then(lambda: gr.update(visible=False), None, confirm_row, api_visibility="private", queue=False)
     deleted.success(predict.refresh, active, predict.refresh_outputs, api_name="refresh_after_delete")
+    use_btn.click(use_run, mine, [active, mine_status], api_name="use_run").success(
+        predict.refresh, active, predict.refresh_outputs, api_name="refresh_after_use")
     share_btn.click(share_run, mine, mine_status, api_name="share_run")
     gr.on([open_btn.click, code.submit], open_shared, code, [active, mine_status], api_name="open_shared").success(
         predict.refresh, active, predict.refresh_outputs, api_name="refresh_after_open")
