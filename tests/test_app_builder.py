@@ -58,8 +58,11 @@ def test_build_check_train_on_exactly_those_photos(served, tmp_path):
                api_name="/builder_add_photos")
     listed = me.predict(api_name="/builder_list")
     gone = listed["classes"]["square"][0]
-    _, gallery, text, *_ = me.predict("square", gone, api_name="/builder_remove_photo")
+    _, gallery, text, *_, selected = me.predict("square", gone, api_name="/builder_remove_photo")
     listed = me.predict(api_name="/builder_list")
+    # the gallery's frame stays where it was, on the next photo now: that one is selected (was "": a frame shown,
+    # and Remove said to click a photo first)
+    assert selected == listed["classes"]["square"][0]
     assert {c: len(p) for c, p in listed["classes"].items()} == {"circle": 5, "square": 3} and len(value(gallery)) == 3
     assert gone not in listed["classes"]["square"] and listed["ready"] and "**Ready to train** on 8 photos" in text
 

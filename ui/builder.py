@@ -77,9 +77,8 @@ def render(draft: DatasetDraft, cls: str | None, note: str = "") -> tuple:
     more = f", newest {SHOWN} shown" if chosen and chosen.count > SHOWN else ""
     label = f"Photos of {cls}: {chosen.count}{more} · click one to select it" if chosen else "Photos"
     choices = [(f"{c.name} · {c.count}", c.name) for c in classes]
-    # no photo selected after any change, on the screen too: a removed photo's frame stayed on its neighbour
-    return (gr.update(choices=choices, value=cls), gr.update(value=pics, label=label, selected_index=None),
-            report(draft, note), [p.name for p in photos], "")
+    return (gr.update(choices=choices, value=cls), gr.update(value=pics, label=label), report(draft, note),
+            [p.name for p in photos], "")
 
 
 def report(draft: DatasetDraft, note: str = "") -> str:
@@ -220,12 +219,17 @@ def build(ctx: AppContext, tab: gr.Tab, visible: bool = True) -> BuilderRefs:
     def pick(names: list[str], evt: gr.SelectData):
         return names[evt.index] if isinstance(evt.index, int) and 0 <= evt.index < len(names) else ""
 
-    def remove(cls: str | None, photo: str, request: gr.Request = None):
+    def remove(cls: str | None, photo: str, names: list[str] | None = None, request: gr.Request = None):
         def go(d):
             if not photo:
                 raise ValueError("click a photo first to select it, then remove it")
             d.remove_photo(cls, photo)
-            return render(d, cls, f"Removed a photo from *{md(cls)}*.")
+            *out, left, _ = render(d, cls, f"Removed a photo from *{md(cls)}*.")
+            # Gradio's gallery keeps its frame at the same place, on the next photo now (it cannot be cleared from
+            # here: an update of selected_index is not applied), so that photo is the one selected: what is
+            # framed is what Remove removes (the frame showed, and Remove said to click a photo first)
+            at = names.index(photo) if names and photo in names else None
+            return (*out, left, left[min(at, len(left) - 1)] if at is not None and left else "")
         return act("Removing a photo", go, request=request)
 
     def rename(cls: str | None, text: str, request: gr.Request = None):
@@ -324,7 +328,7 @@ def build(ctx: AppContext, tab: gr.Tab, visible: bool = True) -> BuilderRefs:
     files.upload(add_files, [classes, files], [*outs, files], api_name="builder_add_photos", **on_report)
     snap_btn.click(add_frame, [classes, camera], [*outs, camera], api_name="builder_add_camera", **on_report)
     gallery.select(pick, shown, chosen, show_progress="hidden")
-    remove_btn.click(remove, [classes, chosen], outs, api_name="builder_remove_photo", **on_report)
+    remove_btn.click(remove, [classes, chosen, shown], outs, api_name="builder_remove_photo", **on_report)
     gr.on([rename_btn.click, new_name.submit], rename, [classes, new_name], [*outs, new_name],
           api_name="builder_rename_class", **on_report)
     delete_btn.click(ask_delete, classes, [confirm_row, confirm_text], api_visibility="private", **on_report)

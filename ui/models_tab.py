@@ -174,6 +174,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
                 upload = gr.File(label="Load a checkpoint file (.zip of a run folder, or model.safetensors)",
                                  file_types=[".zip", ".safetensors"], type="filepath", height=140,
                                  elem_id="models-upload")
+                upload_status = gr.Markdown(elem_id="models-upload-status")  # by the upload, not under the Hub's
             with gr.Column():
                 gr.Markdown("### Hugging Face Hub")
                 repo = gr.Textbox(label="Repo id", placeholder="your-name/flowers-lite0")
@@ -384,6 +385,10 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
     delete_btn.click(ask_delete, mine, [confirm_row, confirm_text], api_visibility="private")
     keep_btn.click(lambda: gr.update(visible=False), None, confirm_row, api_visibility="private", queue=False)
     mine.change(lambda: gr.update(visible=False), None, confirm_row, api_visibility="private", queue=False)
+    # another of one's models picked: the last message (a share code, a rename) was about the one before
+    mine.input(lambda: "", None, mine_status, api_visibility="private", queue=False)
+    # another active model: the download box held the previous one's file
+    active.change(lambda: None, None, download, api_visibility="private", queue=False, show_progress="hidden")
     deleted = confirm_btn.click(delete_run, [mine, active], [mine, runs, mine_status, active], api_name="delete_run")
     deleted.then(lambda: gr.update(visible=False), None, confirm_row, api_visibility="private", queue=False)
     deleted.success(predict.refresh, active, predict.refresh_outputs, api_name="refresh_after_delete")
@@ -392,7 +397,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
     share_btn.click(share_run, mine, mine_status, api_name="share_run")
     gr.on([open_btn.click, code.submit], open_shared, code, [active, mine_status], api_name="open_shared").success(
         predict.refresh, active, predict.refresh_outputs, api_name="refresh_after_open")
-    upload.upload(upload_checkpoint, upload, [active, hub_status], api_name="upload_checkpoint").success(
+    upload.upload(upload_checkpoint, upload, [active, upload_status], api_name="upload_checkpoint").success(
         predict.refresh, active, predict.refresh_outputs, api_name="refresh_after_upload")
     load_btn.click(hub_load, [repo, token, revision], [active, hub_status], api_name="hub_load").success(
         predict.refresh, active, predict.refresh_outputs, api_name="refresh_after_hub")

@@ -259,14 +259,15 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
 
     train_inputs = [source, zip_file, folder, backbone, mode, epochs, batch_size, lr, optimizer, schedule, warmup,
                     freeze, frozen_stages, image_size, augment, seed, held, active]
+    # the Progress box in view at Start (in the browser, no server call): it sat ~1,400 px below the button at
+    # 1280x900 (~3,000 px with the check's findings open), so pressing Start only dimmed the button.
+    # Bound before the training: a click's handlers run in order, each after the one before has ended
+    start_btn.click(None, js="() => document.getElementById('train-status')?.scrollIntoView("
+                             "{behavior: 'smooth', block: 'center'})")
+
     start_btn.click(start_training, train_inputs, [*outputs.values(), *review.outputs], api_name="train",
                     concurrency_limit=None, show_progress_on=[progress]).then(predict.refresh, active, predict.refresh_outputs,
                                                  api_name="refresh_after_train")
-
-    # the Progress box in view at Start (in the browser, no server call): it sat ~1,400 px below the button at
-    # 1280x900 (~3,000 px with the check's findings open), so pressing Start only dimmed the button
-    start_btn.click(None, js="() => document.getElementById('train-status')?.scrollIntoView("
-                             "{behavior: 'smooth', block: 'center'})")
 
     def stop_training(request: gr.Request = None) -> str:
         if ctx.job.stop(owner=ctx.visitors.identity(request)):  # the browser's: a reloaded page still owns it
