@@ -390,7 +390,7 @@ def test_a_bug_in_a_handler_is_logged_with_its_traceback_and_shown_as_an_error(t
 
     monkeypatch.setattr(train_data, "open_dataset", buggy)
     with pytest.raises(gr.Error) as err:
-        check("zip", "data.zip", "", None)
+        list(check("zip", "data.zip", "", None))
     assert "error in the server (TypeError)" in err.value.message and err.value.message.endswith(".")
     bug = next(r for r in caplog.records if r.exc_info)
     assert bug.levelno == logging.ERROR and bug.exc_info[0] is TypeError and "Checking the dataset" in bug.getMessage()
@@ -402,9 +402,13 @@ def test_a_bug_in_a_handler_is_logged_with_its_traceback_and_shown_as_an_error(t
         raise DatasetError("no class folders found in data.zip; expected one sub-folder per class")
 
     monkeypatch.setattr(train_data, "open_dataset", bad_input)
+    shown = []
     with pytest.raises(gr.Error) as err:
-        check("zip", "data.zip", "", None)
+        shown.extend(check("zip", "data.zip", "", None))
     assert err.value.message == "no class folders found in data.zip; expected one sub-folder per class."
+    # said where the last dataset's findings were, which go (its thumbnails too): not left beside the refusal
+    (found, _, thumbs, *_), = shown
+    assert found == f"**Not checked.** {err.value.message}" and thumbs == []
     assert [r.levelno for r in caplog.records] == [logging.INFO] and not caplog.records[0].exc_info
 
 

@@ -69,7 +69,10 @@ def test_a_cell_lists_exactly_its_validation_photos_and_explains_one(trained, tm
             line, pics, *_ = me.predict(true, pred, api_name="/review_cell")
             want = cell(meta["val_predictions"], true, pred)
             assert sorted(p["caption"].split(" · ")[0] for p in pics) == sorted(p["path"].split("/")[-1] for p in want)
-            assert f"**{len(want)}** validation photo" in line
+            if want:
+                assert f"**{len(want)}** validation photo" in line and "Click one" in line
+            else:  # an empty cell: nothing to click
+                assert line == f"No validation photo of *{true}* was called *{pred}*." and not pics
     with pytest.raises(Exception, match=r"triangle is not in the list of choices: \['circle', 'square'\]"):
         me.predict("circle", "triangle", api_name="/review_cell")
     with pytest.raises(Exception, match=r"circle is not in the list of choices: \[\]"):  # another visitor: no run

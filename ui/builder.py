@@ -175,13 +175,17 @@ def build(ctx: AppContext, tab: gr.Tab, visible: bool = True) -> BuilderRefs:
                                      visible=bool(ctx.settings.data_dirs))
         with gr.Column(visible=False) as check_box:  # filled by "Check the dataset" (wire_check)
             found_md = gr.Markdown(elem_id="builder-findings")
-            suspects = gr.Gallery(label="Photos the check names", columns=6, height=180, object_fit="cover",
-                                  fit_columns=False, interactive=False, allow_preview=False, elem_id="builder-suspects")
+            # only when the findings name photos: a check that found only "too few photos" showed an empty gallery
+            # with Remove and Move buttons (a walkthrough)
+            with gr.Column(visible=False) as fix_box:
+                suspects = gr.Gallery(label="Photos the check names", columns=6, height=180, object_fit="cover",
+                                      fit_columns=False, interactive=False, allow_preview=False,
+                                      elem_id="builder-suspects")
+                with gr.Row(equal_height=True):
+                    drop_btn = gr.Button("Remove this photo", size="sm", elem_id="builder-drop")
+                    move_to = gr.Dropdown([], label="Move it to", scale=2, min_width=120)
+                    move_btn = gr.Button("Move", size="sm", elem_id="builder-move")
             suspect = gr.Textbox(visible=False)  # class/photo of the selected thumbnail
-            with gr.Row(equal_height=True):
-                drop_btn = gr.Button("Remove this photo", size="sm", elem_id="builder-drop")
-                move_to = gr.Dropdown([], label="Move it to", scale=2, min_width=120)
-                move_btn = gr.Button("Move", size="sm", elem_id="builder-move")
 
     outs = [classes, gallery, report_md, shown, chosen]
 
@@ -271,15 +275,15 @@ def build(ctx: AppContext, tab: gr.Tab, visible: bool = True) -> BuilderRefs:
             return (*render(d, None, f"{note} {refused}".strip()), None)
         return act("Loading photos", go, request=request)
 
-    check_outs = [check_box, found_md, suspects, suspect, move_to]
+    check_outs = [check_box, found_md, suspects, suspect, move_to, fix_box]
 
     def report_check(d: DatasetDraft) -> tuple:
         text, pics, names = findings(d)
-        return gr.update(visible=True), text, pics, "", gr.update(choices=names, value=None)
+        return gr.update(visible=True), text, pics, "", gr.update(choices=names, value=None), gr.update(visible=bool(pics))
 
     def check(source: str = "builder", request: gr.Request = None):
         if source != "builder":
-            return gr.update(visible=False), "", [], "", gr.update()
+            return gr.update(visible=False), "", [], "", gr.update(), gr.update(visible=False)
         return act("Checking the photos", report_check, request=request)
 
     def fix(which: str, to: str | None = None, cls: str | None = None, request: gr.Request = None):

@@ -124,6 +124,8 @@ def cell_view(state: dict[str, Any] | None, true: str | None, pred: str | None) 
         if img is not None:
             pics.append((img, f"{Path(p['path']).name} · {p['confidence']:.0%}"))
             shown.append(p["path"])
+    if not photos:  # an empty cell: nothing to click
+        return f"No validation photo of *{md(true)}* was called *{md(pred)}*.", pics, shown
     what = "right" if true == pred else "wrong"
     line = (f"**{len(photos)}** validation photo{'s' if len(photos) != 1 else ''} of *{md(true)}* the model called "
             f"*{md(pred)}* ({what}), most confident first")

@@ -169,13 +169,18 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
                 text, table, skipped_df, pics = train_data.preview(split)
                 photos, classes = len(split.train) + len(split.val), len(split.classes)
         except Exception as exc:
-            raise ui_error(exc, "Checking the dataset", title="Dataset problem") from None
+            error = ui_error(exc, "Checking the dataset", title="Dataset problem")
+            # the refused dataset replaces the last one checked: its "Found 3 classes, 24 images", thumbnails and
+            # counts stayed beside the refusal, as if they described the new upload (a walkthrough)
+            yield (f"**Not checked.** {error.message}", gr.skip(), [], None, gr.update(value=None, visible=False),
+                   gr.skip(), gr.skip())
+            raise error from None
         state = ctx.job.state  # the Progress box speaks of this visitor's own run while one goes on
         mine = state.running and state.owner == ctx.visitors.identity(request)
         ready = gr.skip() if mine else \
             f"Checked: **{photos:,} photos in {classes} classes** (details above). Press **Start training**."
-        return (text, gr.update(open=True), pics, table, gr.update(value=skipped_df, visible=len(skipped_df) > 0), held,
-                ready)
+        yield (text, gr.update(open=True), pics, table, gr.update(value=skipped_df, visible=len(skipped_df) > 0), held,
+               ready)
 
     # progress and a refusal show on one box each (not an "Error" badge on every output): the check's by its button
     gr.on([scan_btn.click, zip_file.upload, folder.submit], check, [source, zip_file, folder, held],
