@@ -161,6 +161,21 @@ def test_cam_names_in_the_ui_match_the_core():
     assert [v for _, v in predict_tab.STRICTNESS_CHOICES] == strictness_choices()
 
 
+def test_the_class_list_says_when_the_strictness_levels_cannot_differ():
+    """A model fitted on a handful of validation photos gets one threshold for all three levels: said, since
+    Strict / Normal / Lenient otherwise seem to do nothing (a walkthrough)."""
+    from types import SimpleNamespace
+
+    from ui.predict_tab import known_classes_text
+
+    same = SimpleNamespace(classes=("a", "b"), detector=SimpleNamespace(thresholds={"strict": 0.3, "normal": 0.3,
+                                                                                   "lenient": 0.3}))
+    apart = SimpleNamespace(classes=("a", "b"), detector=SimpleNamespace(thresholds={"strict": 0.3, "normal": 0.35,
+                                                                                    "lenient": 0.5}))
+    assert "strictness levels are the same" in known_classes_text(same)
+    assert "strictness levels" not in known_classes_text(apart) and "not one of these" in known_classes_text(apart)
+
+
 def test_an_empty_heatmap_is_explained_in_the_summary():
     import numpy as np
 

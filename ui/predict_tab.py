@@ -167,7 +167,11 @@ def known_classes_text(clf) -> str:
     text = f"This model knows **{len(clf.classes)} classes**: {', '.join(clf.classes)}."
     if clf.detector is None:
         return text + f"\n\n*{UNAVAILABLE_NOTE}*"
-    return text + " Photos of anything else are answered \"not one of these\"."
+    text += " Photos of anything else are answered \"not one of these\"."
+    if len({round(t, 6) for t in clf.detector.thresholds.values()}) == 1:  # few validation photos to fit them on
+        text += (" *For this model the three strictness levels are the same: it had too few validation photos to "
+                 "tell them apart.*")
+    return text
 
 
 def verdict_text(pred, classes: tuple[str, ...]) -> str:
