@@ -96,6 +96,10 @@ def test_ownership_is_a_hash_beside_the_checkpoint_and_only_the_owner_renames_sh
 def test_an_imported_checkpoint_is_its_uploaders_and_an_uploaded_record_is_ignored(tmp_path):
     src = fake_run(tmp_path / "src", "shipped")
     (src / owners.OWNER_FILE).write_text(json.dumps({"owner": owners.owner_key("mallory")}))
+    named = zip_run(src, tmp_path / "named", name="Garden flowers: May/June ü")
+    assert named.name == "Garden-flowers-May-June.zip"  # a visitor's name, made a safe file name
+    assert zip_run(src, tmp_path / "odd", name="../..").name == f"{src.name}.zip"  # nothing left: the run's
+    assert import_run(named, tmp_path / "root-named").is_dir()  # the folder inside keeps the run's name
     run = import_run(zip_run(src, tmp_path / "zips"), tmp_path / "root", owner="carol")
     assert owners.is_owner(run, "carol") and owners.read_owner(run).kind == "uploaded"
     run2 = import_run(src / WEIGHTS, tmp_path / "root")  # the operator's (CLI): no record

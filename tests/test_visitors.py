@@ -98,6 +98,7 @@ def test_an_upload_is_its_visitors_alone_and_a_restart_brings_back_the_default(t
         status = b_again.predict(run_name, api_name="/use_run")  # picked on the Models tab (the State: not sent)
         assert "Using **My shapes** now" in status and labels(b_again, image) == set(OTHER)
         assert labels(newcomer, image) == set(CLASSES)
+        assert Path(b_again.predict(api_name="/download_checkpoint")).name == "My-shapes.zip"  # as they named it
         with pytest.raises(AppError, match="server's model"):
             b_again.predict(tiny.name, api_name="/delete_run")
         assert "Deleted **My shapes**" in b_again.predict(run_name, api_name="/delete_run")[2]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -229,10 +230,14 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
         return details(ctx, active), table, mine_update
 
     def download_checkpoint(active: str | None = None, request: gr.Request = None) -> str:
+        from flowerdemo.serve.owners import display_name
         from flowerdemo.serve.runs import zip_run
 
         ctx.housekeeping()
-        return str(zip_run(_owned(ctx, active, request, "download").path, ctx.settings.folder("downloads")))
+        # named as the visitor named the model ("garden flowers.zip" → garden-flowers.zip), in a folder of its own:
+        # two visitors' models may share a name
+        path = _owned(ctx, active, request, "download").path
+        return str(zip_run(path, ctx.settings.folder("downloads") / uuid.uuid4().hex, name=display_name(path)))
 
     def onnx_file(active: str | None, request, int8: bool) -> str:
         """ONNX file for onnxruntime (no flowerdemo needed: examples/onnx_predict.py); the owner's, like the zip."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -193,11 +194,13 @@ def prune_files(folder: str | Path, max_age_s: float) -> None:
             shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
 
 
-def zip_run(run: str | Path, dest_dir: str | Path) -> Path:
-    """`dest_dir/<run name>.zip` holding the run directory's files under `<run name>/`."""
+def zip_run(run: str | Path, dest_dir: str | Path, name: str | None = None) -> Path:
+    """`dest_dir/<name or run name>.zip` holding the run directory's files under `<run name>/`. `name` (a
+    visitor's name for the run) is made a safe file name; two downloads of one name need their own `dest_dir`."""
     run, dest_dir = Path(run), Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
-    target = dest_dir / f"{run.name}.zip"
+    stem = re.sub(r"[^\w.-]+", "-", name or "", flags=re.ASCII).strip(".-")[:80] or run.name
+    target = dest_dir / f"{stem}.zip"
     fd, tmp = tempfile.mkstemp(suffix=".zip.part", dir=dest_dir)
     os.close(fd)
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
