@@ -176,6 +176,14 @@ def test_the_class_list_says_when_the_strictness_levels_cannot_differ():
     assert "strictness levels" not in known_classes_text(apart) and "not one of these" in known_classes_text(apart)
 
 
+def test_the_runs_table_says_how_many_epochs_a_run_trained_and_whether_it_was_stopped():
+    from ui.models_tab import epochs_text
+
+    assert epochs_text({"history": [{}] * 20, "config": {"epochs": 20}}) == "20"
+    assert epochs_text({"history": [{}] * 3, "config": {"epochs": 20}}) == "3 of 20 (stopped)"
+    assert epochs_text({"config": {"epochs": 20}}) == "" and epochs_text({}) == ""  # an uploaded file without history
+
+
 def test_an_empty_heatmap_is_explained_in_the_summary():
     import numpy as np
 

@@ -20,7 +20,15 @@ from .predict_tab import PredictRefs
 from .state import AppContext
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
-RUN_COLUMNS = ["name", "whose", "model", "classes", "val acc", "created", "pinned", "run"]
+RUN_COLUMNS = ["name", "whose", "model", "classes", "val acc", "epochs", "created", "pinned", "run"]
+
+
+def epochs_text(meta: dict) -> str:
+    """Epochs trained, and of how many when the run was stopped early: runs looked alike in the table."""
+    done, planned = len(meta.get("history") or []), (meta.get("config") or {}).get("epochs")
+    if isinstance(planned, int) and 0 < done < planned:
+        return f"{done} of {planned} (stopped)"
+    return str(done) if done else ""
 
 
 def _hub():
@@ -152,7 +160,8 @@ def runs_table(ctx: AppContext, identity: str = "anonymous", active: str | None 
         whose = ("default" if run.resolve() == default else "server" if record is None else
                  "yours" if record.owner == key else "shared with you" if run.resolve() == active_run else "another visitor")
         rows.append({"name": display_name(run, record), "whose": whose, "model": meta.get("architecture"),
-                     "classes": len(meta.get("classes", [])), "val acc": acc or "", "created": meta.get("created", ""),
+                     "classes": len(meta.get("classes", [])), "val acc": acc or "", "epochs": epochs_text(meta),
+                     "created": meta.get("created", ""),
                      "pinned": "yes" if is_pinned(run) or whose == "default" else "", "run": run.name})
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
