@@ -69,6 +69,47 @@ class ImageFiles:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class ShownAnswers:
+    """What each browser session's page shows: the key of the last prediction that ran to its end (photo,
+    options, model), bounded (the oldest sessions forgotten first)."""
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        from collections import OrderedDict
+        from threading import Lock
+
+        self.capacity, self._keys, self._lock = capacity, OrderedDict(), Lock()
+
+    def get(self, session: str | None):
+        with self._lock:
+            return self._keys.get(session) if session else None
+
+    def remember(self, session: str | None, key: tuple) -> None:
+        if not session:
+            return
+        with self._lock:
+            self._keys[session] = key
+            self._keys.move_to_end(session)
+            while len(self._keys) > self.capacity:
+                self._keys.popitem(last=False)
+
+    def forget(self, session: str | None) -> None:
+        with self._lock:
+            self._keys.pop(session or "", None)
+
+
+def photo_key(image: Any) -> Any:
+    """What tells one uploaded photo from another: its upload's path (a new path for every upload), else a
+    digest of an inline picture; None when neither is known."""
+    import hashlib
+
+    if isinstance(image, dict):
+        if image.get("path"):
+            return image["path"]
+        url = image.get("url") or ""
+        return hashlib.sha1(url.encode()).hexdigest() if url.startswith("data:") else None
+    return image if isinstance(image, str) else None
+
+
 @dataclass
 class PredictRefs:
     """What other tabs need: refresh the model list after a new model arrives."""
@@ -230,8 +271,11 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
                 with gr.Accordion("Details (JSON)", open=False):
                     details = gr.JSON(label="Answer", elem_id="predict-details")
 
+    shown_last = ShownAnswers()
+
     def predict(image: Any, method: str = "gradcam", target: str = PREDICTED, alpha: float = 0.5,
-                active: str | None = None, strictness: str = "normal", event: gr.EventData = None):
+                active: str | None = None, strictness: str = "normal", event: gr.EventData = None,
+                request: gr.Request = None):
         """Streams three times: the answer (probabilities + unknown-photo verdict), the heatmap, then its check."""
         from flowerdemo.data.images import ACCEPTED, ImageError
         from flowerdemo.infer.batching import STAGES
@@ -262,6 +306,16 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
         if strictness not in {v for _, v in STRICTNESS_CHOICES}:
             raise gr.Error(f"Unknown strictness {strictness!r}; choose one of: "
                            f"{', '.join(v for _, v in STRICTNESS_CHOICES)}.", title="Bad option")
+        # a browser's event that would compute exactly what its page already shows is skipped: after a prediction
+        # that found the visitor's model gone and set it to the default, Gradio ran the photo's event once more
+        # (deferred behind the running one), the same photo with the same default model (a walkthrough). Never for
+        # the Classify button or an API call (no trigger), and the shown answer is forgotten when a run starts
+        session, trigger = getattr(request, "session_hash", None), getattr(event, "target", None)
+        key = (photo_key(image), method, target, opacity(alpha), strictness, str(Path(clf.path).resolve()))
+        if trigger is not None and trigger is not button and shown_last.get(session) == key and key[0] is not None:
+            yield (*(gr.skip() for _ in range(6)), forget)
+            return
+        shown_last.forget(session)
         device = str(next(clf.model.parameters()).device)
         t0 = time.perf_counter()
         try:  # decoded once, at the overlay's size: the answer and the heatmap both start from it; an answer in
@@ -307,6 +361,7 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
             except Exception as exc:
                 raise ui_error(exc, "Checking the heatmap", title="Heatmap check failed") from None
             text = summary_text(ex, seconds, device, clf.name, answered, pred.rejected)
+            shown_last.remember(session, key)
             yield pred.probabilities, overlay, shown, text, head, info, gr.skip()
         finally:  # Gradio copied them into its cache when each output was sent, before the generator went on
             images.remove()
