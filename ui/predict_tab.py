@@ -291,7 +291,7 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
             yield None, None, None, NO_PHOTO, "", None, gr.skip()
             return
         source, name = image_source(image)
-        if getattr(event, "target", None) is image_box:  # a new photo: its own answer explained (new_photo)
+        if getattr(event, "target", None) is image_box:  # a new photo: its own answer explained (image.input below)
             target = PREDICTED
         clf, note = ctx.models.resolve(active)
         if clf is None:
