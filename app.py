@@ -82,7 +82,6 @@ def create_demo(ctx: AppContext | None = None) -> gr.Blocks:
                   [*predict.refresh_outputs, *models_outputs, remembered, visitor, session], api_name="init")
         # every change of the visitor's model (picked, trained, uploaded, opened, deleted) is remembered by the browser
         active.change(remember, active, remembered, api_visibility="private", show_progress="hidden", queue=False)
-
         demo.load(on_load, None, load_outputs, api_name="backbones")
         # does nothing: the floor of a round trip through the queue (benchmarks/serving.py); never waits for a slot
         gr.api(ping, api_name="ping", concurrency_limit=None)

@@ -93,7 +93,7 @@ def test_an_upload_is_its_visitors_alone_and_a_restart_brings_back_the_default(t
             newcomer.predict(run_name, "Mine now", api_name="/rename_run")
         with pytest.raises(AppError, match="only the visitor who made it"):
             newcomer.predict(run_name, api_name="/delete_run")
-        with pytest.raises(AppError, match="not one of yours"):
+        with pytest.raises(AppError, match="Only the visitor who made a model can use it here"):
             newcomer.predict(run_name, api_name="/use_run")
         status = b_again.predict(run_name, api_name="/use_run")  # picked on the Models tab (the State: not sent)
         assert "Using **My shapes** now" in status and labels(b_again, image) == set(OTHER)
@@ -238,3 +238,13 @@ def test_a_model_gone_since_it_was_picked_sends_the_page_back_to_the_default_onc
     assert model["value"] == str(default.resolve()) and str(theirs) not in {v for _, v in model["choices"]}
     assert target["choices"][1:] == list(CLASSES) and all(c in known for c in CLASSES)
     assert notice["visible"] is False
+
+
+def test_a_per_session_value_is_bounded_and_forgets_the_least_recently_set_first():
+    from ui.state import SessionMap
+
+    values = SessionMap(capacity=2)
+    values.set("a", 1), values.set("b", 2), values.set("a", 3), values.set("c", 4)  # b is the oldest now
+    assert (values.get("a"), values.get("b"), values.get("c")) == (3, None, 4)
+    values.set(None, 5), values.pop("a"), values.pop(None)  # no session: nothing kept, nothing fails
+    assert values.get("a") is None and values.get(None) is None and values.get("c") == 4

@@ -74,6 +74,16 @@ def _my_run(ctx: AppContext, run: str | None) -> Path:
     return path
 
 
+def _own_run(ctx: AppContext, run: str | None, request, doing: str) -> Path:
+    """One of the checkpoint folder's runs that this visitor made (to delete it, to use it from here)."""
+    from flowerdemo.serve.owners import is_owner
+
+    path = _my_run(ctx, run)
+    if not is_owner(path, ctx.visitors.identity(request)):
+        raise gr.Error(f"Only the visitor who made a model can {doing} it here.", title="Not yours")
+    return path
+
+
 def my_choices(ctx: AppContext, identity: str) -> list[tuple[str, str]]:
     """(display name, folder name) of the visitor's own models, newest first."""
     from flowerdemo.models.checkpoints import WEIGHTS
@@ -322,20 +332,16 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
 
     def ask_delete(run: str | None = None, request: gr.Request = None):
         """The question before a delete: which model, and that it cannot be undone (only the owner's models)."""
-        from flowerdemo.serve.owners import display_name, is_owner
+        from flowerdemo.serve.owners import display_name
 
-        path = _my_run(ctx, run)
-        if not is_owner(path, ctx.visitors.identity(request)):
-            raise gr.Error("Only the visitor who made a model can delete it.", title="Not yours")
+        path = _own_run(ctx, run, request, "delete")
         return gr.update(visible=True), f"Delete **{display_name(path)}** for good? This cannot be undone."
 
     def use_run(run: str | None = None, request: gr.Request = None) -> tuple[str, str]:
         """One of the visitor's own models as their active model (the Predict tab's, too)."""
-        from flowerdemo.serve.owners import display_name, is_owner
+        from flowerdemo.serve.owners import display_name
 
-        path = _my_run(ctx, run)
-        if not is_owner(path, ctx.visitors.identity(request)):
-            raise gr.Error("That model is not one of yours.", title="Not yours")
+        path = _own_run(ctx, run, request, "use")
         try:
             ctx.models.get(path)
         except Exception as exc:

@@ -5,6 +5,7 @@ with a check of how faithful the heatmap is (streamed: a slow CAM method never h
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from PIL import Image
 from flowerdemo.infer.cam_times import CAM_NAMES, CAM_SECONDS
 
 from .errors import log_failure, ui_error
-from .state import IMAGES_FOLDER, AppContext
+from .state import IMAGES_FOLDER, AppContext, SessionMap
 
 if TYPE_CHECKING:
     from flowerdemo.infer.explain import Explanation
@@ -69,39 +70,9 @@ class ImageFiles:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class ShownAnswers:
-    """What each browser session's page shows: the key of the last prediction that ran to its end (photo,
-    options, model), bounded (the oldest sessions forgotten first)."""
-
-    def __init__(self, capacity: int = 10_000) -> None:
-        from collections import OrderedDict
-        from threading import Lock
-
-        self.capacity, self._keys, self._lock = capacity, OrderedDict(), Lock()
-
-    def get(self, session: str | None):
-        with self._lock:
-            return self._keys.get(session) if session else None
-
-    def remember(self, session: str | None, key: tuple) -> None:
-        if not session:
-            return
-        with self._lock:
-            self._keys[session] = key
-            self._keys.move_to_end(session)
-            while len(self._keys) > self.capacity:
-                self._keys.popitem(last=False)
-
-    def forget(self, session: str | None) -> None:
-        with self._lock:
-            self._keys.pop(session or "", None)
-
-
 def photo_key(image: Any) -> Any:
     """What tells one uploaded photo from another: its upload's path (a new path for every upload), else a
     digest of an inline picture; None when neither is known."""
-    import hashlib
-
     if isinstance(image, dict):
         if image.get("path"):
             return image["path"]
@@ -271,7 +242,8 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
                 with gr.Accordion("Details (JSON)", open=False):
                     details = gr.JSON(label="Answer", elem_id="predict-details")
 
-    shown_last = ShownAnswers()
+    # per browser session, what its page shows: the key of the last prediction that ran to its end
+    shown_last = SessionMap()
 
     def predict(image: Any, method: str = "gradcam", target: str = PREDICTED, alpha: float = 0.5,
                 active: str | None = None, strictness: str = "normal", event: gr.EventData = None,
@@ -311,11 +283,11 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
         # (deferred behind the running one), the same photo with the same default model (a walkthrough). Never for
         # the Classify button or an API call (no trigger), and the shown answer is forgotten when a run starts
         session, trigger = getattr(request, "session_hash", None), getattr(event, "target", None)
-        key = (photo_key(image), method, target, opacity(alpha), strictness, str(Path(clf.path).resolve()))
+        key = (photo_key(image), method, target, opacity(alpha), strictness, str(clf.path))
         if trigger is not None and trigger is not button and shown_last.get(session) == key and key[0] is not None:
             yield (*(gr.skip() for _ in range(6)), forget)
             return
-        shown_last.forget(session)
+        shown_last.pop(session)
         device = str(next(clf.model.parameters()).device)
         t0 = time.perf_counter()
         try:  # decoded once, at the overlay's size: the answer and the heatmap both start from it; an answer in
@@ -361,7 +333,7 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
             except Exception as exc:
                 raise ui_error(exc, "Checking the heatmap", title="Heatmap check failed") from None
             text = summary_text(ex, seconds, device, clf.name, answered, pred.rejected)
-            shown_last.remember(session, key)
+            shown_last.set(session, key)
             yield pred.probabilities, overlay, shown, text, head, info, gr.skip()
         finally:  # Gradio copied them into its cache when each output was sent, before the generator went on
             images.remove()
@@ -438,12 +410,12 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
         """The model list, classes and CAM method of the default model when the visitor's model became the default
         (a prediction found theirs gone; they deleted it); nothing otherwise (who changed it set them)."""
         if active:
-            return tuple(gr.skip() for _ in refresh_outputs[:active_at] + refresh_outputs[active_at + 1:])
+            return tuple(gr.skip() for _ in range(len(refresh_outputs) - 1))
         shown = refresh(None, request)
         return shown[:active_at] + shown[active_at + 1:]
 
-    active.change(back_to_default, active, refresh_outputs[:active_at] + refresh_outputs[active_at + 1:],
-                  api_visibility="private", show_progress="hidden", queue=False)
+    active.change(back_to_default, active, [o for o in refresh_outputs if o is not active], api_visibility="private",
+                  show_progress="hidden", queue=False)
 
     def select(path: str | None, active: str | None = None, request: gr.Request = None):
         default = ctx.models.default

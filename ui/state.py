@@ -113,15 +113,39 @@ def browser_secret(settings: Settings) -> str:
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
 
 
+class SessionMap:
+    """A value per browser session, bounded: the sessions least recently set are forgotten first."""
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self.capacity = capacity
+        self._values: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, session: str | None) -> Any:
+        with self._lock:
+            return self._values.get(session) if session else None
+
+    def set(self, session: str | None, value: Any) -> None:
+        if not session:
+            return
+        with self._lock:
+            self._values[session] = value
+            self._values.move_to_end(session)
+            while len(self._values) > self.capacity:
+                self._values.popitem(last=False)
+
+    def pop(self, session: str | None) -> None:
+        with self._lock:
+            self._values.pop(session or "", None)
+
+
 class Visitors:
     """Who each browser session is. A browser keeps a random token (gr.BrowserState, so it outlives a
     restart) and hands it over when its page loads; until then, or for an API client that never loads the
     page, a session is known by its session hash. Bounded: the oldest sessions are forgotten first."""
 
     def __init__(self, capacity: int = 10_000) -> None:
-        self.capacity = capacity
-        self._tokens: OrderedDict[str, str] = OrderedDict()
-        self._lock = threading.Lock()
+        self._tokens = SessionMap(capacity)
 
     @staticmethod
     def new_token() -> str:
@@ -130,23 +154,16 @@ class Visitors:
     def register(self, session: str | None, token: Any) -> str:
         """Bind `session` to the browser's `token` (a new token if it has none or a malformed one); return it."""
         token = token if isinstance(token, str) and _TOKEN.match(token) else self.new_token()
-        if session:
-            with self._lock:
-                self._tokens[session] = token
-                self._tokens.move_to_end(session)
-                while len(self._tokens) > self.capacity:
-                    self._tokens.popitem(last=False)
+        self._tokens.set(session, token)
         return token
 
     def forget(self, session: str | None) -> None:
-        with self._lock:
-            self._tokens.pop(session or "", None)
+        self._tokens.pop(session)
 
     def identity(self, request: Any) -> str:
         """The visitor behind a gr.Request: their browser token, else "session:<hash>" (no request: "anonymous")."""
         session = getattr(request, "session_hash", None)
-        with self._lock:
-            token = self._tokens.get(session or "")
+        token = self._tokens.get(session)
         return token or (f"session:{session}" if session else "anonymous")
 
 

@@ -155,12 +155,10 @@ def _calibration_note(meta: dict, root: Path, split: str) -> str | None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from PIL import Image
-
     from flowerdemo.data.images import ImageError
     from flowerdemo.infer.explain import explain, heatmap_image
     from flowerdemo.infer.predict import classify
-    from flowerdemo.infer.preprocess import small_photo_note
+    from flowerdemo.infer.preprocess import prepare_image, small_photo_note
     from flowerdemo.models.unknown import UNAVAILABLE_NOTE
 
     clf = _checkpoint(args.checkpoint)
@@ -168,8 +166,9 @@ def run_predict(args: argparse.Namespace) -> int:
         log.warning("%s: %s", clf.name, UNAVAILABLE_NOTE)
     failures = 0
     for path in args.images:
-        try:
-            pred = classify(clf, path, tta=args.tta, strictness=args.strictness)
+        try:  # decoded once: the answer, and the photo's size for the small-photo warning
+            prepared = prepare_image(path, clf.preprocessing)
+            pred = classify(clf, tta=args.tta, strictness=args.strictness, prepared=prepared)
         except ValueError as exc:
             # an ImageError's message starts with the file already ("photo.jpg: file not found. Accepted: …")
             if isinstance(exc, ImageError):
@@ -181,8 +180,7 @@ def run_predict(args: argparse.Namespace) -> int:
             failures += 1
             continue
         record = {"file": str(path), **pred.to_dict()}
-        with Image.open(path) as img:  # the header only
-            small = small_photo_note(*img.size, clf.preprocessing.input_size)
+        small = small_photo_note(*prepared.decoded_size, clf.preprocessing.input_size)
         if small:
             log.warning("%s: %s", path, small)
             record["warning"] = small

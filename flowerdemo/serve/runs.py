@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -199,7 +198,7 @@ def zip_run(run: str | Path, dest_dir: str | Path, name: str | None = None) -> P
     visitor's name for the run) is made a safe file name; two downloads of one name need their own `dest_dir`."""
     run, dest_dir = Path(run), Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
-    stem = re.sub(r"[^\w.-]+", "-", name or "", flags=re.ASCII).strip(".-")[:80] or run.name
+    stem = safe_name(name)[:80] if name and name.strip("./- ") else run.name
     target = dest_dir / f"{stem}.zip"
     fd, tmp = tempfile.mkstemp(suffix=".zip.part", dir=dest_dir)
     os.close(fd)
