@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,9 @@ import torch
 from safetensors.torch import save_file
 
 from flowerdemo.config import ConfigError
-from flowerdemo.models.checkpoints import FORMAT, WEIGHTS
+from flowerdemo.models.checkpoints import FORMAT, WEIGHTS, CheckpointError
 from flowerdemo.serve import owners
-from flowerdemo.serve.runs import DEFAULT_RUN, default_run, import_run, pin, prune_runs, zip_run
+from flowerdemo.serve.runs import DEFAULT_RUN, NAME_FILE, default_run, import_run, pin, prune_runs, zip_run
 from flowerdemo.settings import Settings
 
 
@@ -99,7 +100,20 @@ def test_an_imported_checkpoint_is_its_uploaders_and_an_uploaded_record_is_ignor
     named = zip_run(src, tmp_path / "named", name="Garden flowers: May/June ü")
     assert named.name == "Garden-flowers-May-June.zip"  # a visitor's name, made a safe file name
     assert zip_run(src, tmp_path / "odd", name="../..").name == f"{src.name}.zip"  # nothing left: the run's
-    assert import_run(named, tmp_path / "root-named").is_dir()  # the folder inside keeps the run's name
+    back = import_run(named, tmp_path / "root-named", owner="dave")
+    assert back.name == src.name  # the folder inside keeps the run's name, and the name it was given travels
+    assert owners.display_name(back) == "Garden flowers: May/June ü" and not (back / NAME_FILE).exists()
+    odd_zip = tmp_path / "odd-name.zip"  # a name file as anyone could have zipped it
+    with zipfile.ZipFile(odd_zip, "w") as zf:
+        zf.write(src / WEIGHTS, f"run/{WEIGHTS}")
+        zf.writestr(f"run/{NAME_FILE}", "  two\tlines\nand\x07 a bell " + "x" * 200)
+    assert owners.display_name(import_run(odd_zip, tmp_path / "root-odd", owner="erin")) == \
+        ("two lines and a bell " + "x" * 200)[:owners.MAX_NAME]
+    exported = tmp_path / "model.onnx"
+    exported.write_bytes(b"onnx")
+    with pytest.raises(CheckpointError, match="model.onnx is an ONNX export.*examples/onnx_predict.py"):
+        import_run(exported, tmp_path / "root-onnx")
+    assert not any((tmp_path / "root-onnx").iterdir())  # nothing left behind
     run = import_run(zip_run(src, tmp_path / "zips"), tmp_path / "root", owner="carol")
     assert owners.is_owner(run, "carol") and owners.read_owner(run).kind == "uploaded"
     run2 = import_run(src / WEIGHTS, tmp_path / "root")  # the operator's (CLI): no record

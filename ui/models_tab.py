@@ -192,7 +192,9 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
                                    interactive=False, height=90)
                 gr.Markdown("### Load a model file")
                 upload = gr.File(label="Load a checkpoint file (.zip of a run folder, or model.safetensors)",
-                                 file_types=[".zip", ".safetensors"], type="filepath", height=140,
+                                 # .onnx is let through to say what it is for (Gradio's own refusal named only
+                                 # the types accepted, and the app's own download is one)
+                                 file_types=[".zip", ".safetensors", ".onnx"], type="filepath", height=140,
                                  elem_id="models-upload")
                 upload_status = gr.Markdown(elem_id="models-upload-status")  # by the upload, not under the Hub's
             with gr.Column():
@@ -297,7 +299,9 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
         except Exception as exc:
             raise ui_error(exc, "Importing an uploaded checkpoint", title="Bad checkpoint",
                            message=f"That file is not a usable checkpoint: {exc}") from None
-        return adopt(run, request), f"Loaded `{run.name}` from the uploaded file; it is yours and now active."
+        from flowerdemo.serve.owners import display_name
+
+        return adopt(run, request), f"Loaded **{display_name(run)}** from the uploaded file; it is yours and now active."
 
     def rename_run(run: str | None = None, name: str = "", request: gr.Request = None):
         from flowerdemo.serve.owners import rename

@@ -19,6 +19,7 @@ from flowerdemo.models.checkpoints import META, WEIGHTS, CheckpointError, list_c
 log = logging.getLogger(__name__)
 
 PIN_MARKER = "PINNED"  # an empty file in a run directory: never deleted by prune_runs
+NAME_FILE = "name.txt"  # in a downloaded .zip: the name its owner gave the run (owners.rename)
 DEFAULT_RUN = "flowers5-lite2"  # the model shipped with the app: never deleted
 STALE_SECONDS = 3600  # a run folder without weights this old is an abandoned (crashed) run
 
@@ -195,7 +196,8 @@ def prune_files(folder: str | Path, max_age_s: float) -> None:
 
 def zip_run(run: str | Path, dest_dir: str | Path, name: str | None = None) -> Path:
     """`dest_dir/<name or run name>.zip` holding the run directory's files under `<run name>/`. `name` (a
-    visitor's name for the run) is made a safe file name; two downloads of one name need their own `dest_dir`."""
+    visitor's name for the run) is made a safe file name, and travels inside as `<run name>/name.txt`, which
+    `import_run` reads back; two downloads of one name need their own `dest_dir`."""
     run, dest_dir = Path(run), Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     stem = safe_name(name)[:80] if name and name.strip("./- ") else run.name
@@ -204,8 +206,10 @@ def zip_run(run: str | Path, dest_dir: str | Path, name: str | None = None) -> P
     os.close(fd)
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         for f in sorted(run.rglob("*")):
-            if f.is_file() and not f.name.startswith(".") and f.name != PIN_MARKER:
+            if f.is_file() and not f.name.startswith(".") and f.name not in (PIN_MARKER, NAME_FILE):
                 zf.write(f, Path(run.name) / f.relative_to(run))
+        if name and name.strip():
+            zf.writestr(str(Path(run.name) / NAME_FILE), name.strip())
     os.replace(tmp, target)
     return target
 
@@ -222,6 +226,10 @@ def import_run(upload: str | Path, root: str | Path, max_bytes: int = 2 * 1024**
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".import-", dir=root))
     try:
+        if upload.suffix.lower() == ".onnx":
+            raise CheckpointError(f"{upload.name} is an ONNX export: it runs without flowerdemo (onnxruntime, see "
+                                  f"examples/onnx_predict.py) and cannot be loaded back here. Upload the .zip a "
+                                  f"download gives, or its {WEIGHTS}")
         if upload.suffix.lower() == ".safetensors":
             (staging / "run").mkdir()
             shutil.copyfile(upload, staging / "run" / WEIGHTS)
@@ -242,8 +250,10 @@ def import_run(upload: str | Path, root: str | Path, max_bytes: int = 2 * 1024**
         from flowerdemo.serve.owners import OWNER_FILE, claim
 
         (found[0].parent / OWNER_FILE).unlink(missing_ok=True)  # a record inside an upload proves nothing
+        name = read_name(found[0].parent / NAME_FILE)  # the name it was downloaded under (zip_run)
+        (found[0].parent / NAME_FILE).unlink(missing_ok=True)  # the owner record holds it from now on
         if owner is not None:  # before the move: the run is never the operator's, not even for a moment
-            claim(found[0].parent, owner, "uploaded")
+            claim(found[0].parent, owner, "uploaded", name=name)
         shutil.move(str(found[0].parent), run)
         if not (run / META).exists():
             import json
@@ -252,6 +262,19 @@ def import_run(upload: str | Path, root: str | Path, max_bytes: int = 2 * 1024**
         return run
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def read_name(path: Path) -> str:
+    """The display name a downloaded run carries (`name.txt`), made a valid one (printable, at most
+    owners.MAX_NAME characters); "" when there is none or it is not text."""
+    from flowerdemo.serve.owners import MAX_NAME
+
+    try:
+        with open(path, "rb") as f:
+            text = f.read(16 * MAX_NAME).decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""
+    return " ".join("".join(c for c in text if c.isprintable() or c.isspace()).split())[:MAX_NAME].strip()
 
 
 def _unique(root: Path, name: str) -> Path:
