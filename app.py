@@ -25,8 +25,23 @@ from ui.state import AppContext, browser_secret
 
 log = logging.getLogger("flowerdemo.app")
 
-INTRO = ("# Flower classifier\nFine-tune an ImageNet CNN on your own labelled photos, classify new ones, "
-         "and see where the model looked (Grad-CAM).")
+TITLE = "Photo classifier: train it, ask it, see why"  # not "Flower classifier": a visitor's model may know cars
+INTRO_SHOWN_CLASSES = 8
+
+
+def intro(ctx: AppContext) -> str:
+    """The page's heading and what the operator's default model knows (the bundled one: five flowers)."""
+    from flowerdemo.models.checkpoints import read_meta
+
+    try:
+        classes = list(read_meta(ctx.models.default)["classes"]) if ctx.models.default is not None else []
+    except (OSError, ValueError, KeyError) as exc:  # said where it matters: the Predict tab answers without it
+        log.warning("the default model's classes could not be read for the heading: %s", exc)
+        classes = []
+    shown = ", ".join(classes[:INTRO_SHOWN_CLASSES]) + (", …" if len(classes) > INTRO_SHOWN_CLASSES else "")
+    knows = f"It starts out knowing {len(classes)} classes ({shown}). " if classes else ""
+    return (f"# {TITLE}\n{knows}Teach it your own classes from a few labelled photos, classify new ones, and see "
+            "where the model looked (Grad-CAM).")
 THEME = gr.themes.Soft(primary_hue="rose", secondary_hue="emerald", neutral_hue="slate")
 # what the browser keeps when the visitor's model is the operator's default: Gradio's front end leaves a BrowserState
 # as it was when a function returns None or "" for it, so forgetting a run needs a value (not a folder name: the
@@ -38,8 +53,8 @@ _BUILDING = threading.Lock()  # two first reads of `demo` at once still build on
 def create_demo(ctx: AppContext | None = None) -> gr.Blocks:
     """Build the Blocks for `ctx` (default: the settings of the environment, `Settings.from_env()`)."""
     ctx = ctx or AppContext.create()
-    with gr.Blocks(title="Flower classifier", delete_cache=(1800, 3600)) as demo:
-        gr.Markdown(INTRO)
+    with gr.Blocks(title=TITLE, delete_cache=(1800, 3600)) as demo:
+        gr.Markdown(intro(ctx))
         active = gr.State(None)  # this visitor's model (a run directory); None = the operator's default
         # who this browser is, across reloads and restarts: a random token in its localStorage, encrypted with a
         # secret kept beside the checkpoints (a new secret each start would make every browser a stranger)

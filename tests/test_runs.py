@@ -137,3 +137,17 @@ def test_each_visitor_keeps_their_newest_runs_and_the_disk_budget_spares_the_def
     runs = [fake_run(budget, f"r{i}", age=300 - i, size=100_000) for i in range(3)]
     gone = prune_runs(budget, keep=0, protect=[default], max_bytes=4 * 400_000 + 200_000)
     assert gone == runs[:1] and default.exists() and pinned.exists() and runs[1].exists()
+
+
+def test_the_page_heading_names_what_the_default_model_knows_not_flowers(tmp_path):
+    import app
+    from ui.state import AppContext
+
+    def heading(runs: Path) -> str:
+        return app.intro(AppContext.create(Settings(checkpoint_dir=runs, work_dir=tmp_path / "work",
+                                                    cache_dir=tmp_path / "cache")))
+
+    fake_run(tmp_path / "runs", "operators")  # classes a and b
+    text = heading(tmp_path / "runs")
+    assert "knowing 2 classes (a, b)" in text and "flower" not in text.lower().split("\n")[0]
+    assert "knowing" not in heading(tmp_path / "empty")  # no default model: nothing claimed
