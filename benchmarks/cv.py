@@ -49,10 +49,12 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
     "epochs12": ("12 epochs (schedule shortened with them)", {"epochs": 12}),
     "epochs30": ("30 epochs", {"epochs": 30}),
     "views2": ("2 cached views instead of 3 (less extraction)", {"fast_views": 2}),
+    "views4": ("4 cached views instead of 3 (more extraction)", {"fast_views": 4}),
     "lite2-240": ("EfficientNet-Lite2 at 240 px (the shipped model's size)",
                   {"model": "efficientnet_lite2", "image_size": 240}),
     "lite2-260": ("EfficientNet-Lite2 at 260 px (its native size)", {"model": "efficientnet_lite2", "image_size": 260}),
     "lite0-240": ("Lite0 at 240 px", {"image_size": 240}),
+    "ema2": ("EMA of the trained weights over ~2 epochs, scored and kept", {"ema_epochs": 2.0}),
     "head-only": ("head only on pooled features (the linear probe)", {"fast_tune_last_stage": False}),
 }
 METRICS = ("last_acc", "best_acc", "tta_last_acc", "wall_s", "extract_s", "train_s")
