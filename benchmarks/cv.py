@@ -54,7 +54,6 @@ RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
                   {"model": "efficientnet_lite2", "image_size": 240}),
     "lite2-260": ("EfficientNet-Lite2 at 260 px (its native size)", {"model": "efficientnet_lite2", "image_size": 260}),
     "lite0-240": ("Lite0 at 240 px", {"image_size": 240}),
-    "ema2": ("EMA of the trained weights over ~2 epochs, scored and kept", {"ema_epochs": 2.0}),
     "head-only": ("head only on pooled features (the linear probe)", {"fast_tune_last_stage": False}),
 }
 METRICS = ("last_acc", "best_acc", "tta_last_acc", "wall_s", "extract_s", "train_s")

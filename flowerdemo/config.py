@@ -85,13 +85,11 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig, metadata={"help": "see AugmentConfig"})
     fast_views: int = _opt(3, "fast mode: cached views per image (1 clean, the rest augmented); each view costs "
                               "a forward pass of the training set, and with the last stage fine-tuned 3 views beat "
-                              "2 while 4 no longer fit the 3-minute budget (see docs/benchmarks.md)")
+                              "2 and 4 did not beat 3 (cross-validated, see docs/benchmarks.md §12)")
     fast_tune_last_stage: bool = _opt(True, "fast mode: also fine-tune the backbone's last stage from cached "
                                             "activations (not with --freeze backbone)")
     fast_tail_lr_scale: float = _opt(1.0, "fast mode: last-stage LR relative to the head's; the best of the scales "
                                           "measured (see docs/benchmarks.md)")
-    ema_epochs: float = _opt(0.0, "keep an exponential moving average of the trained weights over about this many "
-                                  "epochs and score/keep it instead of the last step's weights; 0 = off")
     cache_features: bool = _opt(True, "fast mode: reuse features across runs on the same data + backbone")
     amp: bool = _opt(True, "CUDA: bf16 autocast where supported, else fp16 with a scaler; CPU fast mode: bf16 on "
                            "AMX/AVX512-BF16")
@@ -128,8 +126,7 @@ class TrainConfig:
         for name in ("head_hidden", "step_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("frozen_stages", "workers", "weight_decay", "grad_clip", "backbone_lr_scale", "fast_tail_lr_scale",
-                     "ema_epochs"):
+        for name in ("frozen_stages", "workers", "weight_decay", "grad_clip", "backbone_lr_scale", "fast_tail_lr_scale"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
 

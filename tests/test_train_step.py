@@ -13,7 +13,6 @@ from flowerdemo.config import TrainConfig
 from flowerdemo.data.augment import BatchAugment
 from flowerdemo.data.tensorcache import ImageTensors
 from flowerdemo.models.registry import build_model
-from flowerdemo.train.ema import WeightAverage, decay_for
 from flowerdemo.train.fast import FastTrainer
 from flowerdemo.train.full import FullTrainer
 from flowerdemo.train.step import batch_slices, drain
@@ -122,44 +121,3 @@ def test_fast_mode_schedules_over_the_same_batches_it_trains():
     assert [len(s) for s in steps] == [3, 3] and steps[0][-1].total == 3
     assert trainer.sched.last_epoch == 6
     assert trainer.opt.param_groups[0]["lr"] == pytest.approx(0, abs=1e-12)
-
-
-def test_weight_average_follows_the_steps_and_swaps_in_for_scoring_only():
-    p = torch.nn.Parameter(torch.zeros(3))
-    avg = WeightAverage([p], decay=0.5)
-    expected = torch.zeros(3)
-    for step, value in enumerate((1.0, 2.0, 4.0), 1):
-        p.data.fill_(value)
-        avg.update()
-        d = min(0.5, (1 + step) / (10 + step))  # the early-step decay, then the horizon's
-        expected = d * expected + (1 - d) * value
-    avg.use_average()
-    assert torch.allclose(p.data, expected)
-    avg.use_average()  # twice: still the average, the live weights not overwritten by it
-    avg.use_live()
-    assert torch.equal(p.data, torch.full((3,), 4.0))
-    assert decay_for(2.0, 50) == pytest.approx(0.99) and decay_for(0.01, 3) == 0.0
-
-
-def test_fast_mode_with_an_average_trains_the_same_steps_and_scores_the_average():
-    plain_cfg = dataclasses.replace(CFG, mode="fast", fast_views=2)
-    ema_cfg = dataclasses.replace(plain_cfg, ema_epochs=1.0)
-    train, val = _data(16, 1), _data(6, 2)
-    trainers = []
-    for cfg in (plain_cfg, ema_cfg):
-        model = _model(cfg)
-        trainer = FastTrainer(TrainSetup(cfg, model, train, val, model.spec.preprocessing.with_size(cfg.image_size),
-                                         torch.device("cpu")))
-        drain(trainer.prepare())
-        drain(trainer.train_epoch(1))
-        trainers.append(trainer)
-    plain, ema = trainers
-    _assert_same_weights(plain.setup.model, ema.setup.model)  # the average changes nothing while training
-    live = copy.deepcopy(ema.setup.model.state_dict())
-    logits = drain(ema.val_logits(1))
-    scored = ema.setup.model.state_dict()  # what the engine keeps after scoring: the average
-    moved = [k for k in live if not torch.equal(live[k], scored[k])]
-    assert moved and all(k.startswith(("head", "backbone")) for k in moved)
-    assert not torch.allclose(logits, drain(plain.val_logits(1)))
-    drain(ema.train_epoch(2))  # the next epoch trains on from the live weights, not from the average
-    assert ema.average.live is None

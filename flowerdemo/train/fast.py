@@ -24,7 +24,6 @@ from flowerdemo.device import autocast_dtype, autocast_for
 from flowerdemo.infer.runtime import extraction_encoder, extracts_with_onnxruntime
 from flowerdemo.models.fold import folded_or_original
 from flowerdemo.models.registry import Preprocessing
-from flowerdemo.train.ema import WeightAverage, decay_for
 from flowerdemo.train.evaluate import chunked_logits
 from flowerdemo.train.events import Progress
 from flowerdemo.train.featurecache import default_cache_dir, feature_key, load_features, save_features
@@ -194,11 +193,9 @@ class FastTrainer:
                 save_features(default_cache_dir(), key, self.train_feats.cpu(), self.val_feats.cpu())
         self.opt = make_optimizer(setup.model, cfg, device, backbone_lr_scale=cfg.fast_tail_lr_scale)
         self.sched = make_scheduler(self.opt, cfg, max(1, len(self.slices)))
-        params = [p for group in self.opt.param_groups for p in group["params"]]
-        self.average = (WeightAverage(params, decay_for(cfg.ema_epochs, len(self.slices)))
-                        if cfg.ema_epochs > 0 else None)
-        self.step = OptimStep(self.opt, self.sched, self.scaler, params, cfg.grad_clip, cfg.label_smoothing,
-                              self.average)
+        self.step = OptimStep(self.opt, self.sched, self.scaler,
+                              [p for group in self.opt.param_groups for p in group["params"]],
+                              cfg.grad_clip, cfg.label_smoothing)
 
     def _forward(self, cached: torch.Tensor) -> torch.Tensor:
         """Head (after the tail, when it is trained) applied to a batch of fp16 cache items."""
@@ -221,14 +218,10 @@ class FastTrainer:
 
     def train_epoch(self, epoch: int) -> Iterator[Progress]:
         self.setup.model.head.train()  # the tail stays in eval mode: its BatchNorm statistics are fixed
-        if self.average is not None:
-            self.average.use_live()
         return (yield from run_epoch(self._batches(), len(self.slices), self._forward, self.step, epoch=epoch,
                                      device=self.setup.device, stop=self.setup.stop))
 
     def val_logits(self, epoch: int, stoppable: bool = True) -> Iterator[Progress]:
         self.setup.model.head.eval()
-        if self.average is not None:  # the average is scored, and kept by the engine
-            self.average.use_average()
         return (yield from chunked_logits(self._forward, self.val_feats, EVAL_BATCH,
                                           stop=self.setup.stop if stoppable else None, epoch=epoch))

@@ -16,7 +16,6 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from flowerdemo.train.ema import WeightAverage
 from flowerdemo.train.events import Progress
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]  # sums a tensor across processes (identity on one)
@@ -60,9 +59,8 @@ class OptimStep:
 
     def __init__(self, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
                  scaler: torch.amp.GradScaler, clip_params: Iterable[torch.nn.Parameter], grad_clip: float,
-                 label_smoothing: float, average: WeightAverage | None = None) -> None:
+                 label_smoothing: float) -> None:
         self.opt, self.sched, self.scaler = opt, sched, scaler
-        self.average = average  # updated after every step (TrainConfig.ema_epochs)
         # clipping sums per-tensor norms in this order: kept as the trainer gives it, so a run is reproducible
         self.clip_params = list(clip_params)
         self.grad_clip, self.label_smoothing = grad_clip, label_smoothing
@@ -81,8 +79,6 @@ class OptimStep:
         self.scaler.step(self.opt)
         self.scaler.update()
         self.sched.step()
-        if self.average is not None:
-            self.average.update()
         return logits.detach(), loss.detach()
 
 
