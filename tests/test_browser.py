@@ -461,6 +461,16 @@ def test_on_a_phone_two_classes_made_here_from_files_and_the_camera_then_trained
         sync_api.expect(phone.locator("#builder-gallery img")).to_have_count(4)
         sync_api.expect(report).to_contain_text("Ready to train on 7 photos in 2 classes")
         assert phone.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than the phone
+        # the dataset check, then one more photo: the Progress box no longer says the 7 photos were checked
+        status = phone.locator("#train-status")
+        phone.locator("#train-check").click()
+        sync_api.expect(status).to_contain_text("Checked: 7 photos in 2 classes")
+        extra = tmp_path / "circle-3.png"
+        draw_sample("circle", 96, random.Random(20)).save(extra)
+        phone.locator("#builder-classes").get_by_text("circle · 3").click()
+        phone.locator("#builder-files input[type=file]").set_input_files([str(extra)])
+        sync_api.expect(report).to_contain_text("Added 1 photo to circle")
+        sync_api.expect(status).to_contain_text("Your photos changed since the check")
 
         # a mistake (no photo selected) is said in a toast and marks the status line, not every box of the builder
         badges = phone.get_by_role("tabpanel").get_by_text("Error", exact=True)
@@ -473,10 +483,10 @@ def test_on_a_phone_two_classes_made_here_from_files_and_the_camera_then_trained
         phone.get_by_text("Rename or delete this class").click()
         phone.locator("#builder-delete").click()
         sync_api.expect(phone.locator("#builder-delete-question")).to_contain_text(
-            "Delete square and its 4 photos for good?")
+            "Delete circle and its 4 photos for good?")  # the class picked last: circle
         phone.locator("#builder-delete-no").click()
         sync_api.expect(phone.locator("#builder-delete-question")).to_be_hidden()
-        sync_api.expect(phone.locator("#builder-classes")).to_contain_text("square · 4")
+        sync_api.expect(phone.locator("#builder-classes")).to_contain_text("circle · 4")
 
         set_number(phone, "#train-epochs", 2)
         phone.locator("#train-start").click()
@@ -485,7 +495,7 @@ def test_on_a_phone_two_classes_made_here_from_files_and_the_camera_then_trained
         sync_api.expect(summary).to_contain_text("Finished: best validation accuracy", timeout=3 * TIMEOUT_MS)
         run = re.search(r"Saved as (\S+)", summary.inner_text()).group(1)
         counts = read_meta(app_url[1] / "checkpoints" / run)["data"]["counts"]
-        assert {c: counts["train"][c] + counts["val"][c] for c in counts["train"]} == {"circle": 3, "square": 4}
+        assert {c: counts["train"][c] + counts["val"][c] for c in counts["train"]} == {"circle": 4, "square": 4}
         shot(phone, "train-builder-phone.png")
     finally:
         browser.close()

@@ -51,10 +51,12 @@ SEVERITY = {"error": "**Fix:**", "warning": "**Check:**", "info": "Note:"}
 
 @dataclass(frozen=True)
 class BuilderRefs:
-    """The builder's panel, and `wire_check(button)`: that button also checks the builder's photos."""
+    """The builder's panel, `wire_check(button)`: that button also checks the builder's photos, and
+    `after_edit(fn, inputs, outputs)`: `fn` runs after every action that changed the photos."""
 
     panel: gr.Column
     wire_check: Callable[[gr.Button, gr.Radio], None]
+    after_edit: Callable[..., None]
 
 
 def draft_for(ctx: AppContext, request: gr.Request | None) -> DatasetDraft:
@@ -311,9 +313,10 @@ def build(ctx: AppContext, tab: gr.Tab, visible: bool = True) -> BuilderRefs:
     # every output, a refused action (a photo removed before one was selected, a name taken) drew a red "Error"
     # badge over the class list, the photos and the status, hiding them until each badge was closed
     on_report, on_findings = dict(show_progress_on=[report_md]), dict(show_progress_on=[found_md])
-    drop_btn.click(drop, [suspect, classes], [*outs, *check_outs], api_name="builder_remove_checked", **on_findings)
-    move_btn.click(fix, [suspect, move_to, classes], [*outs, *check_outs], api_name="builder_move_checked",
-                   **on_findings)
+    edits = [drop_btn.click(drop, [suspect, classes], [*outs, *check_outs], api_name="builder_remove_checked",
+                            **on_findings)]  # the events that change the photos (after_edit)
+    edits += [move_btn.click(fix, [suspect, move_to, classes], [*outs, *check_outs], api_name="builder_move_checked",
+                             **on_findings)]
 
     def wire_check(button: gr.Button, source: gr.Radio) -> None:
         button.click(check, source, check_outs, api_name="builder_check", **on_findings)
@@ -328,20 +331,27 @@ def build(ctx: AppContext, tab: gr.Tab, visible: bool = True) -> BuilderRefs:
     gr.api(listing, api_name="builder_list")
     tab.select(show, classes, outs, api_name="builder_show", show_progress="hidden")
     classes.input(show, classes, outs, show_progress="hidden")
-    gr.on([add_btn.click, name.submit], add_class, name, [*outs, name], api_name="builder_add_class", **on_report)
-    files.upload(add_files, [classes, files], [*outs, files], api_name="builder_add_photos", **on_report)
-    snap_btn.click(add_frame, [classes, camera], [*outs, camera], api_name="builder_add_camera", **on_report)
+    edits += [gr.on([add_btn.click, name.submit], add_class, name, [*outs, name], api_name="builder_add_class", **on_report)]
+    edits += [files.upload(add_files, [classes, files], [*outs, files], api_name="builder_add_photos", **on_report)]
+    edits += [snap_btn.click(add_frame, [classes, camera], [*outs, camera], api_name="builder_add_camera", **on_report)]
     gallery.select(pick, shown, chosen, show_progress="hidden")
-    remove_btn.click(remove, [classes, chosen, shown], outs, api_name="builder_remove_photo", **on_report)
-    gr.on([rename_btn.click, new_name.submit], rename, [classes, new_name], [*outs, new_name],
-          api_name="builder_rename_class", **on_report)
+    edits += [remove_btn.click(remove, [classes, chosen, shown], outs, api_name="builder_remove_photo", **on_report)]
+    edits += [gr.on([rename_btn.click, new_name.submit], rename, [classes, new_name], [*outs, new_name],
+          api_name="builder_rename_class", **on_report)]
     delete_btn.click(ask_delete, classes, [confirm_row, confirm_text], api_visibility="private", **on_report)
     hide = dict(fn=lambda: gr.update(visible=False), inputs=None, outputs=confirm_row, api_visibility="private",
                 queue=False)
     keep_btn.click(**hide)
     classes.change(**hide)  # another class picked: the question was about the one before
-    confirm_btn.click(delete, classes, outs, api_name="builder_delete_class", **on_report).then(**hide)
+    deleted = confirm_btn.click(delete, classes, outs, api_name="builder_delete_class", **on_report)
+    deleted.then(**hide)
+    edits.append(deleted)
     download_btn.click(download, None, zipped, api_name="builder_download")
-    gr.on([load_zip.upload, load_folder.submit], load, [load_zip, load_folder], [*outs, load_zip],
-          api_name="builder_load", **on_report)
-    return BuilderRefs(panel, wire_check)
+    edits += [gr.on([load_zip.upload, load_folder.submit], load, [load_zip, load_folder], [*outs, load_zip],
+          api_name="builder_load", **on_report)]
+
+    def after_edit(fn: Callable, inputs: list, outputs: list) -> None:
+        for event in edits:
+            event.success(fn, inputs, outputs, api_visibility="private", show_progress="hidden", queue=False)
+
+    return BuilderRefs(panel, wire_check, after_edit)

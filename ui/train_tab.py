@@ -20,6 +20,10 @@ from .train_view import TrainView
 
 log = logging.getLogger(__name__)
 DEFAULTS = TrainConfig()
+CHECKED = "Checked:"  # how the Progress box starts after a dataset check
+STALE_STATUS = ("Your photos changed since the check. Press **Check the dataset** to see them again, or "
+                "**Start training**: it uses the photos as they are now.")
+STALE_FOUND = "**Out of date:** your photos changed since this check."
 AUGMENTS = [("random resized crop", "random_resized_crop"), ("horizontal flip", "hflip"),
             ("colour jitter", "color_jitter"), ("rotation ±30°", "rotation"), ("translation ±10%", "translate"),
             ("random erasing", "random_erasing")]
@@ -74,7 +78,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
                                    "of classes)", file_types=[".zip"], type="filepath", height=110, visible=False)
                 folder = gr.Textbox(label="Folder on this server", visible=False, placeholder="/data/my_flowers",
                                     elem_id="train-folder", info=f"Allowed under: {allowed}" if allowed else None)
-                scan_btn = gr.Button("Check the dataset", size="sm")
+                scan_btn = gr.Button("Check the dataset", size="sm", elem_id="train-check")
                 found = gr.Markdown()
                 with gr.Accordion("What was found", open=False) as found_box:
                     thumbs = gr.Gallery(label="A few training images", columns=6, height=200, object_fit="cover",
@@ -178,7 +182,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
         state = ctx.job.state  # the Progress box speaks of this visitor's own run while one goes on
         mine = state.running and state.owner == ctx.visitors.identity(request)
         ready = gr.skip() if mine else \
-            f"Checked: **{photos:,} photos in {classes} classes** (details above). Press **Start training**."
+            f"{CHECKED} **{photos:,} photos in {classes} classes** (details above). Press **Start training**."
         yield (text, gr.update(open=True), pics, table, gr.update(value=skipped_df, visible=len(skipped_df) > 0), held,
                ready)
 
@@ -186,6 +190,14 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
     gr.on([scan_btn.click, zip_file.upload, folder.submit], check, [source, zip_file, folder, held],
           [found, found_box, thumbs, counts, skipped, held, status], api_name="scan_dataset", show_progress_on=[found])
     made_here.wire_check(scan_btn, source)  # the builder's photos: the dataset check's findings, to act on
+
+    def photos_changed(text: str, found_text: str):
+        """After a builder edit, a check's "Checked: N photos" and its findings describe photos that changed (the
+        status kept saying "Checked: 40 photos" after photos were added; a walkthrough). A run's progress stays."""
+        return (STALE_STATUS if (text or "").startswith(CHECKED) else gr.skip(),
+                f"{STALE_FOUND}\n\n{found_text}" if found_text and not found_text.startswith(STALE_FOUND) else gr.skip())
+
+    made_here.after_edit(photos_changed, [status, found], [status, found])
 
     outputs = {"status": status, "progress": progress, "loss": loss_plot, "acc": acc_plot, "lr": lr_plot,
                "results": results, "summary": summary, "per_class": per_class, "confusion": confusion,
