@@ -65,6 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cam-requests", type=int, default=0,
                    help="12 MP round trips per CAM method (plain HTTP): what each method's heatmap adds after the "
                         "label, the figures the app's CAM dropdown shows; 0 = skip")
+    p.add_argument("--clients-nice", type=int, default=0,
+                   help="lower the clients' priority by this much once the app is up (the app keeps its own): "
+                        "visitors' browsers run on their own machines, here they share the server's 2 cores; "
+                        "0 = the same priority as the app")
     p.add_argument("--out", type=Path, default=None, help="JSON results; default benchmarks/results/serving-<time>.json")
     return p.parse_args(argv)
 
@@ -73,6 +77,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(CPU seconds the process `pid` has used, CPU seconds this process has used), user + system."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    app = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+    mine = os.times()
+    return app, mine.user + mine.system
 
 
 def rss_mib(pid: int) -> float | None:
@@ -369,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
             wait_listening(url, proc, args.startup_timeout, root / "app" / "app.log")
             startup_s = time.perf_counter() - t0
             print(f"app up in {startup_s:.1f} s at {url}; machine: {common.machine_line(info)}", file=sys.stderr)
+            if args.clients_nice:  # this thread's, inherited by every client thread started from here on (Linux)
+                os.nice(args.clients_nice)
             control = new_client(url, root / "downloads")  # pings and the training
             client = new_client(url, root / "downloads-serial", args.client)
             sampler.phase = "warm-up"
@@ -401,7 +415,13 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{n} concurrent clients ({name}) ...", file=sys.stderr, flush=True)
                     sampler.phase = name
                     clients = [new_client(url, root / f"downloads-{name}-{i}", args.client) for i in range(n)]
+                    before = cpu_seconds(proc.pid), time.perf_counter()
                     phases[name] = stats(concurrent(clients, photo))
+                    after = cpu_seconds(proc.pid), time.perf_counter()
+                    # who used the 2 cores during the burst: the app, or the clients (this process) beside it
+                    phases[name]["cpu_s"] = {"app": round(after[0][0] - before[0][0], 2),
+                                             "clients": round(after[0][1] - before[0][1], 2),
+                                             "wall": round(after[1] - before[1], 2)}
                     del clients
             if args.train_requests > 0:
                 print("predictions during a training ...", file=sys.stderr, flush=True)
