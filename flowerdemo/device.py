@@ -103,6 +103,20 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
         return False
 
 
+def release_freed_memory() -> bool:
+    """Hand the memory glibc keeps after large frees back to the system (malloc_trim): a training decodes,
+    extracts and frees hundreds of MB, and glibc keeps much of it mapped, so a server's resident size grew
+    with each training (docs/benchmarks.md §8). True when called (glibc only), whether or not it found memory to
+    hand back."""
+    if sys.platform != "linux":
+        return False
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        return False
+    return True
+
+
 @contextmanager
 def intra_op_threads(n: int) -> Iterator[None]:
     """Run the block with `n` intra-op threads in the calling thread, then restore its count.

@@ -165,6 +165,20 @@ def test_closing_a_run_also_sets_its_stop_flag(tmp_path):
     assert seen["stop"].is_set() and not job.state.running
 
 
+def test_the_memory_a_training_freed_is_handed_back_when_it_ends(tmp_path, monkeypatch):
+    import flowerdemo.serve.jobs as jobs
+    from flowerdemo.device import release_freed_memory
+
+    trims = []
+    monkeypatch.setattr(jobs, "release_freed_memory", lambda: trims.append(1))
+    run = TrainingJob(fake_engine()).start(CFG, tmp_path, tmp_path)
+    next(run)
+    assert trims == []  # not while it runs
+    list(run)
+    assert trims == [1]  # once, when it has ended (stopped and failed runs end through the same release)
+    assert release_freed_memory() == (os.uname().sysname == "Linux")  # glibc's malloc_trim, called for real
+
+
 def test_engine_error_frees_the_slot_and_is_recorded(tmp_path):
     def broken(cfg, data, out_dir, stop):
         yield Progress("decode", 1, 2)

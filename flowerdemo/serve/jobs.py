@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from flowerdemo.config import TrainConfig
+from flowerdemo.device import release_freed_memory
 from flowerdemo.train.events import EpochEnd, Event, RunStarted
 
 log = logging.getLogger(__name__)
@@ -196,6 +197,7 @@ class TrainingJob:
             self._state = replace(self._state, running=False, error=str(error) if error else "")
         if _LOCK.locked():
             _LOCK.release()
+        release_freed_memory()  # the training's freed buffers back to the system: the server's size stays bounded
 
 
 class Slot:
