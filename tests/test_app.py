@@ -29,6 +29,7 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
 # A model good enough to be "a model": 3 shape classes, 64 px, fast mode, a few seconds on a CPU.
 TINY = TrainConfig(mode="fast", image_size=64, epochs=6, batch_size=8, fast_views=2, workers=1,
                    cache_features=False)
@@ -480,3 +481,19 @@ def test_a_checkpoints_time_is_shown_in_plain_words():
     assert readable_time("2026-11-26T16:42:09+01:00") == "2026-11-26 15:42 UTC"
     assert readable_time("2026-11-26T15:42:09") == "2026-11-26 15:42"
     assert readable_time("yesterday") == "yesterday"
+
+
+def test_every_error_the_app_raises_has_a_title_not_just_error():
+    """Gradio titles a toast "Error" unless told: every gr.Error in the UI says what it is about."""
+    import ast
+
+    untitled = []
+    for path in [REPO / "app.py", *sorted((REPO / "ui").glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "gr.Error" and \
+                    not any(k.arg == "title" for k in node.keywords):
+                untitled.append(f"{path.name}:{node.lineno}")
+    assert untitled == []
+    from ui.errors import ui_error
+
+    assert ui_error(ValueError("bad zip"), "Checking the dataset").title == "Checking the dataset"

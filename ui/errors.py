@@ -35,7 +35,8 @@ def ui_error(exc: BaseException, doing: str, *, title: str | None = None, messag
     else:
         text = f"{doing} failed because of an error in the server ({type(exc).__name__}); the details are in its log."
     # logged above (one line for the visitor's mistakes, a traceback for failures): Gradio need not print it again
-    return gr.Error(_sentence(text), title=title, print_exception=False)
+    # titled by what was being done unless told: Gradio's own title is just "Error"
+    return gr.Error(_sentence(text), title=title or doing, print_exception=False)
 
 
 def log_failure(exc: BaseException, doing: str) -> bool:

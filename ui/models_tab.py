@@ -293,7 +293,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
         from flowerdemo.serve.runs import import_run
 
         if not file:
-            raise gr.Error("Choose a checkpoint file first.")
+            raise gr.Error("Choose a checkpoint file first.", title="No file")
         try:
             run = import_run(file, ctx.settings.checkpoint_dir, owner=ctx.visitors.identity(request))
         except Exception as exc:

@@ -135,7 +135,7 @@ def image_source(payload: Any) -> tuple[Any, str]:
             return base64.b64decode(url.split(",", 1)[1]), name
     if isinstance(payload, str):
         return payload, Path(payload).name
-    raise gr.Error("Upload an image (JPEG, PNG, WebP, BMP or GIF).")
+    raise gr.Error("Upload an image (JPEG, PNG, WebP, BMP or GIF).", title="Not a photo")
 
 
 def example_files() -> tuple[list[list[str]], list[str]]:

@@ -290,7 +290,8 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
         if ctx.job.stop(owner=ctx.visitors.identity(request)):  # the browser's: a reloaded page still owns it
             return "**Stopping** after the current batch; the best checkpoint so far is kept."
         if ctx.job.state.running:
-            raise gr.Error("The training that is running was started by another visitor; only they can stop it.")
+            raise gr.Error("The training that is running was started by another visitor; only they can stop it.",
+                           title="Not yours")
         return "No training is running."
 
     stop_btn.click(stop_training, None, status, api_name="stop", concurrency_limit=None)
