@@ -31,6 +31,7 @@ INTRO_SHOWN_CLASSES = 8
 
 def intro(ctx: AppContext) -> str:
     """The page's heading and what the operator's default model knows (the bundled one: five flowers)."""
+    from flowerdemo.data.builder import md
     from flowerdemo.models.checkpoints import read_meta
 
     try:
@@ -38,7 +39,7 @@ def intro(ctx: AppContext) -> str:
     except (OSError, ValueError, KeyError) as exc:  # said where it matters: the Predict tab answers without it
         log.warning("the default model's classes could not be read for the heading: %s", exc)
         classes = []
-    shown = ", ".join(classes[:INTRO_SHOWN_CLASSES]) + (", …" if len(classes) > INTRO_SHOWN_CLASSES else "")
+    shown = ", ".join(md(c) for c in classes[:INTRO_SHOWN_CLASSES]) + (", …" if len(classes) > INTRO_SHOWN_CLASSES else "")
     knows = f"It starts out knowing {len(classes)} classes ({shown}). " if classes else ""
     return (f"# {TITLE}\n{knows}Teach it your own classes from a few labelled photos, classify new ones, and see "
             "where the model looked (Grad-CAM).")

@@ -177,6 +177,34 @@ def test_the_class_list_says_when_the_strictness_levels_cannot_differ():
     assert "strictness levels" not in known_classes_text(apart) and "not one of these" in known_classes_text(apart)
 
 
+def test_names_a_visitor_typed_reach_other_pages_as_text_not_html(tmp_path):
+    """A model renamed `<img src=...>` was drawn as an image on the pages of everyone it was shared with (a
+    walkthrough): model and class names are escaped wherever they enter Markdown."""
+    import re
+    from types import SimpleNamespace
+
+    from flowerdemo.serve import owners
+    from tests.test_runs import fake_run
+    from ui.models_tab import details
+    from ui.predict_tab import known_classes_text, verdict_text
+
+    raw = re.compile(r"(?<!\\)<(img|b)\b")  # a tag not escaped
+    evil = '<img src="/x.png"> <b>big</b>'
+    clf = SimpleNamespace(classes=(evil, "b"), detector=None)
+    pred = SimpleNamespace(top=(evil, 0.9), familiarity=SimpleNamespace(known=False, score=0.9, threshold=0.5,
+                                                                        strictness="normal", available=True))
+    for text in (known_classes_text(clf), verdict_text(pred, clf.classes),
+                 verdict_text(SimpleNamespace(top=(evil, 0.9), familiarity=SimpleNamespace(
+                     known=True, score=0.1, threshold=0.5, strictness="normal", available=True)), clf.classes)):
+        assert "img" in text and not raw.search(text), text
+    run = fake_run(tmp_path, "run")
+    owners.claim(run, "alice", "trained", name=evil)
+    shown = details(SimpleNamespace(models=SimpleNamespace(resolve=lambda chosen: (SimpleNamespace(
+        path=run, meta={"architecture": "x"}, classes=(evil,), preprocessing=SimpleNamespace(input_size=8),
+        detector=None, temperature=1.0), ""))), str(run))
+    assert "img" in shown and not raw.search(shown), shown
+
+
 def test_the_runs_table_says_how_many_epochs_a_run_trained_and_whether_it_was_stopped():
     from ui.models_tab import epochs_text
 

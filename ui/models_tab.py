@@ -4,6 +4,7 @@ downloading and pushing them is the owner's (flowerdemo/serve/owners.py)."""
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import uuid
@@ -13,6 +14,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from flowerdemo.data.builder import md
 from flowerdemo.train.metrics import checkpoint_accuracy
 
 from .errors import ui_error
@@ -60,7 +62,7 @@ def _owned(ctx: AppContext, active: str | None, request, doing: str):
 
     clf = _active(ctx, active)
     if not may_download(clf.path, ctx.visitors.identity(request)):
-        raise gr.Error(f"{display_name(clf.path)} was shared with you: you can use it here, but only the visitor "
+        raise gr.Error(f"{html.escape(display_name(clf.path))} was shared with you: you can use it here, but only the visitor "
                        f"who made it can {doing} it.", title="Not yours")
     return clf
 
@@ -122,9 +124,9 @@ def details(ctx: AppContext, active: str | None) -> str:
     acc = checkpoint_accuracy(metrics)
     from flowerdemo.serve.owners import display_name
 
-    lines = [f"**{display_name(clf.path)}** — {m.get('architecture')} ({m.get('mode', '?')} mode), "
+    lines = [f"**{md(display_name(clf.path))}** — {m.get('architecture')} ({m.get('mode', '?')} mode), "
              f"input {clf.preprocessing.input_size} px",
-             f"Classes: {', '.join(clf.classes)}"]
+             f"Classes: {', '.join(md(c) for c in clf.classes)}"]
     if acc is not None:
         which = "Validation accuracy (the last epoch's weights)" if metrics.get("kept") == "last" else \
             "Best validation accuracy"
@@ -301,7 +303,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
                            message=f"That file is not a usable checkpoint: {exc}") from None
         from flowerdemo.serve.owners import display_name
 
-        return adopt(run, request), f"Loaded **{display_name(run)}** from the uploaded file; it is yours and now active."
+        return adopt(run, request), f"Loaded **{md(display_name(run))}** from the uploaded file; it is yours and now active."
 
     def rename_run(run: str | None = None, name: str = "", request: gr.Request = None):
         from flowerdemo.serve.owners import rename
@@ -311,7 +313,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
             shown = rename(path, identity, name)
         except Exception as exc:
             raise ui_error(exc, "Renaming a model", title="Cannot rename") from None
-        return (*listing(identity, path.name), f"Renamed to **{shown}**.")
+        return (*listing(identity, path.name), f"Renamed to **{md(shown)}**.")
 
     def current_name(run: str | None = None, request: gr.Request = None) -> str:
         """The chosen model's name in the Name box, to edit rather than retype (only for the visitor's own)."""
@@ -331,7 +333,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
         except Exception as exc:
             raise ui_error(exc, "Deleting a model", title="Cannot delete") from None
         gone = active is not None and Path(active).resolve() == path.resolve()
-        return (*listing(identity), f"Deleted **{shown}**." + (" You now use the default model." if gone else ""),
+        return (*listing(identity), f"Deleted **{md(shown)}**." + (" You now use the default model." if gone else ""),
                 None if gone else active)
 
     def ask_delete(run: str | None = None, request: gr.Request = None):
@@ -339,7 +341,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
         from flowerdemo.serve.owners import display_name
 
         path = _own_run(ctx, run, request, "delete")
-        return gr.update(visible=True), f"Delete **{display_name(path)}** for good? This cannot be undone."
+        return gr.update(visible=True), f"Delete **{md(display_name(path))}** for good? This cannot be undone."
 
     def use_run(run: str | None = None, request: gr.Request = None) -> tuple[str, str]:
         """One of the visitor's own models as their active model (the Predict tab's, too)."""
@@ -350,7 +352,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
             ctx.models.get(path)
         except Exception as exc:
             raise ui_error(exc, "Loading the chosen model", title="Cannot use it") from None
-        return str(path.resolve()), f"Using **{display_name(path)}** now, here and in the Predict tab."
+        return str(path.resolve()), f"Using **{md(display_name(path))}** now, here and in the Predict tab."
 
     def share_run(run: str | None = None, request: gr.Request = None) -> str:
         from flowerdemo.serve.owners import display_name, share_code
@@ -361,7 +363,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
         except Exception as exc:
             raise ui_error(exc, "Sharing a model", title="Cannot share") from None
         page = (request.headers.get("referer", "") if request is not None else "").split("?")[0]
-        return (f"Anyone with this code can use **{display_name(path)}** here (not download it): `{shared}`  \n"
+        return (f"Anyone with this code can use **{md(display_name(path))}** here (not download it): `{shared}`  \n"
                 f"or open this link: {page or 'this page'}?model={shared}")
 
     def open_shared(text: str = "") -> tuple[str, str]:
@@ -371,7 +373,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
         if run is None:
             raise gr.Error("No model on this server has that share code; check it with whoever gave it to you.",
                            title="Unknown code")
-        return str(run.resolve()), f"Using **{display_name(run)}**, shared with you."
+        return str(run.resolve()), f"Using **{md(display_name(run))}**, shared with you."
 
     def hub_load(repo_id: str, token: str = "", revision: str = "", request: gr.Request = None) -> tuple[str, str]:
         hub = _hub()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 from PIL import Image
 
+from flowerdemo.data.builder import md
 from flowerdemo.infer.cam_times import CAM_NAMES, CAM_SECONDS
 
 from .errors import log_failure, ui_error
@@ -176,7 +177,8 @@ def known_classes_text(clf) -> str:
         return ""
     from flowerdemo.models.unknown import UNAVAILABLE_NOTE
 
-    text = f"This model knows **{len(clf.classes)} classes**: {', '.join(clf.classes)}."
+    # names as typed: a shared or uploaded model's class names reach other visitors' pages (no HTML through them)
+    text = f"This model knows **{len(clf.classes)} classes**: {', '.join(md(c) for c in clf.classes)}."
     if clf.detector is None:
         return text + f"\n\n*{UNAVAILABLE_NOTE}*"
     text += " Photos of anything else are answered \"not one of these\"."
@@ -192,11 +194,11 @@ def verdict_text(pred, classes: tuple[str, ...]) -> str:
     top, p = pred.top
     if f.known is False:
         return (f"## Not one of the {len(classes)} classes this model knows\n"
-                f"This photo does not look like the photos the model learned from ({', '.join(classes)}), so it "
+                f"This photo does not look like the photos the model learned from ({', '.join(md(c) for c in classes)}), so it "
                 f"gives no class. The probabilities below are what it would have said if forced to choose; they "
                 f"mean little here. *(unknown-photo score {f.score:.2f} > threshold {f.threshold:.2f}, "
                 f"{f.strictness})*")
-    text = f"## {top} · {p:.0%}"
+    text = f"## {md(top)} · {p:.0%}"
     if f.known:
         text += f"\nLooks like the photos it learned from *(score {f.score:.2f} ≤ {f.threshold:.2f}, {f.strictness})*."
     elif not f.available:
