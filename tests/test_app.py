@@ -525,3 +525,18 @@ def test_every_error_the_app_raises_has_a_title_not_just_error():
     from ui.errors import ui_error
 
     assert ui_error(ValueError("bad zip"), "Checking the dataset").title == "Checking the dataset"
+
+
+def test_an_unreadable_photo_takes_the_last_answer_away(served, tmp_path):
+    """'rose · 99%' and its heatmap stayed beside a photo that could not be read (a walkthrough)."""
+    import gradio as gr
+
+    demo, _, _ = served
+    notimage = tmp_path / "notimage.jpg"
+    notimage.write_text("a text file named .jpg")
+    outputs = _handler(demo, "predict")(str(notimage))
+    probs, overlay, heatmap, summary, head, info, _ = next(outputs)
+    assert (probs, overlay, heatmap, head, info) == (None, None, None, "", None)
+    assert summary.startswith("**Not classified.**") and "notimage.jpg" in summary
+    with pytest.raises(gr.Error, match="notimage.jpg.*Accepted"):
+        next(outputs)

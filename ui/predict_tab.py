@@ -297,11 +297,14 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
             with STAGES.running(STAGES.ANSWER):
                 prepared = prepare_for_explain(clf, source, MAX_SIDE)
                 pred = classify(clf, strictness=strictness, prepared=prepared)
-        except ImageError as exc:
-            raise ui_error(exc, "Prediction", title="Not a usable image",
-                           message=f"{name}: {exc.problem}. Accepted: {ACCEPTED}.") from None
         except Exception as exc:
-            raise ui_error(exc, "Prediction", title="Prediction failed") from None
+            error = (ui_error(exc, "Prediction", title="Not a usable image",
+                              message=f"{name}: {exc.problem}. Accepted: {ACCEPTED}.") if isinstance(exc, ImageError)
+                     else ui_error(exc, "Prediction", title="Prediction failed"))
+            # the last photo's answer goes with it: "rose · 99%" and its heatmap stayed beside a photo that could not
+            # be read, as if they were its answer (a walkthrough)
+            yield None, None, None, f"**Not classified.** {md(error.message)}", "", None, forget
+            raise error from None
         answered = time.perf_counter() - t0
         probs = gr.update(value=pred.probabilities, label=("Closest classes (none of them)" if pred.rejected
                                                            else "Class probabilities"),
