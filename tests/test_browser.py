@@ -438,10 +438,14 @@ def test_on_a_phone_two_classes_made_here_from_files_and_the_camera_then_trained
         phone.goto(app_url[0])
         phone.get_by_role("tab", name="Train").click()
         report = phone.locator("#builder-report")
+        status = phone.locator("#train-status")
+        phone.locator("#train-start").click()  # nothing to train on yet: refused in the Progress box…
+        sync_api.expect(status).to_contain_text("Not started.")
         for kind, files in photos.items():
             phone.locator("#builder-name textarea, #builder-name input").first.fill(kind)
             phone.locator("#builder-add-class").click()
             sync_api.expect(report).to_contain_text(f"Class {kind} added")
+            sync_api.expect(status).to_contain_text("Your photos changed.")  # …which the next edit replaces
             phone.locator("#builder-files input[type=file]").set_input_files([str(f) for f in files])
             sync_api.expect(report).to_contain_text(f"Added 3 photos to {kind}")
         camera = phone.locator("#builder-camera")
@@ -462,7 +466,6 @@ def test_on_a_phone_two_classes_made_here_from_files_and_the_camera_then_trained
         sync_api.expect(report).to_contain_text("Ready to train on 7 photos in 2 classes")
         assert phone.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than the phone
         # the dataset check, then one more photo: the Progress box no longer says the 7 photos were checked
-        status = phone.locator("#train-status")
         phone.locator("#train-check").click()
         sync_api.expect(status).to_contain_text("Checked: 7 photos in 2 classes")
         extra = tmp_path / "circle-3.png"
@@ -470,7 +473,7 @@ def test_on_a_phone_two_classes_made_here_from_files_and_the_camera_then_trained
         phone.locator("#builder-classes").get_by_text("circle · 3").click()
         phone.locator("#builder-files input[type=file]").set_input_files([str(extra)])
         sync_api.expect(report).to_contain_text("Added 1 photo to circle")
-        sync_api.expect(status).to_contain_text("Your photos changed since the check")
+        sync_api.expect(status).to_contain_text("Your photos changed. Press Check the dataset")
 
         # a mistake (no photo selected) is said in a toast and marks the status line, not every box of the builder
         badges = phone.get_by_role("tabpanel").get_by_text("Error", exact=True)

@@ -21,8 +21,9 @@ from .train_view import TrainView
 log = logging.getLogger(__name__)
 DEFAULTS = TrainConfig()
 CHECKED = "Checked:"  # how the Progress box starts after a dataset check
-STALE_STATUS = ("Your photos changed since the check. Press **Check the dataset** to see them again, or "
-                "**Start training**: it uses the photos as they are now.")
+NOT_STARTED, NOT_CHECKED = "**Not started.**", "**Not checked.**"  # how a refused Start or check begins
+STALE_STATUS = ("Your photos changed. Press **Check the dataset** to see them again, or **Start training**: it uses "
+                "the photos as they are now.")
 STALE_FOUND = "**Out of date:** your photos changed since this check."
 AUGMENTS = [("random resized crop", "random_resized_crop"), ("horizontal flip", "hflip"),
             ("colour jitter", "color_jitter"), ("rotation ±30°", "rotation"), ("translation ±10%", "translate"),
@@ -176,7 +177,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
             error = ui_error(exc, "Checking the dataset", title="Dataset problem")
             # the refused dataset replaces the last one checked: its "Found 3 classes, 24 images", thumbnails and
             # counts stayed beside the refusal, as if they described the new upload (a walkthrough)
-            yield (f"**Not checked.** {error.message}", gr.skip(), [], None, gr.update(value=None, visible=False),
+            yield (f"{NOT_CHECKED} {error.message}", gr.skip(), [], None, gr.update(value=None, visible=False),
                    gr.skip(), gr.skip())
             raise error from None
         state = ctx.job.state  # the Progress box speaks of this visitor's own run while one goes on
@@ -192,12 +193,15 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
     made_here.wire_check(scan_btn, source)  # the builder's photos: the dataset check's findings, to act on
 
     def photos_changed(text: str, found_text: str):
-        """After a builder edit, a check's "Checked: N photos" and its findings describe photos that changed (the
-        status kept saying "Checked: 40 photos" after photos were added; a walkthrough). A run's progress stays."""
-        return (STALE_STATUS if (text or "").startswith(CHECKED) else gr.skip(),
-                f"{STALE_FOUND}\n\n{found_text}" if found_text and not found_text.startswith(STALE_FOUND) else gr.skip())
+        """After a builder edit, a check's "Checked: N photos" or a refusal ("Not started. Add a second class…") and
+        the check's findings describe photos that changed (both stayed after photos were added; walkthroughs). A
+        run's progress stays."""
+        found_stale = found_text and not found_text.startswith((STALE_FOUND, NOT_CHECKED))  # a refusal stays as it is
+        # the progress bar is an output only so that a refused Start's "Error" badge on it goes with the refusal
+        return (STALE_STATUS if (text or "").startswith((CHECKED, NOT_STARTED)) else gr.skip(),
+                f"{STALE_FOUND}\n\n{found_text}" if found_stale else gr.skip(), gr.skip())
 
-    made_here.after_edit(photos_changed, [status, found], [status, found])
+    made_here.after_edit(photos_changed, [status, found], [status, found, progress])
 
     outputs = {"status": status, "progress": progress, "loss": loss_plot, "acc": acc_plot, "lr": lr_plot,
                "results": results, "summary": summary, "per_class": per_class, "confusion": confusion,
@@ -221,7 +225,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
                 run = slot.start(split, ctx.settings.checkpoint_dir)
         except Exception as exc:  # said in the Progress box too: the toast fades after a few seconds
             error = ui_error(exc, "Starting training", title="Busy" if isinstance(exc, Busy) else "Cannot start training")
-            yield {status: f"**Not started.** {error.message}"}
+            yield {status: f"{NOT_STARTED} {error.message}"}
             raise error from None
         view = TrainView(cfg.epochs)
         # the x axis spans the whole run from the start: fitted to the epochs so far, Vega drew ticks at 1.5, 2.5…
