@@ -45,14 +45,15 @@ def _hub():
 def _repo(repo_id: str) -> str:
     repo_id = (repo_id or "").strip()
     if not REPO_ID.match(repo_id):
-        raise gr.Error("Type a Hub repo id as owner/name, e.g. `your-name/flowers-lite0`.", title="Repo id")
+        raise gr.Error("Type a Hub repo id as owner/name, e.g. `your-name/flowers-lite0`.", title="Repo id",
+                       print_exception=False)
     return repo_id
 
 
 def _active(ctx: AppContext, active: str | None):
     clf, _ = ctx.models.resolve(active)
     if clf is None:
-        raise gr.Error("There is no model yet: train one or load one first.", title="No model")
+        raise gr.Error("There is no model yet: train one or load one first.", title="No model", print_exception=False)
     return clf
 
 
@@ -63,7 +64,8 @@ def _owned(ctx: AppContext, active: str | None, request, doing: str):
     clf = _active(ctx, active)
     if not may_download(clf.path, ctx.visitors.identity(request)):
         raise gr.Error(f"{html.escape(display_name(clf.path))} was shared with you: you can use it here, but only the visitor "
-                       f"who made it can {doing} it.", title="Not yours")
+                       f"who made it can {doing} it.", title="Not yours",
+                       print_exception=False)
     return clf
 
 
@@ -72,7 +74,7 @@ def _my_run(ctx: AppContext, run: str | None) -> Path:
     name = Path(run or "").name
     path = ctx.settings.checkpoint_dir / name
     if not name or name.startswith(".") or not path.is_dir():
-        raise gr.Error("Choose one of your models first.", title="No model chosen")
+        raise gr.Error("Choose one of your models first.", title="No model chosen", print_exception=False)
     return path
 
 
@@ -82,7 +84,7 @@ def _own_run(ctx: AppContext, run: str | None, request, doing: str) -> Path:
 
     path = _my_run(ctx, run)
     if not is_owner(path, ctx.visitors.identity(request)):
-        raise gr.Error(f"Only the visitor who made a model can {doing} it here.", title="Not yours")
+        raise gr.Error(f"Only the visitor who made a model can {doing} it here.", title="Not yours", print_exception=False)
     return path
 
 
@@ -295,7 +297,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
         from flowerdemo.serve.runs import import_run
 
         if not file:
-            raise gr.Error("Choose a checkpoint file first.", title="No file")
+            raise gr.Error("Choose a checkpoint file first.", title="No file", print_exception=False)
         try:
             run = import_run(file, ctx.settings.checkpoint_dir, owner=ctx.visitors.identity(request))
         except Exception as exc:
@@ -372,7 +374,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
         run = find_shared(ctx.settings.checkpoint_dir, text)
         if run is None:
             raise gr.Error("No model on this server has that share code; check it with whoever gave it to you.",
-                           title="Unknown code")
+                           title="Unknown code", print_exception=False)
         return str(run.resolve()), f"Using **{md(display_name(run))}**, shared with you."
 
     def hub_load(repo_id: str, token: str = "", revision: str = "", request: gr.Request = None) -> tuple[str, str]:

@@ -136,7 +136,7 @@ def image_source(payload: Any) -> tuple[Any, str]:
             return base64.b64decode(url.split(",", 1)[1]), name
     if isinstance(payload, str):
         return payload, Path(payload).name
-    raise gr.Error("Upload an image (JPEG, PNG, WebP, BMP or GIF).", title="Not a photo")
+    raise gr.Error("Upload an image (JPEG, PNG, WebP, BMP or GIF).", title="Not a photo", print_exception=False)
 
 
 def example_files() -> tuple[list[list[str]], list[str]]:
@@ -270,7 +270,7 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
         clf, note = ctx.models.resolve(active)
         if clf is None:
             raise gr.Error("No model is loaded yet: train one in the Train tab or load one from the Hub "
-                           "in the Models tab.", title="No model")
+                           "in the Models tab.", title="No model", print_exception=False)
         # a model gone since the visitor picked it (deleted by its owner, pruned, no longer loading): said once, and
         # the visitor's model becomes the default (active.change: the browser forgets it, the tabs show the default)
         forget = gr.skip()
@@ -279,7 +279,7 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
             forget = None
         if strictness not in {v for _, v in STRICTNESS_CHOICES}:
             raise gr.Error(f"Unknown strictness {strictness!r}; choose one of: "
-                           f"{', '.join(v for _, v in STRICTNESS_CHOICES)}.", title="Bad option")
+                           f"{', '.join(v for _, v in STRICTNESS_CHOICES)}.", title="Bad option", print_exception=False)
         # a browser's event that would compute exactly what its page already shows is skipped: after a prediction
         # that found the visitor's model gone and set it to the default, Gradio ran the photo's event once more
         # (deferred behind the running one), the same photo with the same default model (a walkthrough). Never for

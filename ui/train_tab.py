@@ -295,7 +295,7 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple:
             return "**Stopping** after the current batch; the best checkpoint so far is kept."
         if ctx.job.state.running:
             raise gr.Error("The training that is running was started by another visitor; only they can stop it.",
-                           title="Not yours")
+                           title="Not yours", print_exception=False)
         return "No training is running."
 
     stop_btn.click(stop_training, None, status, api_name="stop", concurrency_limit=None)
