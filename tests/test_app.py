@@ -396,7 +396,7 @@ def test_bad_datasets_get_clear_errors_and_leave_nothing_behind(served, client, 
     (root / "data" / "link").symlink_to(outside, target_is_directory=True)
 
     cases = [
-        (("zip", handle_file(str(loose)), ""), "no class folders found in loose.zip;"),  # not a server path
+        (("zip", handle_file(str(loose)), ""), "No class folders found in loose.zip;"),  # not a server path
         # the layout in words the browser's toast shows (it reads the text as HTML: <class> vanished as a tag)
         (("zip", handle_file(str(loose)), ""), "expected the layout root/‹class›/‹image›"),
         (("zip", handle_file(str(escape)), ""), "outside the extraction folder"),
@@ -457,7 +457,7 @@ def test_a_bug_in_a_handler_is_logged_with_its_traceback_and_shown_as_an_error(t
     shown = []
     with pytest.raises(gr.Error) as err:
         shown.extend(check("zip", "data.zip", "", None))
-    assert err.value.message == "no class folders found in data.zip; expected one sub-folder per class."
+    assert err.value.message == "No class folders found in data.zip; expected one sub-folder per class."
     # said where the last dataset's findings were, which go (its thumbnails too): not left beside the refusal
     (found, _, thumbs, *_), = shown
     assert found == f"**Not checked.** {err.value.message}" and thumbs == []
@@ -527,6 +527,11 @@ def test_every_error_the_app_raises_has_a_title_not_just_error():
     from ui.errors import ui_error
 
     assert ui_error(ValueError("bad zip"), "Checking the dataset").title == "Checking the dataset"
+    # a sentence starts with a capital; a message that starts with the visitor's file name keeps it as given
+    assert ui_error(ValueError("there is already a class 'rose'"), "Adding a class").message == \
+        "There is already a class 'rose'."
+    for given in ("notes.jpg: not a recognised image", "readme: empty", "flowers_v2.zip: no class folders"):
+        assert ui_error(ValueError(given), "Checking").message == given + "."
 
 
 def test_an_unreadable_photo_takes_the_last_answer_away(served, tmp_path):

@@ -107,7 +107,7 @@ def test_issues_come_with_their_photos_and_one_click_moves_one_in_the_builder(tr
     cls, name = first["photo"].split("/")
     assert name not in after[cls] and len(after[cls]) == len(listed[cls]) - 1
     assert len(after[first["looks like"]]) == len(listed[first["looks like"]]) + 1
-    with pytest.raises(Exception, match="click one of the photos"):  # fixed already: no longer an issue
+    with pytest.raises(Exception, match="Click one of the photos"):  # fixed already: no longer an issue
         me.predict(first["photo"], api_name="/review_remove")
 
 

@@ -34,7 +34,7 @@ def draft(tmp_path) -> DatasetDraft:
 
 def test_class_names_are_checked_and_unique_regardless_of_case(draft):
     assert draft.add_class("  Rose  bud ") == "Rose bud"  # spaces tidied as typed
-    for bad, why in [("", "type a class name"), ("a/b", "no / or"), ("..", "not starting with a dot"),
+    for bad, why in [("", "Type a class name"), ("a/b", "no / or"), ("..", "not starting with a dot"),
                      ("x" * 41, "1 to 40"), ("Train", "reserved|layout reserves"), ("rose BUD", "already a class 'Rose bud'")]:
         with pytest.raises(BuilderError, match=why):
             draft.add_class(bad)

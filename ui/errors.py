@@ -65,4 +65,7 @@ def _sentence(text: str) -> str:
     if len(text) > MAX_MESSAGE:
         text = text[:MAX_MESSAGE].rsplit(" ", 1)[0] + " … (the rest is in the server's log)"
     text = text or "Something went wrong"
+    # a sentence starts with a capital ("there is already a class…"); a file name stays as given ("notes.jpg: …")
+    if re.match(r"[a-z]+(?![\w./:\\-])", text):
+        text = text[0].upper() + text[1:]
     return text if text[-1] in ".!?" else text + "."

@@ -168,7 +168,7 @@ class DatasetDraft:
         text = " ".join(str(name or "").split())
         given = repr(str(name or ""))
         if not text:
-            raise BuilderError("type a class name, e.g. rose (1 to 40 characters)")
+            raise BuilderError("Type a class name, e.g. rose (1 to 40 characters).")
         if len(text) > MAX_NAME or not text.isprintable():
             raise BuilderError(f"class name {given} is not accepted: use 1 to {MAX_NAME} printable characters "
                                f"(got {len(text)})")

@@ -97,7 +97,7 @@ def clean_name(text: str) -> str:
     """A display name as typed, checked: 1 to 60 printable characters."""
     text = " ".join((text or "").split())
     if not text:
-        raise ValueError("type a name for the model (1 to 60 characters)")
+        raise ValueError("Type a name for the model (1 to 60 characters).")
     if len(text) > MAX_NAME or not text.isprintable():
         raise ValueError(f"a model name is 1 to {MAX_NAME} printable characters; got {len(text)}")
     return text
