@@ -547,3 +547,22 @@ def test_an_unreadable_photo_takes_the_last_answer_away(served, tmp_path):
     assert summary.startswith("**Not classified.**") and "notimage.jpg" in summary
     with pytest.raises(gr.Error, match="notimage.jpg.*Accepted"):
         next(outputs)
+
+
+def test_the_onnx_download_is_named_as_the_model_is_and_an_empty_share_code_is_asked_for(served, tmp_path,
+                                                                                         monkeypatch):
+    import gradio as gr
+
+    from flowerdemo.serve import owners
+    from ui import models_tab
+
+    demo, _, _ = served
+    made = tmp_path / "made" / "20261202-111956-efficientnet_lite0-1.onnx"  # the export, named by the run's folder
+    made.parent.mkdir()
+    made.write_bytes(b"onnx")
+    monkeypatch.setattr(models_tab, "onnx_download", lambda ctx, clf, int8: made)
+    monkeypatch.setattr(owners, "display_name", lambda run, record=None: "my garden")
+    got = Path(_handler(demo, "download_onnx")(None))
+    assert got.name == "my-garden.onnx" and got.read_bytes() == b"onnx" and made.is_file()
+    with pytest.raises(gr.Error, match="share code you were given"):
+        _handler(demo, "open_shared")("  ")

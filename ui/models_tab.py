@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -266,12 +267,26 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
 
     def onnx_file(active: str | None, request, int8: bool) -> str:
         """ONNX file for onnxruntime (no flowerdemo needed: examples/onnx_predict.py); the owner's, like the zip."""
+        from flowerdemo.export import SUFFIXES
+        from flowerdemo.models.checkpoints import safe_name
+        from flowerdemo.serve.owners import display_name
+
         clf = _owned(ctx, active, request, "download")
         ctx.housekeeping()
         try:
-            return str(onnx_download(ctx, clf, int8))
+            made = onnx_download(ctx, clf, int8)
         except Exception as exc:
             raise ui_error(exc, "Exporting the active model to ONNX", title="ONNX export") from None
+        # named as the model is, like the .zip ("my garden" → my-garden.onnx, not the run folder's name), in a folder
+        # of its own; the export itself stays where it was made, for the next download
+        named = ctx.settings.folder("downloads") / uuid.uuid4().hex / (safe_name(display_name(clf.path))[:80]
+                                                                        + SUFFIXES["onnx", int8])
+        named.parent.mkdir(parents=True)
+        try:
+            os.link(made, named)
+        except OSError:  # another file system: a copy
+            shutil.copyfile(made, named)
+        return str(named)
 
     def download_onnx(active: str | None = None, request: gr.Request = None) -> str:
         return onnx_file(active, request, int8=False)
@@ -371,6 +386,8 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
     def open_shared(text: str = "") -> tuple[str, str]:
         from flowerdemo.serve.owners import display_name, find_shared
 
+        if not (text or "").strip():
+            raise gr.Error("Type or paste the share code you were given first.", title="No code", print_exception=False)
         run = find_shared(ctx.settings.checkpoint_dir, text)
         if run is None:
             raise gr.Error("No model on this server has that share code; check it with whoever gave it to you.",
