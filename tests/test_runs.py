@@ -103,6 +103,9 @@ def test_an_imported_checkpoint_is_its_uploaders_and_an_uploaded_record_is_ignor
     back = import_run(named, tmp_path / "root-named", owner="dave")
     assert back.name == src.name  # the folder inside keeps the run's name, and the name it was given travels
     assert owners.display_name(back) == "Garden flowers: May/June ü" and not (back / NAME_FILE).exists()
+    again = [import_run(named, tmp_path / "root-named", owner="dave") for _ in range(2)]  # the same .zip twice more
+    assert [owners.display_name(r) for r in again] == ["Garden flowers: May/June ü (2)", "Garden flowers: May/June ü (3)"]
+    assert owners.display_name(import_run(named, tmp_path / "root-named", owner="fay")) == "Garden flowers: May/June ü"
     odd_zip = tmp_path / "odd-name.zip"  # a name file as anyone could have zipped it
     with zipfile.ZipFile(odd_zip, "w") as zf:
         zf.write(src / WEIGHTS, f"run/{WEIGHTS}")

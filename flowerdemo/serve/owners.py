@@ -174,6 +174,17 @@ def visible_runs(root: str | Path, identity: str, share_all: bool) -> list[tuple
     return out
 
 
+def unused_name(root: str | Path, identity: str, name: str) -> str:
+    """`name`, or "name (2)", "name (3)"… when the visitor already has a model of that name (a .zip uploaded twice
+    gave three identical entries in every list, and Delete asked about "my garden" without saying which)."""
+    taken = {display_name(run).casefold() for run in owned_runs(root, identity)}
+    candidate, n = name, 2
+    while candidate.casefold() in taken:
+        suffix = f" ({n})"
+        candidate, n = name[:MAX_NAME - len(suffix)].rstrip() + suffix, n + 1
+    return candidate
+
+
 def owned_runs(root: str | Path, identity: str, kind: str | None = None) -> list[Path]:
     """The visitor's runs (of `kind`), oldest first; run folders without weights count too (a training)."""
     key, out = owner_key(identity), []

@@ -247,13 +247,13 @@ def import_run(upload: str | Path, root: str | Path, max_bytes: int = 2 * 1024**
         meta = read_meta(found[0])
         run = _unique(root, safe_name(found[0].parent.name if found[0].parent != staging / "run"
                                       else f"upload-{meta['architecture']}"))
-        from flowerdemo.serve.owners import OWNER_FILE, claim
+        from flowerdemo.serve.owners import OWNER_FILE, claim, unused_name
 
         (found[0].parent / OWNER_FILE).unlink(missing_ok=True)  # a record inside an upload proves nothing
         name = read_name(found[0].parent / NAME_FILE)  # the name it was downloaded under (zip_run)
         (found[0].parent / NAME_FILE).unlink(missing_ok=True)  # the owner record holds it from now on
         if owner is not None:  # before the move: the run is never the operator's, not even for a moment
-            claim(found[0].parent, owner, "uploaded", name=name)
+            claim(found[0].parent, owner, "uploaded", name=unused_name(root, owner, name) if name else "")
         shutil.move(str(found[0].parent), run)
         if not (run / META).exists():
             import json
