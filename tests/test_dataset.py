@@ -192,3 +192,12 @@ def test_list_dataset_lists_without_splitting(tmp_path):
     split = scan_dataset(tmp_path / "pre")
     assert pre.presplit and pre.given_val == {s.path for s in split.val}
     assert {p for f in pre.files for p in f} == {s.path for s in split.train + split.val}
+
+
+def test_a_models_folder_given_as_photos_is_named_as_a_model(tmp_path):
+    run = tmp_path / "my-garden" / "20261202-111956-efficientnet_lite0"  # an unzipped model download
+    run.mkdir(parents=True)
+    for name in ("model.safetensors", "meta.json", "name.txt"):
+        (run / name).write_bytes(b"x")
+    with pytest.raises(DatasetError, match=r"holds a trained model \(model.safetensors\), not photos.*Models tab"):
+        scan_dataset(tmp_path / "my-garden")

@@ -165,6 +165,12 @@ def _classes_in(folder: Path, where: str, skipped: list[tuple[Path, str]]) -> li
 
 def _require_classes(dirs: list[Path], folder: Path) -> None:
     if not dirs:
+        from flowerdemo.models.checkpoints import WEIGHTS
+
+        if (folder / WEIGHTS).is_file():  # a model's .zip given as photos (a walkthrough did)
+            raise DatasetError(f"{folder} holds a trained model ({WEIGHTS}), not photos to train on: load it in the "
+                               f"app's Models tab, or use it with `flowerdemo predict --checkpoint`. A dataset is "
+                               f"laid out as {LAYOUT}")
         raise DatasetError(f"no class folders found in {folder}; expected the layout {LAYOUT}")
     if len(dirs) < 2:
         raise DatasetError(
