@@ -382,6 +382,10 @@ def test_bad_images_get_clear_errors_and_the_app_keeps_answering(client, tmp_pat
         Image.new("RGB", size, (200, 40, 40)).save(tmp_path / "small.png")
         verdict = answer(client, tmp_path / "small.png")[4]
         assert f"This photo is {size[0]}×{size[1]} px" in verdict and "means little" in verdict, verdict
+    # a long thin photo: the model sees the square in its middle (the dataset check warns of these too)
+    Image.new("RGB", (4000, 100), (200, 40, 40)).save(tmp_path / "strip.png")
+    verdict = answer(client, tmp_path / "strip.png")[4]
+    assert "40 times wider than tall" in verdict and "2% of it" in verdict, verdict
 
 
 def test_bad_datasets_get_clear_errors_and_leave_nothing_behind(served, client, tmp_path):

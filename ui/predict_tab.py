@@ -255,7 +255,7 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
         from flowerdemo.infer.batching import STAGES
         from flowerdemo.infer.explain import check_explanation, explain, heatmap_image, prepare_for_explain
         from flowerdemo.infer.predict import classify
-        from flowerdemo.infer.preprocess import small_photo_note
+        from flowerdemo.infer.preprocess import photo_note
 
         if image is None:
             if getattr(event, "target", None) is button:  # pressed: a toast too, since on a phone the text
@@ -310,7 +310,7 @@ def build(ctx: AppContext, active: gr.State) -> PredictRefs:
                                                            else "Class probabilities"),
                           elem_classes=["fd-rejected"] if pred.rejected else [])
         head = verdict_text(pred, clf.classes)
-        small = small_photo_note(*prepared.decoded_size, clf.preprocessing.input_size)
+        small = photo_note(*prepared.decoded_size, clf.preprocessing.input_size)
         if small:
             head += f"\n\n**{small}**"
         info = {**pred.to_dict(), "model": clf.name}

@@ -158,7 +158,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from flowerdemo.data.images import ImageError
     from flowerdemo.infer.explain import explain, heatmap_image
     from flowerdemo.infer.predict import classify
-    from flowerdemo.infer.preprocess import prepare_image, small_photo_note
+    from flowerdemo.infer.preprocess import photo_note, prepare_image
     from flowerdemo.models.unknown import UNAVAILABLE_NOTE
 
     clf = _checkpoint(args.checkpoint)
@@ -180,7 +180,7 @@ def run_predict(args: argparse.Namespace) -> int:
             failures += 1
             continue
         record = {"file": str(path), **pred.to_dict()}
-        small = small_photo_note(*prepared.decoded_size, clf.preprocessing.input_size)
+        small = photo_note(*prepared.decoded_size, clf.preprocessing.input_size)
         if small:
             log.warning("%s: %s", path, small)
             record["warning"] = small

@@ -19,7 +19,7 @@ class PreparedImage:
     tensor: torch.Tensor  # (1, 3, S, S) normalised model input
     box: tuple[int, int, int, int]  # the centre crop the model sees, in `original` coordinates
     # as decoded, before the `max_side` cap: a small photo's own size (a JPEG's reduced scale keeps the short side
-    # at least the eval resize), what small_photo_note needs
+    # at least the eval resize), what photo_note needs
     decoded_size: tuple[int, int] = (0, 0)
 
 
@@ -48,12 +48,19 @@ def prepare_image(image, prep: Preprocessing, max_side: int | None = None,
     return PreparedImage(img, normalize(x, prep.mean, prep.std), box, decoded_size)
 
 
-def small_photo_note(width: int, height: int, input_size: int) -> str | None:
-    """A plain warning for a photo too small to classify meaningfully (the dataset check's TINY_SIDE), else None."""
-    from flowerdemo.data.check import TINY_SIDE
+def photo_note(width: int, height: int, input_size: int) -> str | None:
+    """A plain warning for a photo the answer means little for, else None: too small (the dataset check's
+    TINY_SIDE), or so long and thin that the square the model sees is a small part of it (its EXTREME_ASPECT)."""
+    from flowerdemo.data.check import EXTREME_ASPECT, TINY_SIDE
 
-    if min(width, height) >= TINY_SIDE:
-        return None
-    return (f"This photo is {width}×{height} px: the model looks at {input_size}×{input_size} px, so from a side "
-            f"of {min(width, height)} px it sees mostly blur and the answer means little. Use a photo at least "
-            f"{TINY_SIDE} px on each side.")
+    short, long = min(width, height), max(width, height)
+    if short < TINY_SIDE:
+        return (f"This photo is {width}×{height} px: the model looks at {input_size}×{input_size} px, so from a side "
+                f"of {short} px it sees mostly blur and the answer means little. Use a photo at least "
+                f"{TINY_SIDE} px on each side.")
+    if long >= EXTREME_ASPECT * short:
+        # no pixel counts: a large JPEG's size here is its reduced decode's (prepare_image)
+        return (f"This photo is {long / short:.0f} times {'wider' if width > height else 'taller'} than "
+                f"{'tall' if width > height else 'wide'}: the model sees only the square in its middle, "
+                f"{short / long:.0%} of it. Crop it to what it should classify.")
+    return None
