@@ -474,6 +474,7 @@ def test_on_a_phone_two_classes_made_here_from_files_and_the_camera_then_trained
         phone.locator("#builder-files input[type=file]").set_input_files([str(extra)])
         sync_api.expect(report).to_contain_text("Added 1 photo to circle")
         sync_api.expect(status).to_contain_text("Your photos changed. Press Check the dataset")
+        sync_api.expect(phone.locator("#builder-findings")).to_contain_text("Out of date")  # the builder's findings too
 
         # a mistake (no photo selected) is said in a toast and marks the status line, not every box of the builder
         badges = phone.get_by_role("tabpanel").get_by_text("Error", exact=True)
