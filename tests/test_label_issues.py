@@ -168,7 +168,9 @@ def test_deliberately_misfiled_training_photos_rank_at_the_top(tmp_path):
     for i, (src, dst) in enumerate((("circle", "square"), ("square", "triangle"), ("triangle", "circle"))):
         path = data / src / f"{src}_{i:03d}.png"
         moved.append(shutil.move(path, data / dst / f"misfiled_{i}.png"))
-    cfg = dataclasses.replace(TRAINED_CONFIG, image_size=64, epochs=8)
+    # fp32 whatever the CPU: under bf16 autocast (CPUs with AMX) this small run trains to another model, which
+    # ranked a plain triangle above one of the moved photos; the ranking, not the precision, is what is tested here
+    cfg = dataclasses.replace(TRAINED_CONFIG, image_size=64, epochs=8, amp=False)
     done = list(train(cfg, data, out_dir=tmp_path / "runs"))[-1]
     top = {issue["path"] for issue in done.label_issues[:len(moved)]}
     assert top == {relative_path(p, done.data_root) for p in moved}, done.label_issues[:5]

@@ -195,7 +195,11 @@ def test_fast_mode_lite0_shortcut_gives_the_reference_features(tmp_path):
     assert shortcut is not None
     full = torch.cat([fit._features(train, i, prep, torch.device("cpu")) for i in range(0, len(train), fit.BATCH)])
     cos = torch.nn.functional.cosine_similarity(shortcut[0], full, dim=1)
-    assert float(cos.min()) > 0.999  # fp16 cache vs fp32 pass: the same features
+    # fp16 cache of an fp32 extraction vs an fp32 pass: the same features. On a CPU with native bf16 (AMX) fast mode
+    # extracts under bf16 autocast: within 1 % (measured 0.9938 at the worst photo), what bf16's 8-bit mantissa gives
+    from flowerdemo.device import autocast_dtype
+
+    assert float(cos.min()) > (0.99 if autocast_dtype(trainer.autocast) == "bf16" else 0.999)
     # engine.finish hands the training part to the label-issue check as its starting features: they must
     # be what that check computes itself (the last stage with its starting weights over the clean maps)
     from flowerdemo.train.label_issues import starting_features
