@@ -43,6 +43,9 @@ NO_MODEL = ("### No model yet\nThis server has no trained model to classify with
             "- **load one from the Hugging Face Hub** in the *Models* tab (a repo id such as `user/flowers-lite0`).")
 
 
+MIN_SHOWN = 256  # px: the long side a small photo's overlay and heatmap are enlarged to (whole multiples)
+
+
 class ImageFiles:
     """A request's output pictures as JPEG files of its own, handed to Gradio as paths.
 
@@ -62,7 +65,11 @@ class ImageFiles:
     def write(self, image) -> str:
         self.count += 1
         path = self.dir / f"image-{self.count}.jpg"
-        image.convert("RGB").save(path, "JPEG", quality=85)
+        image = image.convert("RGB")
+        if max(image.size) < MIN_SHOWN:  # a 20x20 photo's heatmap was drawn 20 px wide: enlarged, its pixels kept sharp
+            scale = -(-MIN_SHOWN // max(image.size))
+            image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+        image.save(path, "JPEG", quality=85)
         return str(path)
 
     def remove(self) -> None:
