@@ -573,3 +573,16 @@ def test_the_onnx_download_is_named_as_the_model_is_and_an_empty_share_code_is_a
     assert got.name == "my-garden.onnx" and got.read_bytes() == b"onnx" and made.is_file()
     with pytest.raises(gr.Error, match="share code you were given"):
         _handler(demo, "open_shared")("  ")
+
+
+def test_a_refused_checkpoint_upload_is_said_by_the_upload_box(served, tmp_path):
+    import gradio as gr
+
+    demo, _, _ = served
+    exported = tmp_path / "my-garden.onnx"
+    exported.write_bytes(b"onnx")
+    outputs = _handler(demo, "upload_checkpoint")(str(exported))
+    active, said = next(outputs)
+    assert said.startswith("**Not loaded.**") and "my-garden.onnx is an ONNX export" in said
+    with pytest.raises(gr.Error, match="ONNX export"):
+        next(outputs)

@@ -308,19 +308,23 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
         ctx.adopt(run, ctx.visitors.identity(request), "uploaded")
         return str(Path(clf.path).resolve())
 
-    def upload_checkpoint(file: str | None = None, request: gr.Request = None) -> tuple[str, str]:
+    def upload_checkpoint(file: str | None = None, request: gr.Request = None):
+        from flowerdemo.serve.owners import display_name
         from flowerdemo.serve.runs import import_run
 
         if not file:
             raise gr.Error("Choose a checkpoint file first.", title="No file", print_exception=False)
         try:
             run = import_run(file, ctx.settings.checkpoint_dir, owner=ctx.visitors.identity(request))
+            active = adopt(run, request)
         except Exception as exc:
-            raise ui_error(exc, "Importing an uploaded checkpoint", title="Bad checkpoint",
-                           message=f"That file is not a usable checkpoint: {exc}") from None
-        from flowerdemo.serve.owners import display_name
-
-        return adopt(run, request), f"Loaded **{md(display_name(run))}** from the uploaded file; it is yours and now active."
+            error = ui_error(exc, "Importing an uploaded checkpoint", title="Bad checkpoint",
+                             message=f"That file is not a usable checkpoint: {exc}")
+            # said by the upload box too (the toast fades), which then lets the refused file go (.failure below): an
+            # .onnx refused stayed in the box as if it were loaded (a walkthrough)
+            yield gr.skip(), f"**Not loaded.** {md(error.message)}"
+            raise error from None
+        yield active, f"Loaded **{md(display_name(run))}** from the uploaded file; it is yours and now active."
 
     def rename_run(run: str | None = None, name: str = "", request: gr.Request = None):
         from flowerdemo.serve.owners import rename
@@ -442,8 +446,9 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
     share_btn.click(share_run, mine, mine_status, api_name="share_run")
     gr.on([open_btn.click, code.submit], open_shared, code, [active, mine_status], api_name="open_shared").success(
         predict.refresh, active, predict.refresh_outputs, api_name="refresh_after_open")
-    upload.upload(upload_checkpoint, upload, [active, upload_status], api_name="upload_checkpoint").success(
-        predict.refresh, active, predict.refresh_outputs, api_name="refresh_after_upload")
+    uploaded = upload.upload(upload_checkpoint, upload, [active, upload_status], api_name="upload_checkpoint")
+    uploaded.success(predict.refresh, active, predict.refresh_outputs, api_name="refresh_after_upload")
+    uploaded.failure(lambda: None, None, upload, api_visibility="private", queue=False)
     load_btn.click(hub_load, [repo, token, revision], [active, hub_status], api_name="hub_load").success(
         predict.refresh, active, predict.refresh_outputs, api_name="refresh_after_hub")
     push_btn.click(hub_push, [repo, token, private, active], hub_status, api_name="hub_push")

@@ -227,9 +227,9 @@ def import_run(upload: str | Path, root: str | Path, max_bytes: int = 2 * 1024**
     staging = Path(tempfile.mkdtemp(prefix=".import-", dir=root))
     try:
         if upload.suffix.lower() == ".onnx":
-            raise CheckpointError(f"{upload.name} is an ONNX export: it runs without flowerdemo (onnxruntime, see "
-                                  f"examples/onnx_predict.py) and cannot be loaded back here. Upload the .zip a "
-                                  f"download gives, or its {WEIGHTS}")
+            raise CheckpointError(f"{upload.name} is an ONNX export, for running the model elsewhere with onnxruntime "
+                                  f"(flowerdemo's examples/onnx_predict.py shows how); it cannot be loaded back here. "
+                                  f"Upload the .zip a download gives, or its {WEIGHTS}")
         if upload.suffix.lower() == ".safetensors":
             (staging / "run").mkdir()
             shutil.copyfile(upload, staging / "run" / WEIGHTS)
