@@ -16,6 +16,7 @@ import gradio as gr
 from PIL import Image
 
 from flowerdemo.data.builder import md
+from flowerdemo.data.check import TINY_SIDE
 from flowerdemo.infer.cam_times import CAM_NAMES, CAM_SECONDS
 
 from .errors import log_failure, ui_error
@@ -43,7 +44,7 @@ NO_MODEL = ("### No model yet\nThis server has no trained model to classify with
             "- **load one from the Hugging Face Hub** in the *Models* tab (a repo id such as `user/flowers-lite0`).")
 
 
-MIN_SHOWN = 256  # px: the long side a small photo's overlay and heatmap are enlarged to (whole multiples)
+MIN_SHOWN = 256  # px: the long side a tiny photo's overlay and heatmap are enlarged to (whole multiples)
 
 
 class ImageFiles:
@@ -66,7 +67,9 @@ class ImageFiles:
         self.count += 1
         path = self.dir / f"image-{self.count}.jpg"
         image = image.convert("RGB")
-        if max(image.size) < MIN_SHOWN:  # a 20x20 photo's heatmap was drawn 20 px wide: enlarged, its pixels kept sharp
+        # a 20x20 photo's heatmap was drawn 20 px wide: a tiny one's pictures are enlarged, pixels kept sharp (a photo
+        # of a usable size keeps its own size: API clients lay the overlay over their photo)
+        if max(image.size) < TINY_SIDE:
             scale = -(-MIN_SHOWN // max(image.size))
             image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
         image.save(path, "JPEG", quality=85)
