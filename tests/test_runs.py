@@ -100,6 +100,7 @@ def test_an_imported_checkpoint_is_its_uploaders_and_an_uploaded_record_is_ignor
     named = zip_run(src, tmp_path / "named", name="Garden flowers: May/June ü")
     assert named.name == "Garden-flowers-May-June.zip"  # a visitor's name, made a safe file name
     assert zip_run(src, tmp_path / "odd", name="../..").name == f"{src.name}.zip"  # nothing left: the run's
+    assert zip_run(src, tmp_path / "stars", name="★★★").name == f"{src.name}.zip"
     back = import_run(named, tmp_path / "root-named", owner="dave")
     assert back.name == src.name  # the folder inside keeps the run's name, and the name it was given travels
     assert owners.display_name(back) == "Garden flowers: May/June ü" and not (back / NAME_FILE).exists()

@@ -268,8 +268,8 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
     def onnx_file(active: str | None, request, int8: bool) -> str:
         """ONNX file for onnxruntime (no flowerdemo needed: examples/onnx_predict.py); the owner's, like the zip."""
         from flowerdemo.export import SUFFIXES
-        from flowerdemo.models.checkpoints import safe_name
         from flowerdemo.serve.owners import display_name
+        from flowerdemo.serve.runs import download_stem
 
         clf = _owned(ctx, active, request, "download")
         ctx.housekeeping()
@@ -279,8 +279,8 @@ def build(ctx: AppContext, active: gr.State, predict: PredictRefs) -> tuple[Call
             raise ui_error(exc, "Exporting the active model to ONNX", title="ONNX export") from None
         # named as the model is, like the .zip ("my garden" → my-garden.onnx, not the run folder's name), in a folder
         # of its own; the export itself stays where it was made, for the next download
-        named = ctx.settings.folder("downloads") / uuid.uuid4().hex / (safe_name(display_name(clf.path))[:80]
-                                                                        + SUFFIXES["onnx", int8])
+        named = ctx.settings.folder("downloads") / uuid.uuid4().hex / (
+            download_stem(display_name(clf.path), clf.path.name) + SUFFIXES["onnx", int8])
         named.parent.mkdir(parents=True)
         try:
             os.link(made, named)

@@ -194,13 +194,20 @@ def prune_files(folder: str | Path, max_age_s: float) -> None:
             shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
 
 
+def download_stem(name: str | None, fallback: str) -> str:
+    """A download's file name (no suffix) from a visitor's name for a run: made safe, at most 80 characters;
+    `fallback` (the run folder's name) when nothing of the name is left ("../..", "★★★")."""
+    stem = safe_name(name) if name else ""
+    return stem[:80] if stem and (stem != "run" or name.strip() == "run") else fallback
+
+
 def zip_run(run: str | Path, dest_dir: str | Path, name: str | None = None) -> Path:
     """`dest_dir/<name or run name>.zip` holding the run directory's files under `<run name>/`. `name` (a
     visitor's name for the run) is made a safe file name, and travels inside as `<run name>/name.txt`, which
     `import_run` reads back; two downloads of one name need their own `dest_dir`."""
     run, dest_dir = Path(run), Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
-    stem = safe_name(name)[:80] if name and name.strip("./- ") else run.name
+    stem = download_stem(name, run.name)
     target = dest_dir / f"{stem}.zip"
     fd, tmp = tempfile.mkstemp(suffix=".zip.part", dir=dest_dir)
     os.close(fd)
